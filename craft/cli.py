@@ -1,0 +1,181 @@
+"""The ``craft`` command line: each verb parses arguments and calls one typed function.
+
+Every verb reads the config (``--config``, default ``config.yaml``) and writes where the results
+layout (craft.paths) says unless ``--out`` names another place, so each stage runs the same way
+inside and outside Snakemake. Heavy imports (torch, diffusers) happen inside the verbs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from craft.errors import CraftError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="craft: Clinical Reward-Aligned Finetuning of diffusion models for medical images.",
+)
+config_app = typer.Typer(no_args_is_help=True, help="Check and show configs.")
+evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate generated images.")
+app.add_typer(config_app, name="config")
+app.add_typer(evaluate_app, name="evaluate")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Config YAML file.")]
+ModalityOpt = Annotated[str, typer.Option("--modality", "-m", help="Modality name from the config.")]
+MethodOpt = Annotated[str, typer.Option("--method", "-k", help="Method name from the config.")]
+SeedOpt = Annotated[int, typer.Option("--seed", "-s", help="Run seed.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output path (default: results layout).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")]
+
+
+def _load(path: Path):
+    from craft.config import load_config
+
+    return load_config(path)
+
+
+def _layout(cfg):
+    from craft.paths import Layout
+
+    return Layout(cfg.results)
+
+
+def _seed_in_config(cfg, seed: int) -> None:
+    if seed not in cfg.seeds:
+        # Allowed (e.g. a one-off run), but say so: the report only gathers configured seeds.
+        print(f"craft: note: seed {seed} is not in the config's seeds {cfg.seeds}", file=sys.stderr)
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="Config YAML file.")]) -> None:
+    """Validate a config file; prints one line naming the first problem."""
+    cfg = _load(file)
+    n = len(cfg.modalities) * len(cfg.methods) * len(cfg.seeds)
+    print(
+        f"{file}: ok ({len(cfg.modalities)} modalities x {len(cfg.methods)} methods x "
+        f"{len(cfg.seeds)} seeds = {n} runs)"
+    )
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = Path("config.yaml")) -> None:
+    """Print the resolved config, every default filled in."""
+    from craft.config import dump_config
+
+    print(dump_config(_load(config)), end="")
+
+
+@app.command()
+def prepare(config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., out: OutOpt = None) -> None:
+    """Read (or draw) a modality's images into results/data/{modality}.h5 with splits."""
+    from craft.data.prepare import prepare as run
+
+    cfg = _load(config)
+    run(cfg, modality, out or _layout(cfg).data(modality))
+
+
+@app.command()
+def pretrain(
+    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train the phantom foundation generator of a modality (phantom configs only)."""
+    from craft.train.pretrain import pretrain as run
+
+    cfg = _load(config)
+    if cfg.models.generator != "pretrain":
+        raise CraftError(
+            f"models.generator is '{cfg.models.generator}', a pretrained model: nothing to pretrain"
+        )
+    run(cfg, modality, out or _layout(cfg).foundation(modality), threads)
+
+
+@app.command()
+def adapt(
+    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., method: MethodOpt = ...,
+    seed: SeedOpt = 0, out: OutOpt = None, threads: ThreadsOpt = None,
+) -> None:
+    """Adapt the foundation model with a diffusion-loss method; writes the run's model.json."""
+    from craft.train.adapt import adapt as run
+
+    cfg = _load(config)
+    _seed_in_config(cfg, seed)
+    run(cfg, modality, method, seed, out or _layout(cfg).card(modality, method, seed), threads)
+
+
+@app.command()
+def generate(
+    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    model: Annotated[Path | None, typer.Option(help="model.json of the run (default: layout).")] = None,
+    out: OutOpt = None, threads: ThreadsOpt = None,
+) -> None:
+    """Draw N images per label into samples.h5 (resumes after a kill)."""
+    from craft.sample import generate as run
+
+    cfg = _load(config)
+    lay = _layout(cfg)
+    run(
+        cfg, modality, method, seed, model or lay.card(modality, method, seed),
+        out or lay.samples(modality, method, seed), threads,
+    )
+
+
+@evaluate_app.command("oracle")
+def evaluate_oracle(
+    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    samples: Annotated[Path | None, typer.Option(help="samples.h5 (default: layout).")] = None,
+    out: OutOpt = None,
+) -> None:
+    """Measure generated phantoms with the oracle: label agreement, criterion pass rate."""
+    from craft.evaluate.oracle import evaluate_oracle as run
+
+    cfg = _load(config)
+    lay = _layout(cfg)
+    run(
+        cfg, modality, method, seed, samples or lay.samples(modality, method, seed),
+        out or lay.metrics(modality, method, seed, "oracle"),
+    )
+
+
+@app.command()
+def report(
+    config: ConfigOpt = Path("config.yaml"), out: OutOpt = None,
+    title: Annotated[str, typer.Option(help="Report title.")] = "craft report",
+) -> None:
+    """Gather every run's metrics and samples into results/report/ (summary.csv, index.html)."""
+    from craft.report import report as run
+
+    cfg = _load(config)
+    lay = _layout(cfg)
+    metric_files, samples = [], {}
+    for m in cfg.modalities:
+        for k in cfg.methods:
+            for s in cfg.seeds:
+                samples[(m, k, s)] = lay.samples(m, k, s)
+                metric_files += sorted(lay.run(m, k, s).glob("metrics-*.json"))
+    missing = [str(p) for p in samples.values() if not p.is_file()]
+    if missing:
+        raise CraftError(f"{len(missing)} runs have no samples yet (first: {missing[0]}); run the workflow")
+    out_dir = out or lay.report()
+    index = run(
+        metric_files, samples, out_dir, title, cfg.report.grid_per_label,
+        modality_order=list(cfg.modalities), method_order=list(cfg.methods),
+    )
+    print(f"report: {index}")
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit 2, with no traceback."""
+    try:
+        app()
+    except CraftError as err:
+        print(f"craft: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,32 @@
+"""Evaluations of generated images; each writes a metrics file the report reads."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+from craft import __version__
+from craft.report.summary import MetricsFile, Provenance, atomic_write_text
+from craft.store import current_command
+
+
+def write_metrics(
+    path: Path, modality: str, method: str, seed: int, stage: str, metrics: dict[str, float],
+    config_digest: str,
+) -> MetricsFile:
+    """Validate and write one metrics JSON file atomically."""
+    record = MetricsFile(
+        modality=modality,
+        method=method,
+        seed=seed,
+        stage=stage,
+        metrics={k: float(v) for k, v in metrics.items()},
+        provenance=Provenance(
+            config_digest=config_digest,
+            craft_version=__version__,
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            command=current_command(),
+        ),
+    )
+    atomic_write_text(Path(path), record.model_dump_json(indent=2))
+    return record

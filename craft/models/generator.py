@@ -1,0 +1,165 @@
+"""Load, save and run the text-to-image generator from any ``from_pretrained`` source.
+
+The same code loads Stable Diffusion from a hub id on a cluster and the tiny phantom
+foundation from a local dir: the Stable Diffusion folder layout (``unet/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``, optional ``vae/``). Without ``vae/`` the model works in pixel
+space (the phantom foundation); with it, in the VAE's latent space.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from craft.errors import CraftError
+
+
+@dataclass
+class Generator:
+    """The parts of a latent (or pixel) text-to-image diffusion model that craft uses."""
+
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    vae: AutoencoderKL | None = None
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of images the model draws (the VAE's, or the UNet's in pixel space)."""
+        return self.vae.config.in_channels if self.vae is not None else self.unet.config.in_channels
+
+    @property
+    def latent_scale(self) -> int:
+        """Pixels per latent cell along one side (8 for Stable Diffusion, 1 in pixel space)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Generator:
+        """Move every part (frozen parts to ``dtype`` if given; the UNet keeps its dtype)."""
+        self.unet.to(device)
+        self.text_encoder.to(device, dtype=dtype)
+        if self.vae is not None:
+            self.vae.to(device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings (N, L, D) for the UNet's cross-attention."""
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        out = self.text_encoder(tokens.input_ids.to(self.device))
+        return out.last_hidden_state
+
+    def to_model_space(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [-1, 1] (N, C, H, W) with the modality's channels -> UNet input space."""
+        images = match_channels(images, self.image_channels)
+        if self.vae is None:
+            return images
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return (dist.sample(generator) * self.vae.config.scaling_factor).to(self.unet.dtype)
+
+    def to_image_space(self, latents: torch.Tensor, channels: int) -> torch.Tensor:
+        """UNet space -> images in [-1, 1] with ``channels`` channels (differentiable)."""
+        if self.vae is not None:
+            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            latents = self.vae.decode(latents).sample
+        return match_channels(latents, channels).clamp(-1, 1)
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grayscale <-> RGB by replication / channel mean (documented, never silent elsewhere)."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1:
+        return images.expand(-1, channels, -1, -1)
+    if channels == 1:
+        return images.mean(dim=1, keepdim=True)
+    raise ValueError(f"cannot map {have} image channels to {channels}")
+
+
+def _has_subfolder(source: str, name: str, revision: str | None) -> bool:
+    path = Path(source)
+    if path.exists():
+        return (path / name).is_dir()
+    from huggingface_hub import file_exists  # hub ids: ask the hub (or its local cache)
+
+    try:
+        return file_exists(source, f"{name}/config.json", revision=revision)
+    except Exception:  # offline: fall back on the cache's model_index.json
+        return False
+
+
+def load_generator(
+    source: str | Path,
+    revision: str | None = None,
+    timestep_spacing: str = "trailing",
+    dtype: torch.dtype = torch.float32,
+) -> Generator:
+    """Load every part from a hub id or a local dir (Stable Diffusion folder layout)."""
+    source = str(source)
+    if not Path(source).exists() and ("/" not in source or source.startswith((".", "/"))):
+        raise CraftError(
+            f"generator '{source}' is neither a local dir nor a hub id (org/name); "
+            "fix models.generator in the config"
+        )
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", revision=revision)
+        text_encoder = CLIPTextModel.from_pretrained(
+            source, subfolder="text_encoder", revision=revision, torch_dtype=dtype
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)
+        scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision)
+        vae = None
+        if _has_subfolder(source, "vae", revision):
+            vae = AutoencoderKL.from_pretrained(
+                source, subfolder="vae", revision=revision, torch_dtype=dtype
+            )
+    except OSError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CraftError(f"cannot load generator from '{source}': {first}") from None
+    scheduler = DDIMScheduler.from_config(
+        scheduler.config, timestep_spacing=timestep_spacing, clip_sample=False
+    )
+    text_encoder.requires_grad_(False)
+    if vae is not None:
+        vae.requires_grad_(False)
+    return Generator(unet, text_encoder, tokenizer, scheduler, vae)
+
+
+def save_generator(gen: Generator, out_dir: Path, provenance: dict | None = None) -> None:
+    """Save in the Stable Diffusion folder layout so ``load_generator`` reads it back."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen.unet.save_pretrained(out_dir / "unet")
+    gen.text_encoder.save_pretrained(out_dir / "text_encoder")
+    gen.tokenizer.save_pretrained(out_dir / "tokenizer")
+    gen.scheduler.save_pretrained(out_dir / "scheduler")
+    parts = {
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    if gen.vae is not None:
+        gen.vae.save_pretrained(out_dir / "vae")
+        parts["vae"] = ["diffusers", "AutoencoderKL"]
+    index = {"_class_name": "CraftGenerator", **parts}
+    if provenance:
+        index["craft_provenance"] = provenance
+    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))

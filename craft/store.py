@@ -1,0 +1,252 @@
+"""The HDF5 layer every stage reads and writes through.
+
+Contract (DESIGN.md, "Contracts"):
+- every file carries attrs ``craft_kind``, ``craft_schema``, ``craft_version``, ``config_digest``
+  (of the config slice that made it), ``created`` and ``command`` (the producing command line);
+- images are uint8 NHWC, one chunk per image;
+- writers write to a temporary name and rename, so a killed job leaves no half file;
+- long writers append in chunks to ``<name>.partial`` and resume from what is there;
+- readers refuse a file whose kind, schema or config digest is not what they expect.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from craft import __version__
+from craft.errors import CraftError
+
+SCHEMA_VERSION = 1
+
+#: Datasets each kind of file must hold (``{split}`` expands over the data file's splits).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "data": ("{split}/images", "{split}/labels", "{split}/paths"),
+    "samples": ("images", "labels", "prompts", "seeds"),
+}
+SPLITS = ("train", "val", "test")
+STR = h5py.string_dtype()
+
+
+def current_command() -> str:
+    """The command line of this process, for provenance."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def _stamp(f: h5py.File, kind: str, config_digest: str, command: str | None, attrs: Mapping) -> None:
+    f.attrs["craft_kind"] = kind
+    f.attrs["craft_schema"] = SCHEMA_VERSION
+    f.attrs["craft_version"] = __version__
+    f.attrs["config_digest"] = config_digest
+    f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    f.attrs["command"] = command if command is not None else current_command()
+    for key, value in attrs.items():
+        f.attrs[key] = json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def image_dataset(group: h5py.Group, name: str, images: np.ndarray) -> h5py.Dataset:
+    """Write uint8 NHWC images with one chunk per image."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 NHWC, got {images.dtype} {images.shape}")
+    chunks = (1, *images.shape[1:]) if len(images) else None
+    return group.create_dataset(name, data=images, chunks=chunks)
+
+
+@contextmanager
+def atomic_h5(
+    path: Path, kind: str, config_digest: str, command: str | None = None, attrs: Mapping = {}
+) -> Iterator[h5py.File]:
+    """Open ``path`` for writing through a temporary file that is renamed on success only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+            _stamp(f, kind, config_digest, command, attrs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class AppendWriter:
+    """Resumable, chunked writer of a fixed number of rows (e.g. generated images).
+
+    Rows go to ``<path>.partial``; ``done`` says how many are safely written. A rerun with the
+    same config digest resumes after them; with another digest, or if the partial file is
+    unreadable (killed mid-write), it starts over. ``finish()`` renames to ``path``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        kind: str,
+        config_digest: str,
+        fields: Mapping[str, tuple[tuple[int, ...], Any]],
+        total: int,
+        command: str | None = None,
+        attrs: Mapping = {},
+    ):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.total = total
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self._open_existing(config_digest, total)
+        if self.file is None:
+            self.file = h5py.File(self.partial, "w")
+            for name, (shape, dtype) in fields.items():
+                chunks = (1, *shape) if shape else (min(total, 1024),)
+                self.file.create_dataset(name, shape=(total, *shape), dtype=dtype, chunks=chunks)
+            _stamp(self.file, kind, config_digest, command, attrs)
+            self.file.attrs["rows_done"] = 0
+            self.file.flush()
+        self.done = int(self.file.attrs["rows_done"])
+
+    def _open_existing(self, config_digest: str, total: int) -> h5py.File | None:
+        if not self.partial.exists():
+            return None
+        try:
+            f = h5py.File(self.partial, "a")
+            same = f.attrs.get("config_digest") == config_digest and all(
+                d.shape[0] == total for d in f.values()
+            )
+            if same:
+                return f
+            f.close()
+            why = "it was made with another config"
+        except (OSError, KeyError):
+            why = "it is unreadable (killed mid-write)"
+        print(f"craft: starting {self.path.name} over: {why}", file=sys.stderr)
+        self.partial.unlink()
+        return None
+
+    def append(self, rows: Mapping[str, np.ndarray]) -> None:
+        n = len(next(iter(rows.values())))
+        if self.done + n > self.total:
+            raise ValueError(f"{self.path}: {self.done}+{n} rows exceed the total {self.total}")
+        for name, values in rows.items():
+            self.file[name][self.done : self.done + n] = values
+        self.done += n
+        self.file.attrs["rows_done"] = self.done
+        self.file.flush()
+
+    def finish(self) -> None:
+        if self.done != self.total:
+            raise ValueError(f"{self.path}: only {self.done} of {self.total} rows written")
+        self.file.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        self.file.close()
+        os.replace(self.partial, self.path)
+
+    def close(self) -> None:
+        """Close without finishing (the partial file stays for a later resume)."""
+        if self.file.id.valid:
+            self.file.close()
+
+
+def open_h5(path: Path, kind: str, config_digest: str | None = None) -> h5py.File:
+    """Open a craft HDF5 file for reading, refusing one of the wrong kind, schema or config."""
+    path = Path(path)
+    if not path.is_file():
+        raise CraftError(f"{path} does not exist: run the stage that makes it first")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise CraftError(f"{path} is not a readable HDF5 file ({err}); delete it and rerun") from None
+    found = f.attrs.get("craft_kind")
+    schema = f.attrs.get("craft_schema")
+    problem = None
+    if found is None or schema is None:
+        problem = "has no craft attributes (not written by craft)"
+    elif found != kind:
+        problem = f"is a '{found}' file, expected '{kind}'"
+    elif int(schema) != SCHEMA_VERSION:
+        problem = f"has schema {schema}, this craft reads {SCHEMA_VERSION}; rerun the stage"
+    elif config_digest is not None and f.attrs.get("config_digest") != config_digest:
+        problem = (
+            f"was made with another config (digest {f.attrs.get('config_digest')}, "
+            f"expected {config_digest}); rerun the stage that makes it"
+        )
+    else:
+        splits = [s for s in SPLITS if s in f] if kind == "data" else [""]
+        for pattern in REQUIRED.get(kind, ()):
+            for split in splits:
+                name = pattern.format(split=split)
+                if name not in f:
+                    problem = f"lacks dataset '{name}'"
+    if problem:
+        f.close()
+        raise CraftError(f"{path} {problem}")
+    return f
+
+
+def json_attr(f: h5py.File, key: str) -> Any:
+    return json.loads(f.attrs[key])
+
+
+# ----------------------------------------------------------------------------- typed views
+
+
+@dataclass
+class Split:
+    """One split of a prepared data file."""
+
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int64 index into label_names
+    label_names: list[str]
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_split(path: Path, split: str, config_digest: str | None = None) -> Split:
+    """Load one split (train/val/test) of ``results/data/{modality}.h5``."""
+    with open_h5(path, "data", config_digest) as f:
+        if split not in f:
+            raise CraftError(f"{path} has no split '{split}' (has: {[s for s in SPLITS if s in f]})")
+        g = f[split]
+        return Split(
+            images=g["images"][()],
+            labels=g["labels"][()].astype(np.int64),
+            label_names=json_attr(f, "labels"),
+            paths=[p.decode() if isinstance(p, bytes) else p for p in g["paths"][()]],
+        )
+
+
+@dataclass
+class Samples:
+    """Generated images with what they were asked for."""
+
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int64 index into label_names
+    label_names: list[str]
+    prompts: list[str]
+    seeds: np.ndarray  # (N,) int64 per-image noise seed
+    attrs: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_samples(path: Path, config_digest: str | None = None) -> Samples:
+    """Load ``samples.h5`` written by ``craft generate``."""
+    with open_h5(path, "samples", config_digest) as f:
+        return Samples(
+            images=f["images"][()],
+            labels=f["labels"][()].astype(np.int64),
+            label_names=json_attr(f, "labels"),
+            prompts=[p.decode() if isinstance(p, bytes) else p for p in f["prompts"][()]],
+            seeds=f["seeds"][()].astype(np.int64),
+            attrs={k: v for k, v in f.attrs.items()},
+        )

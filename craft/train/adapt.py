@@ -1,0 +1,87 @@
+"""``craft adapt``: the diffusion-loss baselines (zero-shot, LoRA, full UNet finetuning).
+
+Every method ends in a model card (``model.json``) that ``craft generate`` loads: zero-shot
+points at the foundation as is; lora adds a diffusers LoRA dir; full adds a UNet dir.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from craft import __version__
+from craft.config import CraftConfig
+from craft.models.card import ModelCard
+from craft.models.generator import load_generator
+from craft.paths import Layout
+from craft.prompts import label_prompt
+from craft.store import read_split
+from craft.train.common import setup_torch
+from craft.train.diffusion import DiffusionFinetune, FinetuneSettings, TrainingData
+
+
+def base_source(cfg: CraftConfig, modality: str) -> str:
+    """The foundation model of a modality: the configured one, or the workflow's pretrain."""
+    if cfg.models.generator == "pretrain":
+        return str(Layout(cfg.results).foundation(modality))
+    return cfg.models.generator
+
+
+def adapt(
+    cfg: CraftConfig, modality: str, method: str, seed: int, card_path: Path,
+    threads: int | None = None,
+) -> ModelCard:
+    """Adapt the foundation model to a modality's training split with one method."""
+    m = cfg.modality(modality)
+    k = cfg.method(method)
+    digest = cfg.digest("adapt", modality, method)
+    card_path = Path(card_path)
+    run_dir = card_path.parent
+    card = ModelCard(
+        modality=modality,
+        method=method,
+        seed=seed,
+        kind=k.kind,
+        base=base_source(cfg, modality),
+        revision=cfg.models.revision,
+        config_digest=digest,
+        craft_version=__version__,
+    )
+    if k.kind == "zero-shot" or k.steps == 0:
+        card.write(card_path)
+        return card
+
+    device = setup_torch(seed, threads)
+    data = read_split(Layout(cfg.results).data(modality), "train")
+
+    def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
+        return [label_prompt(m.description, data.label_names[i]) for i in label_idx]
+
+    gen = load_generator(card.base, card.revision, cfg.sampling.timestep_spacing).to(device)
+    settings = FinetuneSettings(
+        mode=k.kind,
+        steps=k.steps,
+        batch_size=k.batch_size,
+        lr=k.lr,
+        seed=seed,
+        config_digest=digest,
+        rank=k.rank,
+        alpha=k.alpha,
+        target_modules=list(k.target_modules),
+        weight_decay=k.weight_decay,
+        checkpoint_every=k.checkpoint_every,
+    )
+    recipe = DiffusionFinetune(settings, run_dir / "checkpoint")
+    recipe.setup(gen, TrainingData(data.images, data.labels, caption), m.channels)
+    recipe.train()
+    for name in ("lora", "unet"):  # a stale result of an earlier run must not survive
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    weights = recipe.save_weights(run_dir)
+    card = card.model_copy(
+        update={"steps": k.steps, "lora_dir" if weights == "lora" else "unet_dir": weights}
+    )
+    card.write(card_path)
+    recipe.cleanup()
+    return card

@@ -1,0 +1,90 @@
+# Config validation, the results layout, and the named input/params functions of every rule.
+# Imports no torch: this runs at parse time on the login node.
+import os
+import sys
+from pathlib import Path
+
+from craft.config import dump_config, validate_config
+from craft.errors import CraftError
+from craft.paths import Layout
+
+try:
+    CFG = validate_config(config)
+except CraftError as err:
+    sys.exit(f"craft: error: {err}")
+
+LAYOUT = Layout(CFG.results)
+RESULTS = str(CFG.results)
+LOGS = "logs"
+MODALITIES = list(CFG.modalities)
+METHODS = list(CFG.methods)
+SEEDS = [str(s) for s in CFG.seeds]
+PHANTOM_MODALITIES = [m for m, c in CFG.modalities.items() if c.source.kind == "phantom"]
+PRETRAIN = CFG.models.generator == "pretrain"
+
+
+def write_resolved_config():
+    """The validated config (with --config overrides) that every job reads.
+
+    Written only when its content changes; reruns are decided by each rule's params (the
+    config slice the job depends on), not by this file.
+    """
+    path = Path(RESULTS) / "config.resolved.yaml"
+    text = dump_config(CFG)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+CONFIG_FILE = write_resolved_config()
+
+
+wildcard_constraints:
+    modality="[a-z0-9][a-z0-9_-]*",
+    method="[a-z0-9][a-z0-9_-]*",
+    seed="[0-9]+",
+
+
+def get_settings(stage):
+    """Params function: the plain config slice a stage's job depends on (rerun trigger)."""
+
+    def settings(wildcards):
+        return CFG.slice(stage, wildcards.modality, wildcards.get("method"))
+
+    return settings
+
+
+def get_foundation(wildcards):
+    """The pretrained foundation dir, when the workflow trains it (phantom configs)."""
+    return [str(LAYOUT.foundation(wildcards.modality))] if PRETRAIN else []
+
+
+def get_metric_files(modality, method, seed):
+    """Every metrics file a finished run has (the oracle only for phantom modalities)."""
+    files = []
+    if modality in PHANTOM_MODALITIES:
+        files.append(str(LAYOUT.metrics(modality, method, seed, "oracle")))
+    return files
+
+
+def get_report_inputs(wildcards=None):
+    samples, metrics = [], []
+    for m in MODALITIES:
+        for k in METHODS:
+            for s in SEEDS:
+                samples.append(str(LAYOUT.samples(m, k, s)))
+                metrics += get_metric_files(m, k, s)
+    return {"samples": samples, "metrics": metrics}
+
+
+def get_final_output():
+    out = LAYOUT.report()
+    return [str(out / "summary.csv"), str(out / "index.html")]
+
+
+def res(stage, key):
+    """A rule's resources from config.resources.<stage>."""
+    return getattr(getattr(CFG.resources, stage), key)

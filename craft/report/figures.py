@@ -1,0 +1,258 @@
+"""The report's figures: sample grids and metric bar charts (PNG).
+
+Uses matplotlib's object API with the Agg renderer (``Figure`` + ``savefig``), never pyplot, so
+importing this module changes no global backend and leaks no figures.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from craft.errors import CraftError
+from craft.store import Samples
+
+DPI = 100
+FONT = 10  # points
+TILE_MIN = 64  # images smaller than this are upscaled (nearest neighbour, integer factor)
+TILE_MAX = 128  # images larger than this are downscaled (box filter)
+GAP = 2  # pixels between tiles
+GROUP_GAP = 14  # pixels between method groups
+
+
+def _save(fig, path: Path) -> Path:
+    """Save a figure as PNG through a temporary file renamed on success only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _text_px(text: str, size: float = FONT, bold: bool = False) -> float:
+    """Rendered width of ``text`` in pixels at DPI (Agg's own text metrics)."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer = RendererAgg(1, 1, DPI)
+    prop = FontProperties(size=size, weight="bold" if bold else "normal")
+    return renderer.get_text_width_height_descent(text, prop, ismath=False)[0]
+
+
+def _tile_size(h: int, w: int) -> tuple[int, int]:
+    side = max(h, w)
+    if side < TILE_MIN:
+        up = math.ceil(TILE_MIN / side)
+        return h * up, w * up
+    if side > TILE_MAX:
+        scale = TILE_MAX / side
+        return max(1, round(h * scale)), max(1, round(w * scale))
+    return h, w
+
+
+def _resize(img: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """HxWxC uint8 -> th x tw x C: integer nearest-neighbour up, box filter down."""
+    h, w = img.shape[:2]
+    if (h, w) == (th, tw):
+        return img
+    if th % h == 0 and tw % w == 0:
+        return np.repeat(np.repeat(img, th // h, axis=0), tw // w, axis=1)
+    from PIL import Image
+
+    mode_img = img[..., 0] if img.shape[2] == 1 else img
+    out = np.asarray(Image.fromarray(mode_img).resize((tw, th), Image.Resampling.BOX))
+    return out.reshape(th, tw, img.shape[2])
+
+
+def image_grid(
+    samples_by_method: Mapping[str, Samples], n_per_label: int, path: Path, title: str
+) -> Path:
+    """A grid of generated images: one row per label, a group of columns per method.
+
+    The first ``n_per_label`` images of each label are shown for each method, in file order.
+    Grayscale is drawn as gray (0..255 fixed, not stretched), RGB as RGB; small images are
+    upscaled by an integer nearest-neighbour factor so 32x32 images stay crisp. A method with
+    fewer images of a label leaves its tiles blank.
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    if not samples_by_method:
+        raise CraftError(f"image grid {path}: no samples to show")
+    if n_per_label < 1:
+        raise ValueError(f"n_per_label must be >= 1, got {n_per_label}")
+    methods = list(samples_by_method)
+    # rows: the longest label list first (its order), then labels only other methods have
+    by_size = sorted(samples_by_method.values(), key=lambda s: -len(s.label_names))
+    labels: list[str] = list(dict.fromkeys(name for s in by_size for name in s.label_names))
+    shapes = {m: s.images.shape[1:] for m, s in samples_by_method.items() if len(s)}
+    if not shapes:
+        raise CraftError(f"image grid {path}: the samples hold no images")
+    if len({shp[:2] for shp in shapes.values()}) > 1:
+        raise CraftError(f"image grid {path}: methods have different image sizes {shapes}")
+    bad = {m: shp for m, shp in shapes.items() if shp[2] not in (1, 3)}
+    if bad:
+        raise CraftError(f"image grid {path}: images must have 1 or 3 channels, got {bad}")
+    h, w = next(iter(shapes.values()))[:2]
+    rgb = any(shp[2] == 3 for shp in shapes.values())
+    th, tw = _tile_size(h, w)
+
+    # Layout in pixels (the mosaic is drawn 1:1 onto the canvas so no resampling blurs it).
+    cells_w = n_per_label * tw + (n_per_label - 1) * GAP
+    group_w = [max(cells_w, math.ceil(_text_px(m, bold=True)) + 6) for m in methods]
+    mosaic_w = sum(group_w) + GROUP_GAP * (len(methods) - 1)
+    mosaic_h = len(labels) * th + (len(labels) - 1) * GAP
+    left = math.ceil(max(_text_px(lab) for lab in labels)) + 16
+    top, bottom = 56, 8
+    right = max(8, math.ceil(_text_px(title, FONT + 2)) + 24 - left - mosaic_w)
+    fig_w, fig_h = left + mosaic_w + right, top + mosaic_h + bottom
+
+    mosaic = np.zeros((mosaic_h, mosaic_w, 3 if rgb else 1), np.float32)
+    mask = np.ones((mosaic_h, mosaic_w), bool)  # True = background (drawn white)
+    missing: list[tuple[float, float]] = []  # centres of blank tiles, in mosaic pixels
+    x0 = 0
+    for method, gw in zip(methods, group_w, strict=True):
+        s = samples_by_method[method]
+        for r, label in enumerate(labels):
+            y = r * (th + GAP)
+            idx = (
+                np.flatnonzero(s.labels == s.label_names.index(label))[:n_per_label]
+                if label in s.label_names
+                else np.array([], int)
+            )
+            for c in range(n_per_label):
+                x = x0 + (gw - cells_w) // 2 + c * (tw + GAP)
+                if c >= len(idx):
+                    missing.append((x + tw / 2, y + th / 2))
+                    continue
+                img = _resize(s.images[idx[c]], th, tw)
+                if rgb and img.shape[2] == 1:
+                    img = np.repeat(img, 3, axis=2)
+                mosaic[y : y + th, x : x + tw] = img
+                mask[y : y + th, x : x + tw] = False
+        x0 += gw + GROUP_GAP
+
+    fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
+    ax = fig.add_axes((left / fig_w, bottom / fig_h, mosaic_w / fig_w, mosaic_h / fig_h))
+    ax.set_axis_off()
+    common = dict(interpolation="nearest", aspect="auto", resample=False)
+    if rgb:
+        shown = mosaic.astype(np.uint8)
+        shown[mask] = 255
+        ax.imshow(shown, **common)
+    else:
+        cmap = colormaps["gray"].with_extremes(bad="white")
+        ax.imshow(np.ma.masked_array(mosaic[..., 0], mask), cmap=cmap, vmin=0, vmax=255, **common)
+    for cx, cy in missing:
+        ax.text(cx, cy, "–", ha="center", va="center", color="0.6", fontsize=FONT)
+
+    def fx(px: float) -> float:
+        return px / fig_w
+
+    def fy(py_from_top: float) -> float:
+        return 1 - py_from_top / fig_h
+
+    fig.text(fx(fig_w / 2), fy(6), title, ha="center", va="top", fontsize=FONT + 2)
+    x0 = left
+    for method, gw in zip(methods, group_w, strict=True):
+        fig.text(
+            fx(x0 + gw / 2),
+            fy(top - 4),
+            method,
+            ha="center",
+            va="bottom",
+            fontsize=FONT,
+            fontweight="bold",
+        )
+        x0 += gw + GROUP_GAP
+    for r, label in enumerate(labels):
+        fig.text(
+            fx(left - 8),
+            fy(top + r * (th + GAP) + th / 2),
+            label,
+            ha="right",
+            va="center",
+            fontsize=FONT,
+        )
+    return _save(fig, path)
+
+
+def metric_bars(
+    df: pd.DataFrame, metric: str, path: Path, lower_is_better: bool | None = None
+) -> Path:
+    """Bar chart of one metric: a subplot per modality, a bar per method (mean, sd error bar).
+
+    ``df`` is a summary table (``modality, method, metric, mean, sd, n_seeds``). Methods with one
+    seed (or no sd) get no error bar. The y axis is labelled with the metric name.
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    from craft.report.summary import lower_is_better as _lower
+
+    sub = df[df["metric"] == metric]
+    if sub.empty:
+        raise CraftError(f"metric '{metric}' is not in the summary; nothing to plot")
+    modalities = list(dict.fromkeys(sub["modality"]))
+    all_methods = list(dict.fromkeys(df["method"]))
+    colors = colormaps["tab10"]
+    n_max = max(sub.groupby("modality")["method"].nunique())
+    panel_w = max(3.0, 0.75 * n_max + 1.4)
+    fig = Figure(
+        figsize=(panel_w * len(modalities), 3.6), dpi=DPI, facecolor="white", layout="constrained"
+    )
+    axes = fig.subplots(1, len(modalities), squeeze=False)[0]
+    for ax, modality in zip(axes, modalities, strict=True):
+        rows = sub[sub["modality"] == modality]
+        x = np.arange(len(rows))
+        means = rows["mean"].to_numpy(float)
+        sds = rows["sd"].to_numpy(float)
+        n = rows["n_seeds"].to_numpy(int)
+        ax.bar(
+            x, means, width=0.65, color=[colors(all_methods.index(m) % 10) for m in rows["method"]]
+        )
+        has_sd = (n > 1) & np.isfinite(sds)
+        if has_sd.any():
+            ax.errorbar(
+                x[has_sd],
+                means[has_sd],
+                yerr=sds[has_sd],
+                fmt="none",
+                ecolor="black",
+                elinewidth=1.2,
+                capsize=4,
+            )
+        ax.set_xticks(
+            x, [f"{m}\n(n={k})" for m, k in zip(rows["method"], n, strict=True)], fontsize=FONT - 1
+        )
+        ax.set_title(modality, fontsize=FONT + 1)
+        ax.set_ylabel(metric, fontsize=FONT)
+        ax.axhline(0, color="0.3", linewidth=0.8)
+        ax.grid(axis="y", color="0.9")
+        ax.set_axisbelow(True)
+    low = _lower(metric) if lower_is_better is None else lower_is_better
+    fig.suptitle(
+        f"{metric}: mean ± sd over seeds ({'lower' if low else 'higher'} is better)",
+        fontsize=FONT + 1,
+    )
+    return _save(fig, path)
+
+
+def figure_name(kind: str, *parts: str) -> str:
+    """A safe PNG file name, e.g. ``grid-phantom-cxr.png``."""
+    import re
+
+    safe = [re.sub(r"[^A-Za-z0-9_.-]+", "_", p) for p in (kind, *parts)]
+    return "-".join(safe) + ".png"
+
+
+__all__: Sequence[str] = ("image_grid", "metric_bars", "figure_name")

@@ -1,0 +1,252 @@
+"""Metric files in, the report's numbers out.
+
+Every evaluation stage writes one JSON metrics file per (modality, method, seed) and stage
+(:class:`MetricsFile`). :func:`per_seed_table` reads them into one long table with a row per
+(modality, method, seed, metric); :func:`summarize` reduces that over seeds to the contract of
+``results/report/summary.csv`` (DESIGN.md, "Contracts"): ``modality, method, metric, mean, sd,
+n_seeds``. A NaN (or null) metric value means "missing": it is dropped, as if it were absent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from craft.errors import CraftError
+
+#: Columns of summary.csv, in order (DESIGN.md, "Contracts").
+SUMMARY_COLUMNS = ("modality", "method", "metric", "mean", "sd", "n_seeds")
+#: Columns of :func:`per_seed_table`.
+PER_SEED_COLUMNS = ("modality", "method", "seed", "metric", "value")
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+#: snake_case base name, then optional ``__{label}`` / ``__{evaluator}`` suffixes.
+METRIC_PATTERN = r"^[a-z0-9][a-z0-9_]*(__[a-z0-9][a-z0-9_.-]*)*$"
+#: Separator between a metric's base name and its per-label / per-evaluator suffixes.
+SUFFIX_SEP = "__"
+
+
+class Provenance(BaseModel):
+    """Where a metrics file came from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    config_digest: str
+    craft_version: str
+    created: str | None = None
+    command: str | None = None
+
+
+class MetricsFile(BaseModel):
+    """One metrics JSON file: the metrics of one stage for one (modality, method, seed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    modality: str = Field(pattern=NAME_PATTERN)
+    method: str = Field(pattern=NAME_PATTERN)
+    seed: int
+    stage: str = Field(pattern=NAME_PATTERN)
+    metrics: dict[str, float | None]
+    provenance: Provenance
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, v: dict[str, float | None]) -> dict[str, float | None]:
+        bad = [k for k in v if not re.match(METRIC_PATTERN, k)]
+        if bad:
+            raise ValueError(
+                f"metric names must be snake_case with optional '__suffix' parts, got {bad}"
+            )
+        return v
+
+
+def _format_validation(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "file"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if e["type"] == "extra_forbidden":
+        return f"{loc}: unknown key{more}"
+    if e["type"] == "missing":
+        return f"{loc}: required key is missing{more}"
+    shown = json.dumps(e.get("input"), default=str)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{loc}: {shown} is invalid: {e['msg'].removeprefix('Value error, ')}{more}"
+
+
+def load_metrics_file(path: Path) -> MetricsFile:
+    """Read and validate one metrics JSON file, or raise a one-line CraftError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CraftError(f"metrics file {path} does not exist: run the stage that makes it first")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CraftError(f"metrics file {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CraftError(f"metrics file {path}: expected a JSON object at the top level")
+    try:
+        return MetricsFile.model_validate(data)
+    except ValidationError as err:
+        raise CraftError(f"metrics file {path}: {_format_validation(err)}") from None
+
+
+def _unique_paths(metric_files: Sequence[Path]) -> list[Path]:
+    """The files in order, the same file named twice counted once."""
+    seen: set[Path] = set()
+    out = []
+    for p in metric_files:
+        key = Path(p).resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(Path(p))
+    return out
+
+
+def per_seed_table(metric_files: Sequence[Path]) -> pd.DataFrame:
+    """One row per (modality, method, seed, metric) with its value, in file order.
+
+    Columns: ``modality, method, seed, metric, value``. NaN/null values are dropped (missing).
+    The same (modality, method, seed, metric) in two files is a CraftError naming both.
+    """
+    rows: list[tuple[str, str, int, str, float]] = []
+    origin: dict[tuple[str, str, int, str], Path] = {}
+    for path in _unique_paths(metric_files):
+        mf = load_metrics_file(path)
+        for metric, value in mf.metrics.items():
+            key = (mf.modality, mf.method, mf.seed, metric)
+            if key in origin:
+                raise CraftError(
+                    f"metric '{metric}' of {mf.modality}/{mf.method} seed {mf.seed} is in both "
+                    f"{origin[key]} and {path}; remove one of them"
+                )
+            origin[key] = path
+            if value is None or math.isnan(value):
+                continue
+            rows.append((*key[:3], metric, float(value)))
+    df = pd.DataFrame(rows, columns=list(PER_SEED_COLUMNS))
+    return df.astype(
+        {
+            "modality": object,
+            "method": object,
+            "seed": "int64",
+            "metric": object,
+            "value": "float64",
+        }
+    )
+
+
+def _order_key(values: pd.Series, given: Sequence[str] | None) -> pd.Series:
+    """Rank of each value: its place in ``given``, then first appearance for the rest."""
+    order = list(dict.fromkeys([*(given or []), *values]))
+    rank = {v: i for i, v in enumerate(order)}
+    return values.map(rank)
+
+
+def summarize_table(
+    per_seed: pd.DataFrame,
+    modality_order: Sequence[str] | None = None,
+    method_order: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Reduce a :func:`per_seed_table` over seeds (mean, sample sd with ddof=1, n_seeds)."""
+    if per_seed.empty:
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=t)
+                for c, t in zip(
+                    SUMMARY_COLUMNS,
+                    (object, object, object, "float64", "float64", "int64"),
+                    strict=True,
+                )
+            }
+        )
+    g = per_seed.groupby(["modality", "method", "metric"], sort=False)["value"]
+    df = g.agg(
+        mean="mean",
+        sd=lambda v: float(np.std(v.to_numpy(), ddof=1)) if len(v) > 1 else math.nan,
+        n_seeds="count",
+    ).reset_index()
+    df = df.assign(
+        _mod=_order_key(df["modality"], modality_order),
+        _meth=_order_key(df["method"], method_order),
+    )
+    df = df.sort_values(["_mod", "_meth", "metric"], kind="mergesort").reset_index(drop=True)
+    df = df[list(SUMMARY_COLUMNS)]
+    return df.astype({"mean": "float64", "sd": "float64", "n_seeds": "int64"})
+
+
+def summarize(
+    metric_files: Sequence[Path],
+    modality_order: Sequence[str] | None = None,
+    method_order: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The report's numbers: columns exactly ``modality, method, metric, mean, sd, n_seeds``.
+
+    ``sd`` is the sample standard deviation over seeds (ddof=1), NaN when ``n_seeds == 1``.
+    Rows are sorted by modality and method (the given orders, then order of first appearance
+    in ``metric_files``), then metric name alphabetically.
+    """
+    return summarize_table(per_seed_table(metric_files), modality_order, method_order)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed on success only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_summary(df: pd.DataFrame, path: Path) -> Path:
+    """Write the summary as CSV (atomically); a missing sd is an empty field."""
+    if list(df.columns) != list(SUMMARY_COLUMNS):
+        raise ValueError(f"summary columns must be {list(SUMMARY_COLUMNS)}, got {list(df.columns)}")
+    path = Path(path)
+    atomic_write_text(path, df.to_csv(index=False, na_rep="", lineterminator="\n"))
+    return path
+
+
+def read_summary(path: Path) -> pd.DataFrame:
+    """Read a summary.csv written by :func:`write_summary` (empty sd -> NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CraftError(f"summary file {path} does not exist: run 'craft report' first")
+    df = pd.read_csv(path, dtype={"modality": str, "method": str, "metric": str})
+    if list(df.columns) != list(SUMMARY_COLUMNS):
+        raise CraftError(
+            f"{path}: columns must be {', '.join(SUMMARY_COLUMNS)}, got {', '.join(df.columns)}"
+        )
+    return df.astype({"mean": "float64", "sd": "float64", "n_seeds": "int64"})
+
+
+#: Metrics (base names) where lower values are better; every other metric: higher is better.
+#: A base name ending in ``_{name}`` for one of these (e.g. ``cas_tail_rate``) counts too.
+LOWER_IS_BETTER = frozenset({"tail_rate", "fd", "fid", "kid", "memorization_rate", "ece", "loss"})
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a lower value of ``metric`` is better (see :data:`LOWER_IS_BETTER`)."""
+    base = base_metric(metric)
+    return base in LOWER_IS_BETTER or any(base.endswith("_" + m) for m in LOWER_IS_BETTER)
+
+
+def base_metric(metric: str) -> str:
+    """The metric's name without its ``__label`` / ``__evaluator`` suffixes."""
+    return metric.split(SUFFIX_SEP, 1)[0]
+
+
+def is_main_metric(metric: str) -> bool:
+    """A key metric: one without a per-label or per-evaluator suffix."""
+    return SUFFIX_SEP not in metric

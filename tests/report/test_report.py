@@ -1,0 +1,393 @@
+"""The report stage: summary numbers, error handling, figures and the static HTML page."""
+
+from __future__ import annotations
+
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from craft.errors import CraftError
+from craft.report import report
+from craft.report.figures import image_grid, metric_bars
+from craft.report.html import build_report, format_cell
+from craft.report.summary import (
+    SUMMARY_COLUMNS,
+    per_seed_table,
+    read_summary,
+    summarize,
+    write_summary,
+)
+from craft.store import STR, atomic_h5, image_dataset, read_samples
+
+MODALITIES = ["phantom-cxr", "phantom-derm"]
+METHODS = ["lora", "craft"]
+SEEDS = [0, 1, 2]
+LABELS = {"phantom-cxr": ["normal", "effusion", "nodule"], "phantom-derm": ["benign", "melanoma"]}
+
+
+def known_values() -> dict[tuple[str, str, int], dict[str, dict[str, float]]]:
+    """{(modality, method, seed): {stage: {metric: value}}} with distinct, known values."""
+    rng = np.random.default_rng(7)
+    out = {}
+    for i, modality in enumerate(MODALITIES):
+        for j, method in enumerate(METHODS):
+            for seed in SEEDS:
+                oracle = {"oracle_label_agreement": 0.5 + 0.2 * j + 0.05 * i + rng.normal(0, 0.03)}
+                for label in LABELS[modality]:
+                    oracle[f"oracle_label_agreement__{label}"] = float(rng.uniform(0, 1))
+                cas = {
+                    "cas_mean": float(rng.uniform(0.3, 0.9)),
+                    "tail_rate": 0.2 - 0.1 * j + float(rng.uniform(0, 0.02)),
+                    "cas_mean__biomedclip": float(rng.uniform(0.3, 0.9)),
+                }
+                out[(modality, method, seed)] = {"oracle": oracle, "cas": cas}
+    return out
+
+
+def metrics_json(modality, method, seed, stage, metrics, **extra) -> dict:
+    return {
+        "modality": modality,
+        "method": method,
+        "seed": seed,
+        "stage": stage,
+        "metrics": metrics,
+        "provenance": {"config_digest": "abc123", "craft_version": "0.1.0"},
+        **extra,
+    }
+
+
+def write_metric_files(root: Path, values=None) -> list[Path]:
+    values = values or known_values()
+    paths = []
+    for (modality, method, seed), stages in values.items():
+        for stage, metrics in stages.items():
+            p = root / "results" / "runs" / modality / method / str(seed) / f"{stage}.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(metrics_json(modality, method, seed, stage, metrics)))
+            paths.append(p)
+    return paths
+
+
+def write_samples(path: Path, labels: list[str], n_per_label: int, channels: int, size=32) -> Path:
+    """Small samples.h5: label k drawn as a disc of brightness/colour depending on k."""
+    yy, xx = np.mgrid[:size, :size]
+    images, lab, prompts, seeds = [], [], [], []
+    rng = np.random.default_rng(len(labels) + channels)
+    for k, name in enumerate(labels):
+        for i in range(n_per_label):
+            r = size / 6 + i % 4
+            disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < r * r
+            img = np.full((size, size, channels), 20, np.uint8)
+            colour = [80 + 60 * k, 200 - 50 * k, 120][:channels] if channels == 3 else [90 + 70 * k]
+            img[disc] = colour
+            img = np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
+            images.append(img)
+            lab.append(k)
+            prompts.append(f"a {name} image")
+            seeds.append(1000 + len(seeds))
+    with atomic_h5(path, "samples", "digest", attrs={"labels": labels}) as f:
+        image_dataset(f, "images", np.stack(images))
+        f.create_dataset("labels", data=np.array(lab, np.int64))
+        f.create_dataset("prompts", data=prompts, dtype=STR)
+        f.create_dataset("seeds", data=np.array(seeds, np.int64))
+    return path
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def test_summarize_matches_numpy(tmp_path):
+    values = known_values()
+    files = write_metric_files(tmp_path, values)
+    df = summarize(files)
+    assert list(df.columns) == list(SUMMARY_COLUMNS)
+    n_metrics = len(values[("phantom-cxr", "lora", 0)]["oracle"]) + 3
+    n_metrics_derm = len(values[("phantom-derm", "lora", 0)]["oracle"]) + 3
+    assert len(df) == 2 * n_metrics + 2 * n_metrics_derm
+    # order: modality and method by first appearance, metric alphabetical within
+    assert list(dict.fromkeys(df["modality"])) == MODALITIES
+    assert list(dict.fromkeys(df.loc[df.modality == "phantom-cxr", "method"])) == METHODS
+    for _, g in df.groupby(["modality", "method"], sort=False):
+        assert list(g["metric"]) == sorted(g["metric"])
+    for row in df.itertuples():
+        seeds = [
+            {
+                **values[(row.modality, row.method, s)]["oracle"],
+                **values[(row.modality, row.method, s)]["cas"],
+            }[row.metric]
+            for s in SEEDS
+        ]
+        assert row.n_seeds == 3
+        assert row.mean == pytest.approx(np.mean(seeds), rel=1e-12)
+        assert row.sd == pytest.approx(np.std(seeds, ddof=1), rel=1e-12)
+    assert df["n_seeds"].dtype == np.int64
+
+
+def test_given_order_and_per_seed_table(tmp_path):
+    files = write_metric_files(tmp_path)
+    df = summarize(files, modality_order=["phantom-derm"], method_order=["craft", "lora"])
+    assert list(dict.fromkeys(df["modality"])) == ["phantom-derm", "phantom-cxr"]
+    assert list(dict.fromkeys(df["method"])) == ["craft", "lora"]
+    per_seed = per_seed_table(files)
+    assert list(per_seed.columns) == ["modality", "method", "seed", "metric", "value"]
+    assert sorted(set(per_seed["seed"])) == SEEDS
+    one = per_seed[
+        (per_seed.modality == "phantom-cxr")
+        & (per_seed.method == "lora")
+        & (per_seed.metric == "tail_rate")
+    ]
+    assert len(one) == 3
+
+
+def test_single_seed_nan_missing_and_csv(tmp_path):
+    files = []
+    for seed, value in [(0, 0.5), (1, float("nan")), (2, 0.7)]:
+        p = tmp_path / f"m{seed}.json"
+        metrics = {"oracle_label_agreement": value, "fd": 3.0 + seed}
+        if seed == 0:
+            metrics["only_once"] = 1  # an int is a valid float
+        p.write_text(json.dumps(metrics_json("phantom-cxr", "lora", seed, "oracle", metrics)))
+        files.append(p)
+    df = summarize(files).set_index("metric")
+    assert df.loc["oracle_label_agreement", "n_seeds"] == 2  # NaN counts as missing
+    assert df.loc["oracle_label_agreement", "mean"] == pytest.approx(0.6)
+    assert df.loc["oracle_label_agreement", "sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert df.loc["only_once", "n_seeds"] == 1 and math.isnan(df.loc["only_once", "sd"])
+    out = write_summary(df.reset_index()[list(SUMMARY_COLUMNS)], tmp_path / "s" / "summary.csv")
+    lines = out.read_text().splitlines()
+    assert lines[0] == "modality,method,metric,mean,sd,n_seeds"
+    once = next(line for line in lines if ",only_once," in line)
+    assert once == "phantom-cxr,lora,only_once,1.0,,1"
+    back = read_summary(out)
+    assert math.isnan(back.set_index("metric").loc["only_once", "sd"])
+    assert not list((tmp_path / "s").glob(".*tmp*"))
+
+
+def test_duplicate_metric_names_both_files(tmp_path):
+    a, b = tmp_path / "a" / "oracle.json", tmp_path / "b" / "other.json"
+    for p in (a, b):
+        p.parent.mkdir()
+    a.write_text(json.dumps(metrics_json("phantom-cxr", "lora", 0, "oracle", {"x": 1.0, "y": 2.0})))
+    b.write_text(json.dumps(metrics_json("phantom-cxr", "lora", 0, "cas", {"z": 1.0, "y": 3.0})))
+    with pytest.raises(CraftError) as err:
+        summarize([a, b])
+    msg = str(err.value)
+    assert str(a) in msg and str(b) in msg and "'y'" in msg and "\n" not in msg
+    # same metric of another seed is no duplicate
+    b.write_text(json.dumps(metrics_json("phantom-cxr", "lora", 1, "oracle", {"y": 3.0})))
+    assert summarize([a, b]).set_index("metric").loc["y", "n_seeds"] == 2
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d.update(extra_key=1), "extra_key"),
+        (lambda d: d["provenance"].update(host="x"), "provenance.host"),
+        (lambda d: d.update(seed="zero"), "seed"),
+        (lambda d: d["metrics"].update(oracle_label_agreement="high"), "oracle_label_agreement"),
+        (lambda d: d.pop("stage"), "stage"),
+        (lambda d: d["metrics"].update({"Bad Name": 0.1}), "snake_case"),
+    ],
+)
+def test_malformed_metric_file_names_file(tmp_path, mutate, expected):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(metrics_json("phantom-cxr", "lora", 0, "oracle", {"a": 0.1})))
+    data = metrics_json("phantom-cxr", "lora", 1, "oracle", {"oracle_label_agreement": 0.3})
+    mutate(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(CraftError) as err:
+        summarize([good, bad])
+    assert str(bad) in str(err.value) and expected in str(err.value)
+
+
+def test_unreadable_metric_files(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(CraftError, match="broken.json.*not valid JSON"):
+        summarize([broken])
+    with pytest.raises(CraftError, match="missing.json does not exist"):
+        summarize([tmp_path / "missing.json"])
+    listing = tmp_path / "list.json"
+    listing.write_text("[1, 2]")
+    with pytest.raises(CraftError, match="list.json"):
+        summarize([listing])
+    assert list(summarize([]).columns) == list(SUMMARY_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def test_image_grid_gray_layout(tmp_path):
+    labels = LABELS["phantom-cxr"]
+    s1 = read_samples(write_samples(tmp_path / "a.h5", labels, 5, 1))
+    s2 = read_samples(write_samples(tmp_path / "b.h5", labels[:2], 2, 1))  # lacks a label
+    out = image_grid({"lora": s1, "craft": s2}, 4, tmp_path / "grid.png", "phantom-cxr")
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    h, w = img.shape[:2]
+    # 3 label rows of 64 px tiles (32 px upscaled x2) and 2 x 4 tile columns, plus margins
+    assert 3 * 64 <= h <= 3 * 64 + 120
+    assert 8 * 64 <= w <= 8 * 64 + 250
+    assert img.std() > 20  # not blank
+    gray = (img[..., 0] == img[..., 1]) & (img[..., 1] == img[..., 2])
+    assert gray.mean() > 0.97  # grayscale drawn as gray (text antialiasing aside)
+    # crisp: nearest-neighbour upscaling x2 of noisy backgrounds makes about half of all
+    # neighbouring dark pixel pairs equal (a smoothing resampler makes far fewer equal)
+    g = img[..., 0]
+    for a, b in ((g[:, :-1], g[:, 1:]), (g[:-1], g[1:])):
+        dark = (a < 60) & (b < 60)
+        assert dark.sum() > 3 * 4 * 64 * 64 * 0.2
+        assert ((a == b) & dark).sum() / dark.sum() > 0.45
+
+
+def test_image_grid_rgb(tmp_path):
+    s = read_samples(write_samples(tmp_path / "rgb.h5", LABELS["phantom-derm"], 3, 3))
+    out = image_grid({"zero-shot": s}, 3, tmp_path / "rgb.png", "derm")
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert (np.abs(img[..., 0] - img[..., 1]) > 40).mean() > 0.02  # colour survives
+
+
+def test_metric_bars_single_and_multi_seed(tmp_path):
+    df = pd.DataFrame(
+        [
+            ("phantom-cxr", "lora", "tail_rate", 0.2, 0.02, 3),
+            ("phantom-cxr", "craft", "tail_rate", 0.1, float("nan"), 1),
+            ("phantom-derm", "lora", "tail_rate", 0.3, float("nan"), 1),
+        ],
+        columns=list(SUMMARY_COLUMNS),
+    )
+    out = metric_bars(df, "tail_rate", tmp_path / "bars.png")
+    img = Image.open(out)
+    assert img.size[0] > img.size[1] > 100
+    with pytest.raises(CraftError, match="not_there"):
+        metric_bars(df, "not_there", tmp_path / "x.png")
+
+
+# ----------------------------------------------------------------------------- html
+
+
+class _Page(HTMLParser):
+    """Tables (per h2 section, with bold flags), img srcs and external references."""
+
+    def __init__(self):
+        super().__init__()
+        self.section = None
+        self.tables: list[tuple[str, str, list[list[tuple[str, bool]]]]] = []
+        self.imgs: list[str] = []
+        self.external: list[str] = []
+        self._cell = None
+        self._bold = False
+        self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "h2":
+            self._in_h2, self.section = True, ""
+        elif tag == "table":
+            self.tables.append((self.section, a.get("class", ""), []))
+        elif tag == "tr":
+            self.tables[-1][2].append([])
+        elif tag in ("td", "th"):
+            self._cell, self._bold = "", "best" in a.get("class", "")
+        elif tag == "b":
+            self._bold = True
+        elif tag == "img":
+            self.imgs.append(a["src"])
+        if tag in ("link", "script") or any(
+            k in ("src", "href") and v and ("//" in v or v.startswith("data:http"))
+            for k, v in attrs
+        ):
+            self.external.append(str(attrs))
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_h2 = False
+        elif tag in ("td", "th"):
+            self.tables[-1][2][-1].append((self._cell.strip(), self._bold))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.section += data
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_build_report(tmp_path):
+    values = known_values()
+    files = write_metric_files(tmp_path, values)
+    samples = {}
+    for modality in MODALITIES:
+        for method in METHODS:
+            for seed in (2, 0):  # the grid must use the first seed, 0
+                p = tmp_path / "results" / "runs" / modality / method / str(seed) / "samples.h5"
+                channels = 1 if modality == "phantom-cxr" else 3
+                write_samples(p, LABELS[modality], 4 if seed == 0 else 1, channels)
+                samples[(modality, method, seed)] = p
+    out_dir = tmp_path / "results" / "report"
+    title = "Phantom <benchmark> & co"
+    index = report(files, samples, out_dir, title, grid_per_label=3)
+    assert index == out_dir / "index.html"
+    text = index.read_text()
+    assert "Phantom &lt;benchmark&gt; &amp; co" in text and "<benchmark>" not in text
+    assert (out_dir / "summary.csv").is_file()
+    assert list(read_summary(out_dir / "summary.csv").columns) == list(SUMMARY_COLUMNS)
+    assert f"{len(files)} metric files" in text and "craft 0.1.0" in text
+
+    page = _Page()
+    page.feed(text)
+    assert page.external == []
+    assert page.imgs, "no figures on the page"
+    for src in page.imgs:
+        assert not src.startswith("/") and (out_dir / src).is_file(), src
+    assert {Path(s).name for s in page.imgs} >= {
+        "grid-phantom-cxr.png",
+        "grid-phantom-derm.png",
+        "bars-tail_rate.png",
+        "bars-oracle_label_agreement.png",
+        "bars-cas_mean.png",
+    }
+    assert not any("__" in s for s in page.imgs)  # no bar figures for per-label metrics
+
+    main = {section: rows for section, cls, rows in page.tables if cls == "main"}
+    assert set(main) == set(MODALITIES)
+    for modality in MODALITIES:
+        header, *rows = main[modality]
+        names = [c[0].split(" ")[0] for c in header]
+        assert names[:2] == ["method", "seeds"]
+        assert names[2:] == ["cas_mean", "oracle_label_agreement", "tail_rate"]
+        assert [r[0][0] for r in rows] == METHODS
+        for col, metric in enumerate(names[2:], start=2):
+            means = {}
+            for row in rows:
+                method = row[0][0]
+                seeds = [
+                    values[(modality, method, s)][
+                        "oracle" if metric.startswith("oracle") else "cas"
+                    ][metric]
+                    for s in SEEDS
+                ]
+                expected = format_cell(np.mean(seeds), np.std(seeds, ddof=1), 3)
+                assert row[col][0] == expected
+                assert row[1][0] == "3"
+                means[method] = np.mean(seeds)
+            best = (min if metric == "tail_rate" else max)(means, key=means.get)
+            assert [r[0][0] for r in rows if r[col][1]] == [best], (modality, metric)
+    # per-label metrics are in the collapsed all-metrics table
+    assert "oracle_label_agreement__effusion" in text and "cas_mean__biomedclip" in text
+
+    grid = np.asarray(Image.open(out_dir / "figures" / "grid-phantom-cxr.png").convert("L"))
+    assert grid.std() > 20
+    # grid of 3 labels x (2 methods x 3 tiles of 64 px): seed 0 files hold 4 per label
+    assert 3 * 64 <= grid.shape[0] <= 3 * 64 + 120 and 6 * 64 <= grid.shape[1] <= 6 * 64 + 250
+    assert not list(out_dir.glob(".*tmp*"))
+
+    # rebuilding over an existing report works (atomic replace)
+    again = build_report(summarize(files), {}, out_dir, "again")
+    assert "again" in again.read_text()

@@ -1,0 +1,219 @@
+"""read_manifest and assign_splits on real CSV files and image folders."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from craft.data.manifest import ManifestRow, assign_splits, read_manifest
+from craft.errors import CraftError
+
+LABELS = ["normal", "effusion"]
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    for name in ["a.png", "b.png", "c.png", "sub/d.png"]:
+        (images / name).write_bytes(b"\x89PNG")  # existence is all read_manifest checks
+    return images
+
+
+def write_csv(tmp_path: Path, text: str, name: str = "manifest.csv", **kw) -> Path:
+    path = tmp_path / name
+    path.write_text(text, **kw)
+    return path
+
+
+def test_reads_rows_with_line_numbers_and_resolved_paths(tmp_path, root):
+    absolute = root / "c.png"
+    csv = write_csv(
+        tmp_path,
+        "path,label,split,site\n"
+        "a.png,normal,train,x\n"
+        "\n"
+        f"{absolute},effusion,,y\n"
+        " sub/d.png , effusion , TEST ,z\n",
+    )
+    rows = read_manifest(csv, root, LABELS)
+    assert rows == [
+        ManifestRow(row=2, path=root / "a.png", label="normal", split="train"),
+        ManifestRow(row=4, path=absolute, label="effusion", split=None),
+        ManifestRow(row=5, path=root / "sub" / "d.png", label="effusion", split="test"),
+    ]
+    assert all(r.path.is_absolute() for r in rows)
+
+
+def test_header_with_bom_any_case_and_order(tmp_path, root):
+    csv = write_csv(tmp_path, "Label, PATH\nnormal,a.png\neffusion,b.png\n", encoding="utf-8-sig")
+    rows = read_manifest(csv, root, LABELS)
+    assert [(r.label, r.path.name, r.split) for r in rows] == [
+        ("normal", "a.png", None),
+        ("effusion", "b.png", None),
+    ]
+
+
+def test_missing_manifest(tmp_path, root):
+    with pytest.raises(CraftError, match=r"nope\.csv: manifest not found"):
+        read_manifest(tmp_path / "nope.csv", root, LABELS)
+
+
+def test_missing_columns_lists_existing(tmp_path, root):
+    csv = write_csv(tmp_path, "file,label\na.png,normal\n")
+    with pytest.raises(
+        CraftError, match=r"manifest\.csv: missing column\(s\) path.*'file', 'label'"
+    ):
+        read_manifest(csv, root, LABELS)
+
+
+def test_empty_path(tmp_path, root):
+    csv = write_csv(tmp_path, "path,label\na.png,normal\n,effusion\n")
+    with pytest.raises(CraftError, match=r"manifest\.csv line 3: empty path"):
+        read_manifest(csv, root, LABELS)
+
+
+def test_unknown_label_lists_allowed_and_config_key(tmp_path, root):
+    csv = write_csv(tmp_path, "path,label\na.png,normal\nb.png,pneumonia\n")
+    with pytest.raises(CraftError) as err:
+        read_manifest(csv, root, LABELS)
+    msg = str(err.value)
+    assert "manifest.csv line 3" in msg and "'pneumonia'" in msg
+    assert "normal, effusion" in msg and "modalities.<name>.labels" in msg and "\n" not in msg
+
+
+def test_invalid_split(tmp_path, root):
+    csv = write_csv(tmp_path, "path,label,split\na.png,normal,train\nb.png,effusion,validation\n")
+    with pytest.raises(CraftError, match=r"manifest\.csv line 3: split 'validation'"):
+        read_manifest(csv, root, LABELS)
+
+
+def test_missing_image_names_row_path_and_count(tmp_path, root):
+    csv = write_csv(
+        tmp_path, "path,label\na.png,normal\ngone.png,effusion\nalso_gone.png,effusion\n"
+    )
+    with pytest.raises(
+        CraftError,
+        match=r"manifest\.csv line 3: image file not found: .*gone\.png \(and 1 more rows\)",
+    ):
+        read_manifest(csv, root, LABELS)
+
+
+def test_missing_image_root_is_named(tmp_path, root):
+    csv = write_csv(tmp_path, "path,label\na.png,normal\nb.png,effusion\n")
+    with pytest.raises(CraftError, match=r"line 2: .*image root .*nowhere does not exist"):
+        read_manifest(csv, tmp_path / "nowhere", LABELS)
+
+
+def test_duplicate_paths_even_when_spelled_differently(tmp_path, root):
+    csv = write_csv(tmp_path, "path,label\na.png,normal\nb.png,effusion\n./sub/../a.png,effusion\n")
+    with pytest.raises(CraftError, match=r"manifest\.csv line 4: duplicate path .*line 2"):
+        read_manifest(csv, root, LABELS)
+
+
+def test_configured_label_without_images(tmp_path, root):
+    csv = write_csv(tmp_path, "path,label\na.png,normal\nb.png,normal\n")
+    with pytest.raises(
+        CraftError, match=r"manifest\.csv: configured label\(s\) 'effusion' have no images"
+    ):
+        read_manifest(csv, root, LABELS)
+
+
+def test_header_only_and_ragged_rows(tmp_path, root):
+    with pytest.raises(CraftError, match="no rows"):
+        read_manifest(write_csv(tmp_path, "path,label\n"), root, LABELS)
+    with pytest.raises(CraftError, match=r"line 2: has 3 fields but the header has 2"):
+        read_manifest(
+            write_csv(tmp_path, "path,label\na.png,normal,extra\n", "r.csv"), root, LABELS
+        )
+
+
+# ----------------------------------------------------------------------------- assign_splits
+
+
+def rows_for(counts: dict[str, int], split: str | None = None) -> list[ManifestRow]:
+    rows, line = [], 2
+    for label, n in counts.items():
+        for i in range(n):
+            rows.append(
+                ManifestRow(
+                    row=line, path=Path(f"/data/{label}/{i:04d}.png"), label=label, split=split
+                )
+            )
+            line += 1
+    return rows
+
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def test_stratified_counts_per_label():
+    rows = rows_for({"normal": 100, "effusion": 20})
+    splits = assign_splits(rows, FRACTIONS, seed=0)
+    per = Counter((r.label, s) for r, s in zip(rows, splits, strict=True))
+    assert (per["normal", "train"], per["normal", "val"], per["normal", "test"]) == (70, 15, 15)
+    assert (per["effusion", "train"], per["effusion", "val"], per["effusion", "test"]) == (14, 3, 3)
+
+
+def test_deterministic_in_seed_and_independent_of_row_order():
+    rows = rows_for({"normal": 50, "effusion": 50})
+    a = assign_splits(rows, FRACTIONS, seed=3)
+    assert a == assign_splits(rows, FRACTIONS, seed=3)
+    assert a != assign_splits(rows, FRACTIONS, seed=4)
+    reversed_rows = rows[::-1]
+    b = assign_splits(reversed_rows, FRACTIONS, seed=3)
+    assert dict(zip((r.path for r in rows), a, strict=True)) == dict(
+        zip((r.path for r in reversed_rows), b, strict=True)
+    )
+
+
+def test_explicit_splits_are_kept_and_fractions_apply_to_the_rest():
+    fixed = rows_for({"normal": 5, "effusion": 5}, split="test")
+    free = [
+        ManifestRow(r.row + 100, r.path.with_name("f" + r.path.name), r.label, None)
+        for r in rows_for({"normal": 10, "effusion": 10})
+    ]
+    splits = assign_splits(fixed + free, {"train": 0.8, "val": 0.2, "test": 0.0}, seed=0)
+    assert splits[:10] == ["test"] * 10
+    assert Counter(splits[10:]) == {"train": 16, "val": 4}
+
+
+def test_small_label_gets_one_in_each_split():
+    rows = rows_for({"normal": 50, "rare": 3})
+    splits = assign_splits(rows, {"train": 0.9, "val": 0.05, "test": 0.05}, seed=0)
+    assert sorted(s for r, s in zip(rows, splits, strict=True) if r.label == "rare") == [
+        "test",
+        "train",
+        "val",
+    ]
+
+
+def test_zero_fraction_split_gets_nothing():
+    rows = rows_for({"normal": 10, "effusion": 10})
+    assert "val" not in assign_splits(rows, {"train": 0.8, "val": 0.0, "test": 0.2}, seed=0)
+
+
+def test_too_few_images_names_label_and_counts():
+    rows = rows_for({"normal": 10, "rare": 2})
+    with pytest.raises(
+        CraftError, match=r"label 'rare' has 2 image\(s\).*at least 3.*train, val, test"
+    ):
+        assign_splits(rows, FRACTIONS, seed=0)
+
+
+def test_explicit_rows_count_towards_the_minimum():
+    rows = rows_for({"rare": 1}, split="test") + [
+        ManifestRow(10, Path("/data/rare/x.png"), "rare", None),
+        ManifestRow(11, Path("/data/rare/y.png"), "rare", None),
+    ]
+    splits = assign_splits(rows, FRACTIONS, seed=0)
+    assert splits[0] == "test" and sorted(splits[1:]) == ["train", "val"]
+
+
+def test_bad_fractions():
+    with pytest.raises(CraftError, match="sum to 1"):
+        assign_splits(rows_for({"a": 5}), {"train": 0.5, "val": 0.1, "test": 0.1}, seed=0)
+    with pytest.raises(CraftError, match="unknown split"):
+        assign_splits(rows_for({"a": 5}), {"train": 0.9, "holdout": 0.1}, seed=0)

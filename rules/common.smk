@@ -19,7 +19,9 @@ LOGS = "logs"
 MODALITIES = list(CFG.modalities)
 METHODS = list(CFG.methods)
 SEEDS = [str(s) for s in CFG.seeds]
-PHANTOM_MODALITIES = [m for m, c in CFG.modalities.items() if c.source.kind == "phantom"]
+PHANTOM_MODALITIES = [
+    m for m, c in CFG.modalities.items() if c.source.kind == "phantom"
+]
 PRETRAIN = CFG.models.generator == "pretrain"
 
 
@@ -78,6 +80,11 @@ def get_report_inputs(wildcards=None):
                 samples.append(str(LAYOUT.samples(m, k, s)))
                 metrics += get_metric_files(m, k, s)
     return {"samples": samples, "metrics": metrics}
+
+
+def get_report_dir(wildcards, output):
+    """The report folder, derived from the rule's output (no hard-coded prefix)."""
+    return str(Path(output.html).parent)
 
 
 def get_final_output():

@@ -3,14 +3,21 @@ rule report:
         unpack(get_report_inputs),
     output:
         summary=report(
-            str(LAYOUT.report() / "summary.csv"), category="Summary", labels={"table": "summary"}
+            str(LAYOUT.report() / "summary.csv"),
+            category="Summary",
+            labels={"table": "summary"},
         ),
         html=str(LAYOUT.report() / "index.html"),
     log:
         f"{LOGS}/report.log",
+    conda:
+        "../envs/craft.yaml"
     threads: res("report", "threads")
     resources:
         runtime=res("report", "runtime"),
         mem_mb=res("report", "mem_mb"),
+    params:
+        config=CONFIG_FILE,
+        out=get_report_dir,
     shell:
-        "craft report --config {CONFIG_FILE} --out {RESULTS}/report > {log} 2>&1"
+        "craft report --config {params.config} --out {params.out} > {log} 2>&1"

@@ -3,16 +3,19 @@ rule generate:
         card=rules.adapt.output.card,
     output:
         samples=str(LAYOUT.samples("{modality}", "{method}", "{seed}")),
-    params:
-        settings=get_settings("generate"),
     log:
         f"{LOGS}/generate/{{modality}}/{{method}}/{{seed}}.log",
+    conda:
+        "../envs/craft.yaml"
     threads: res("generate", "threads")
     resources:
         runtime=res("generate", "runtime"),
         mem_mb=res("generate", "mem_mb"),
         gpu=res("generate", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_settings("generate"),
     shell:
-        "craft generate --config {CONFIG_FILE} --modality {wildcards.modality} --method {wildcards.method}"
+        "craft generate --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
         " --seed {wildcards.seed} --model {input.card} --out {output.samples} --threads {threads}"
         " > {log} 2>&1"

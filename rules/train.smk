@@ -1,17 +1,20 @@
 rule pretrain:
     output:
         model=directory(str(LAYOUT.foundation("{modality}"))),
-    params:
-        settings=get_settings("pretrain"),
     log:
         f"{LOGS}/pretrain/{{modality}}.log",
+    conda:
+        "../envs/craft.yaml"
     threads: res("pretrain", "threads")
     resources:
         runtime=res("pretrain", "runtime"),
         mem_mb=res("pretrain", "mem_mb"),
         gpu=res("pretrain", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_settings("pretrain"),
     shell:
-        "craft pretrain --config {CONFIG_FILE} --modality {wildcards.modality} --out {output.model}"
+        "craft pretrain --config {params.config} --modality {wildcards.modality} --out {output.model}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -21,15 +24,18 @@ rule adapt:
         foundation=get_foundation,
     output:
         card=str(LAYOUT.card("{modality}", "{method}", "{seed}")),
-    params:
-        settings=get_settings("adapt"),
     log:
         f"{LOGS}/adapt/{{modality}}/{{method}}/{{seed}}.log",
+    conda:
+        "../envs/craft.yaml"
     threads: res("adapt", "threads")
     resources:
         runtime=res("adapt", "runtime"),
         mem_mb=res("adapt", "mem_mb"),
         gpu=res("adapt", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_settings("adapt"),
     shell:
-        "craft adapt --config {CONFIG_FILE} --modality {wildcards.modality} --method {wildcards.method}"
+        "craft adapt --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
         " --seed {wildcards.seed} --out {output.card} --threads {threads} > {log} 2>&1"

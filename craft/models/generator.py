@@ -133,9 +133,9 @@ def load_generator(
     except OSError as err:
         first = str(err).strip().splitlines()[0]
         raise CraftError(f"cannot load generator from '{source}': {first}") from None
-    scheduler = DDIMScheduler.from_config(
-        scheduler.config, timestep_spacing=timestep_spacing, clip_sample=False
-    )
+    # The saved config keeps its own clip_sample: True for pixel-space models (their x0 lies
+    # in [-1, 1]), False for latent ones such as Stable Diffusion.
+    scheduler = DDIMScheduler.from_config(scheduler.config, timestep_spacing=timestep_spacing)
     text_encoder.requires_grad_(False)
     if vae is not None:
         vae.requires_grad_(False)

@@ -1,0 +1,151 @@
+"""Config nodes of the knowledge stage (``knowledge:`` in config.yaml), part of the one tree.
+
+craft/config.py mounts :class:`KnowledgeConfig` as ``CraftConfig.knowledge``. This module
+imports only pydantic (the Snakefile validates the config at parse time).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_NAME = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CuratedBackend(_Strict):
+    """The YAML knowledge base shipped in craft/knowledge/curated/ (offline, no model)."""
+
+    kind: Literal["curated"]
+
+
+class TransformersBackend(_Strict):
+    """A local chat / instruction model or vision-language model run with transformers."""
+
+    kind: Literal["transformers"]
+    model: str = Field(description="Any from_pretrained source: hub id or local dir.")
+    revision: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': cuda if available.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = Field(4, ge=1, description="Requests generated together (left-padded).")
+    max_new_tokens: int = Field(1536, ge=16)
+    do_sample: bool = Field(False, description="False: greedy, deterministic decoding.")
+    temperature: float = Field(0.7, gt=0, description="Only with do_sample.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Only with do_sample.")
+    seed: int = 0
+    trust_remote_code: bool = False
+
+
+class OpenAIBackend(_Strict):
+    """An OpenAI-compatible chat-completions endpoint (a vLLM server, or a hosted API)."""
+
+    kind: Literal["openai"]
+    base_url: str = Field(description="Up to /v1, e.g. http://gpu-node-3:8000/v1.")
+    model: str = Field(description="Model name the server knows, e.g. Qwen/Qwen2-VL-7B-Instruct.")
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="NAME of the environment variable holding the API key (never the key).",
+    )
+    timeout_s: float = Field(120.0, gt=0, description="Per HTTP request.")
+    max_retries: int = Field(5, ge=0, description="Retries after timeouts, 5xx, 429, lost sockets.")
+    backoff_s: float = Field(1.0, ge=0, description="First retry wait; doubles on each retry.")
+    max_backoff_s: float = Field(60.0, ge=0, description="Cap on a wait (Retry-After included).")
+    requests_per_minute: float | None = Field(None, gt=0, description="Client-side rate limit.")
+    max_tokens: int = Field(1536, ge=16)
+    temperature: float = Field(0.0, ge=0)
+    seed: int | None = 0
+    json_mode: bool = Field(
+        False, description="Send response_format json_object (OpenAI, vLLM support it)."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"'{v}' is not an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("must not hold credentials; name the key's env var in api_key_env")
+        return v.rstrip("/")
+
+
+KnowledgeBackendConfig = Annotated[
+    CuratedBackend | TransformersBackend | OpenAIBackend, Field(discriminator="kind")
+]
+
+
+class EnrichmentConfig(_Strict):
+    """What the model backends are asked for, and how their answers are checked."""
+
+    n_prompts: int = Field(4, ge=1, le=16, description="Enriched prompts asked per label.")
+    max_items_per_label: int = Field(8, ge=1, le=32, description="Checklist items kept per label.")
+    max_modality_items: int = Field(4, ge=0, le=16, description="View / anatomy / overlay items.")
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="Answers per request before failing: the first + re-asks."
+    )
+
+
+class KnowledgeConfig(_Strict):
+    """The knowledge stage: enriched prompts and clinical checklists per modality."""
+
+    backend: KnowledgeBackendConfig = CuratedBackend(kind="curated")
+    enrichment: EnrichmentConfig = EnrichmentConfig()
+    include_label_prompt: bool = Field(
+        True, description="Put the plain label prompt ('chest radiograph, cardiomegaly') first."
+    )
+    curated: dict[_NAME, str] = Field(
+        {},
+        description="modality -> shipped knowledge base name (phantom-cxr, chexpert, ham10000, "
+        "fundus-dr, nct-crc-he) or a YAML path; default: the modality's phantom or its name.",
+    )
+    review: dict[_NAME, Path] = Field(
+        {},
+        description="modality -> a clinician-edited review YAML, used verbatim (its digest is "
+        "recorded); start from results/knowledge/{modality}.review.yaml.",
+    )
+
+    def check_modalities(self, names: list[str]) -> None:
+        """ValueError naming the field when curated / review name an unconfigured modality."""
+        for field in ("curated", "review"):
+            for m in getattr(self, field):
+                if m not in names:
+                    raise ValueError(
+                        f"knowledge.{field}.{m}: not a configured modality "
+                        f"(configured: {', '.join(names)})"
+                    )
+
+    def for_modality(self, modality: str) -> dict[str, Any]:
+        """Plain data of the settings one modality's knowledge job depends on (rerun trigger).
+
+        A pinned review file replaces every other setting; its content is the job's input.
+        """
+        if modality in self.review:
+            return {"review": str(self.review[modality])}
+        out = self.model_dump(mode="json", exclude={"curated", "review"})
+        if self.backend.kind != "curated":
+            out["curated"] = None
+        else:
+            out.pop("enrichment")
+            out["curated"] = self.curated.get(modality)
+        return out
+
+    def slice_for(
+        self, modality: str, description: str, labels: list[str], phantom: str | None
+    ) -> dict[str, Any]:
+        """The config slice of one modality's knowledge job: what it reads, nothing more."""
+        return {
+            "modality": {
+                "name": modality,
+                "description": description,
+                "labels": list(labels),
+                "phantom": phantom,
+            },
+            "knowledge": self.for_modality(modality),
+        }

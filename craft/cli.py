@@ -25,12 +25,22 @@ config_app = typer.Typer(no_args_is_help=True, help="Check and show configs.")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate generated images.")
 app.add_typer(config_app, name="config")
 app.add_typer(evaluate_app, name="evaluate")
+knowledge_app = typer.Typer(no_args_is_help=True, help="Enriched prompts and clinical checklists.")
+evaluator_app = typer.Typer(no_args_is_help=True, help="CAS evaluators (vision-language models).")
+app.add_typer(knowledge_app, name="knowledge")
+app.add_typer(evaluator_app, name="evaluator")
+profile_app = typer.Typer(no_args_is_help=True, help="Install Snakemake profiles for a site.")
+app.add_typer(profile_app, name="profile")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Config YAML file.")]
-ModalityOpt = Annotated[str, typer.Option("--modality", "-m", help="Modality name from the config.")]
+ModalityOpt = Annotated[
+    str, typer.Option("--modality", "-m", help="Modality name from the config.")
+]
 MethodOpt = Annotated[str, typer.Option("--method", "-k", help="Method name from the config.")]
 SeedOpt = Annotated[int, typer.Option("--seed", "-s", help="Run seed.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output path (default: results layout).")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Output path (default: results layout).")
+]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")]
 
 
@@ -72,7 +82,9 @@ def config_show(config: ConfigOpt = Path("config.yaml")) -> None:
 
 
 @app.command()
-def prepare(config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., out: OutOpt = None) -> None:
+def prepare(
+    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., out: OutOpt = None
+) -> None:
     """Read (or draw) a modality's images into results/data/{modality}.h5 with splits."""
     from craft.data.prepare import prepare as run
 
@@ -82,7 +94,9 @@ def prepare(config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ...
 
 @app.command()
 def pretrain(
-    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., out: OutOpt = None,
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    out: OutOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train the phantom foundation generator of a modality (phantom configs only)."""
@@ -98,8 +112,12 @@ def pretrain(
 
 @app.command()
 def adapt(
-    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., method: MethodOpt = ...,
-    seed: SeedOpt = 0, out: OutOpt = None, threads: ThreadsOpt = None,
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Adapt the foundation model with a diffusion-loss method; writes the run's model.json."""
     from craft.train.adapt import adapt as run
@@ -111,10 +129,15 @@ def adapt(
 
 @app.command()
 def generate(
-    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., method: MethodOpt = ...,
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
     seed: SeedOpt = 0,
-    model: Annotated[Path | None, typer.Option(help="model.json of the run (default: layout).")] = None,
-    out: OutOpt = None, threads: ThreadsOpt = None,
+    model: Annotated[
+        Path | None, typer.Option(help="model.json of the run (default: layout).")
+    ] = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Draw N images per label into samples.h5 (resumes after a kill)."""
     from craft.sample import generate as run
@@ -122,14 +145,21 @@ def generate(
     cfg = _load(config)
     lay = _layout(cfg)
     run(
-        cfg, modality, method, seed, model or lay.card(modality, method, seed),
-        out or lay.samples(modality, method, seed), threads,
+        cfg,
+        modality,
+        method,
+        seed,
+        model or lay.card(modality, method, seed),
+        out or lay.samples(modality, method, seed),
+        threads,
     )
 
 
 @evaluate_app.command("oracle")
 def evaluate_oracle(
-    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., method: MethodOpt = ...,
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
     seed: SeedOpt = 0,
     samples: Annotated[Path | None, typer.Option(help="samples.h5 (default: layout).")] = None,
     out: OutOpt = None,
@@ -140,14 +170,156 @@ def evaluate_oracle(
     cfg = _load(config)
     lay = _layout(cfg)
     run(
-        cfg, modality, method, seed, samples or lay.samples(modality, method, seed),
+        cfg,
+        modality,
+        method,
+        seed,
+        samples or lay.samples(modality, method, seed),
         out or lay.metrics(modality, method, seed, "oracle"),
+    )
+
+
+def _knowledge_in(cfg, modality: str, path: Path | None) -> Path:
+    path = path or _layout(cfg).knowledge(modality)
+    if not Path(path).is_file():
+        raise CraftError(
+            f"{path}: no knowledge file; run `craft knowledge build -m {modality}` first"
+        )
+    return Path(path)
+
+
+@knowledge_app.command("build")
+def knowledge_build(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    out: OutOpt = None,
+) -> None:
+    """Enriched prompts + checklist of a modality -> results/knowledge/{modality}.json (and a
+    review YAML beside it that a clinician can edit and pin with knowledge.review)."""
+    from craft.knowledge.build import build_from_config
+
+    cfg = _load(config)
+    build_from_config(cfg, modality, out or _layout(cfg).knowledge(modality))
+
+
+@knowledge_app.command("show")
+def knowledge_show(
+    target: Annotated[
+        str, typer.Argument(help="A modality of the config, or a knowledge JSON / review YAML.")
+    ],
+    config: ConfigOpt = Path("config.yaml"),
+    prompts: Annotated[bool, typer.Option(help="Also list the prompts.")] = False,
+) -> None:
+    """Print a modality's clinical checklist (and prompts) as tables."""
+    from craft.knowledge.show import print_knowledge, read_knowledge_file
+
+    path = Path(target)
+    if not path.is_file():
+        cfg = _load(config)
+        cfg.modality(target)  # a clear error when it is neither a file nor a modality
+        path = _knowledge_in(cfg, target, None)
+    print_knowledge(read_knowledge_file(path), prompts=prompts)
+
+
+EvaluatorOpt = Annotated[
+    str, typer.Option("--evaluator", "-e", help="Evaluator name (cas.evaluators).")
+]
+
+
+@evaluator_app.command("train")
+def evaluator_train(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    evaluator: EvaluatorOpt = ...,
+    knowledge: Annotated[
+        Path | None, typer.Option(help="Knowledge JSON (default: layout).")
+    ] = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train a tiny phantom evaluator (source 'train') on the modality's phantoms."""
+    from craft.cas.stages import train_phantom_evaluator
+
+    cfg = _load(config)
+    lay = _layout(cfg)
+    train_phantom_evaluator(
+        cfg.cas,
+        evaluator,
+        modality,
+        cfg.modality(modality),
+        _knowledge_in(cfg, modality, knowledge),
+        out or lay.evaluator(modality, evaluator),
+        threads,
+    )
+
+
+@app.command()
+def reference(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    evaluator: EvaluatorOpt = ...,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """CAS of the real test images: calibration, the tail threshold, plausibility neighbours."""
+    from craft.cas.stages import build_configured_reference
+
+    cfg = _load(config)
+    lay = _layout(cfg)
+    build_configured_reference(
+        cfg.cas,
+        evaluator,
+        modality,
+        cfg.modality(modality),
+        lay.data(modality),
+        _knowledge_in(cfg, modality, None),
+        lay,
+        out or lay.reference(modality, evaluator),
+        cfg.cas_digest("reference", modality, evaluator),
+        threads,
+    )
+
+
+@app.command()
+def score(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    evaluator: EvaluatorOpt = ...,
+    samples: Annotated[Path | None, typer.Option(help="samples.h5 (default: layout).")] = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """CAS of a run's samples with one evaluator -> cas-{evaluator}.h5 and its metrics file."""
+    from craft.cas.stages import score_configured_samples
+
+    cfg = _load(config)
+    lay = _layout(cfg)
+    _seed_in_config(cfg, seed)
+    scores = out or lay.cas_scores(modality, method, seed, evaluator)
+    score_configured_samples(
+        cfg.cas,
+        evaluator,
+        modality,
+        cfg.modality(modality),
+        method,
+        seed,
+        samples or lay.samples(modality, method, seed),
+        lay.reference(modality, evaluator),
+        _knowledge_in(cfg, modality, None),
+        lay,
+        scores,
+        scores.with_name(f"metrics-cas-{evaluator}.json"),
+        cfg.cas_digest("score", modality, evaluator, method),
+        threads,
     )
 
 
 @app.command()
 def report(
-    config: ConfigOpt = Path("config.yaml"), out: OutOpt = None,
+    config: ConfigOpt = Path("config.yaml"),
+    out: OutOpt = None,
     title: Annotated[str, typer.Option(help="Report title.")] = "craft report",
 ) -> None:
     """Gather every run's metrics and samples into results/report/ (summary.csv, index.html)."""
@@ -163,13 +335,47 @@ def report(
                 metric_files += sorted(lay.run(m, k, s).glob("metrics-*.json"))
     missing = [str(p) for p in samples.values() if not p.is_file()]
     if missing:
-        raise CraftError(f"{len(missing)} runs have no samples yet (first: {missing[0]}); run the workflow")
+        raise CraftError(
+            f"{len(missing)} runs have no samples yet (first: {missing[0]}); run the workflow"
+        )
     out_dir = out or lay.report()
     index = run(
-        metric_files, samples, out_dir, title, cfg.report.grid_per_label,
-        modality_order=list(cfg.modalities), method_order=list(cfg.methods),
+        metric_files,
+        samples,
+        out_dir,
+        title,
+        cfg.report.grid_per_label,
+        modality_order=list(cfg.modalities),
+        method_order=list(cfg.methods),
     )
     print(f"report: {index}")
+
+
+@profile_app.command("install")
+def profile_install(
+    name: Annotated[str, typer.Argument(help="Profile to install: slurm.")] = "slurm",
+    account: Annotated[str, typer.Option(help="SLURM account (sbatch -A).")] = ...,
+    partition: Annotated[str, typer.Option(help="Partition of the CPU stages.")] = ...,
+    gpu_partition: Annotated[
+        str | None, typer.Option(help="Partition of the GPU stages (default: --partition).")
+    ] = None,
+    dest: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder to install into (default: ~/.config/snakemake, $XDG_CONFIG_HOME)."
+        ),
+    ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(help="Folder of profile templates (default: the repo's profiles/)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing, different profile.")] = False,
+) -> None:
+    """Write the site's profile where `snakemake --profile NAME` finds it."""
+    from craft.profile import install_profile
+
+    path = install_profile(name, account, partition, gpu_partition, dest, force, source)
+    print(f"installed {path}; run: snakemake --profile {name}")
 
 
 def main() -> None:

@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from craft.cas.settings import CasConfig
 from craft.errors import CraftError
+from craft.knowledge.settings import KnowledgeConfig
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -82,7 +84,9 @@ class ModalityConfig(Strict):
 
     source: DataSource
     labels: list[Name] = Field(min_length=2, description="Class labels, in a fixed order.")
-    description: str = Field(description="What the images are, used in prompts: 'chest radiograph'.")
+    description: str = Field(
+        description="What the images are, used in prompts: 'chest radiograph'."
+    )
     resolution: int = Field(32, ge=16, le=1024, description="Square side in pixels.")
     channels: Literal[1, 3] = 1
     splits: Splits = Splits()
@@ -125,11 +129,18 @@ class PretrainConfig(Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     label_caption_prob: float = Field(
-        0.25,
+        0.0,
         ge=0,
         le=1,
-        description="Share of captions that name the label; the rest name only the modality, "
-        "so the foundation draws the modality well but follows labels weakly.",
+        description="Share of captions that name the clinical label (e.g. 'cardiomegaly').",
+    )
+    findings_caption_prob: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Share of captions that describe the drawn findings in lay words ('a large "
+        "heart'), as web captions do; the rest name only the modality. The foundation thus "
+        "knows what findings look like but not the clinical label words.",
     )
     n_images: int = Field(4000, ge=16, description="Phantoms drawn for pretraining (own seed).")
     seed: int = 1234
@@ -152,7 +163,11 @@ class MethodConfig(Strict):
     """One way of obtaining a generator from the foundation model."""
 
     kind: Literal["zero-shot", "lora", "full"]
-    prompts: Literal["label"] = "label"
+    prompts: Literal["label", "enriched"] = Field(
+        "label",
+        description="Training captions: the label prompt, or the knowledge stage's enriched "
+        "prompts for the label (findings-rich, one drawn per image).",
+    )
     steps: int = Field(300, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -192,6 +207,10 @@ class Resources(Strict):
 
 class ResourcesConfig(Strict):
     prepare: Resources = Resources(runtime=30)
+    knowledge: Resources = Resources(runtime=60)
+    evaluator: Resources = Resources(gpu=1, runtime=120)
+    reference: Resources = Resources(gpu=1, runtime=60)
+    score: Resources = Resources(gpu=1, runtime=60)
     pretrain: Resources = Resources(gpu=1, runtime=120)
     adapt: Resources = Resources(gpu=1, runtime=240)
     generate: Resources = Resources(gpu=1, runtime=60)
@@ -212,6 +231,8 @@ class CraftConfig(Strict):
     models: ModelsConfig = ModelsConfig()
     pretrain: PretrainConfig = PretrainConfig()
     sampling: SamplingConfig = SamplingConfig()
+    knowledge: KnowledgeConfig = KnowledgeConfig()
+    cas: CasConfig = CasConfig()
     report: ReportConfig = ReportConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
@@ -238,6 +259,21 @@ class CraftConfig(Strict):
                 raise ValueError(
                     f"modalities.{name}.channels: {m.channels} does not match {spec.name}, "
                     f"which has {spec.channels}"
+                )
+        self.knowledge.check_modalities(list(self.modalities))
+        for name, pinned in self.knowledge.review.items():
+            own = self.results / "knowledge" / f"{name}.review.yaml"
+            if Path(pinned).resolve() == own.resolve():
+                raise ValueError(
+                    f"knowledge.review.{name}: {pinned} is the file the knowledge stage writes; "
+                    "copy it elsewhere (e.g. reviews/{name}.yaml), edit it and pin the copy"
+                )
+        for name, ev in self.cas.evaluators.items():
+            bad = [n for n, m in self.modalities.items() if m.source.kind != "phantom"]
+            if ev.source == "train" and bad:
+                raise ValueError(
+                    f"cas.evaluators.{name}.source: 'train' builds phantom evaluators only, but "
+                    f"{bad} are not phantoms; name a pretrained model (hub id or dir)"
                 )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} has duplicates")
@@ -268,20 +304,65 @@ class CraftConfig(Strict):
                 f"method '{name}' is not in the config (configured: {', '.join(self.methods)})"
             ) from None
 
+    def _drawn_modality(self, modality: str) -> dict[str, Any]:
+        """The modality fields a job that draws its own phantoms uses (not the data set)."""
+        m = self.modality(modality)
+        return {
+            "phantom": getattr(m.source, "phantom", None),
+            **m.model_dump(
+                mode="json", include={"labels", "description", "resolution", "channels"}
+            ),
+        }
+
+    def knowledge_slice(self, modality: str) -> dict[str, Any]:
+        m = self.modality(modality)
+        phantom = m.source.phantom if m.source.kind == "phantom" else None
+        return self.knowledge.slice_for(modality, m.description, list(m.labels), phantom)
+
+    def cas_slice(
+        self, stage: str, modality: str, evaluator: str, method: str | None = None
+    ) -> dict[str, Any]:
+        """What a CAS job uses: ``evaluator`` (training), ``reference`` or ``score``."""
+        if evaluator not in self.cas.evaluators:
+            raise CraftError(
+                f"evaluator '{evaluator}' is not in the config "
+                f"(configured: {', '.join(self.cas.evaluators)})"
+            )
+        ev = self.cas.evaluators[evaluator].model_dump(mode="json")
+        out: dict[str, Any] = {"knowledge": self.knowledge_slice(modality), "evaluator": ev}
+        if stage == "evaluator":  # trained on its own drawn phantoms, not on the data set
+            return {**out, "modality": self._drawn_modality(modality)}
+        if ev["source"] != "train":
+            ev.pop("train")  # a pretrained evaluator: its training settings do not matter
+        cas = self.cas.model_dump(mode="json", exclude={"evaluators"})
+        out["cas"] = cas
+        if stage == "reference":
+            return {**out, "modality": self.slice("prepare", modality)["modality"]}
+        if stage == "score":
+            return {**out, **self.slice("generate", modality, method)}
+        raise ValueError(f"unknown CAS stage {stage!r}")
+
     def slice(self, stage: str, modality: str, method: str | None = None) -> dict[str, Any]:
         """The plain-data part of the config that one stage's job for (modality, method) uses."""
         m = self.modality(modality).model_dump(mode="json")
         out: dict[str, Any] = {"modality": m}
         if stage == "prepare":
             return out
+        if stage == "knowledge":
+            return self.knowledge_slice(modality)
         gen = self.models.model_dump(mode="json")
         out["models"] = gen
         if self.models.generator == "pretrain":
             out["pretrain"] = self.pretrain.model_dump(mode="json")
         if stage == "pretrain":
+            # The foundation draws its own phantoms: the prepared data set (n_per_label,
+            # splits) does not reach it, so changing those must not retrain it.
+            out["modality"] = self._drawn_modality(modality)
             return out
         if method is not None:
             out["method"] = self.method(method).model_dump(mode="json")
+            if self.method(method).prompts == "enriched":
+                out["knowledge"] = self.knowledge_slice(modality)
         if stage == "adapt":
             return out
         out["sampling"] = self.sampling.model_dump(mode="json")
@@ -295,6 +376,11 @@ class CraftConfig(Strict):
     def digest(self, stage: str, modality: str, method: str | None = None) -> str:
         return digest_of(self.slice(stage, modality, method))
 
+    def cas_digest(
+        self, stage: str, modality: str, evaluator: str, method: str | None = None
+    ) -> str:
+        return digest_of(self.cas_slice(stage, modality, evaluator, method))
+
 
 def digest_of(data: Any) -> str:
     """Short, stable content digest of plain data (sorted-key JSON, sha256)."""
@@ -305,10 +391,31 @@ def digest_of(data: Any) -> str:
 # ----------------------------------------------------------------------------- loading
 
 
-def _format_error(err: ValidationError) -> str:
+def _field_path(loc: tuple, data: Any) -> str:
+    """The error location as the user wrote it: pydantic puts union tags (e.g. the data
+    source's ``phantom``) and validator names into ``loc``; keep only real keys of ``data``."""
+    parts, node, tag_seen = [], data, False
+    for p in loc:
+        if str(p).startswith(("function-", "tagged")):
+            continue  # a validator's name, not a key the user wrote
+        if isinstance(node, dict) and node.get("kind") == p and not tag_seen:
+            tag_seen = True  # a discriminated union's tag (source.kind), once per node
+            continue
+        tag_seen = False
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node):
+            node = node[p]
+        else:
+            node = None
+        parts.append(str(p))
+    return ".".join(parts)
+
+
+def _format_error(err: ValidationError, data: Any = None) -> str:
     """First validation error as one line: 'path.to.field: value ... (allowed ...)'."""
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-after", "tagged")))
+    loc = _field_path(e["loc"], data)
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         return f"{loc}: unknown key (remove it or check its spelling)"
@@ -329,7 +436,7 @@ def validate_config(data: dict[str, Any]) -> CraftConfig:
     try:
         return CraftConfig.model_validate(data)
     except ValidationError as err:
-        raise CraftError(f"invalid config: {_format_error(err)}") from None
+        raise CraftError(f"invalid config: {_format_error(err, data)}") from None
 
 
 def load_config(path: Path | str) -> CraftConfig:

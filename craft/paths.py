@@ -29,5 +29,21 @@ class Layout:
     def metrics(self, modality: str, method: str, seed: int | str, stage: str) -> Path:
         return self.run(modality, method, seed) / f"metrics-{stage}.json"
 
+    def knowledge(self, modality: str) -> Path:
+        return self.root / "knowledge" / f"{modality}.json"
+
+    def knowledge_review(self, modality: str) -> Path:
+        """The editable review file written beside the knowledge JSON."""
+        return self.root / "knowledge" / f"{modality}.review.yaml"
+
+    def evaluator(self, modality: str, evaluator: str) -> Path:
+        return self.root / "models" / "evaluators" / modality / evaluator
+
+    def reference(self, modality: str, evaluator: str) -> Path:
+        return self.root / "cas" / modality / f"reference-{evaluator}.h5"
+
+    def cas_scores(self, modality: str, method: str, seed: int | str, evaluator: str) -> Path:
+        return self.run(modality, method, seed) / f"cas-{evaluator}.h5"
+
     def report(self) -> Path:
         return self.root / "report"

@@ -36,7 +36,12 @@ def sample_plan(labels: list[str], n_per_label: int, run_seed: int, description:
 
 
 def generate(
-    cfg: CraftConfig, modality: str, method: str, seed: int, card_path: Path, out: Path,
+    cfg: CraftConfig,
+    modality: str,
+    method: str,
+    seed: int,
+    card_path: Path,
+    out: Path,
     threads: int | None = None,
 ) -> Path:
     """Draw ``sampling.n_per_label`` images per label and write them resumably to ``out``."""
@@ -68,8 +73,12 @@ def generate(
 
     t0 = time.monotonic()
     try:
-        for start in progress(starts, len(range(0, len(plan), s.batch_size)), "generating",
-                              writer.done // s.batch_size):
+        for start in progress(
+            starts,
+            len(range(0, len(plan), s.batch_size)),
+            "generating",
+            writer.done // s.batch_size,
+        ):
             rows = plan[start : start + s.batch_size]
             labels, prompts, seeds = zip(*rows, strict=True)
             with torch.no_grad():

@@ -44,7 +44,9 @@ def current_command() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def _stamp(f: h5py.File, kind: str, config_digest: str, command: str | None, attrs: Mapping) -> None:
+def _stamp(
+    f: h5py.File, kind: str, config_digest: str, command: str | None, attrs: Mapping
+) -> None:
     f.attrs["craft_kind"] = kind
     f.attrs["craft_schema"] = SCHEMA_VERSION
     f.attrs["craft_version"] = __version__
@@ -162,7 +164,9 @@ def open_h5(path: Path, kind: str, config_digest: str | None = None) -> h5py.Fil
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise CraftError(f"{path} is not a readable HDF5 file ({err}); delete it and rerun") from None
+        raise CraftError(
+            f"{path} is not a readable HDF5 file ({err}); delete it and rerun"
+        ) from None
     found = f.attrs.get("craft_kind")
     schema = f.attrs.get("craft_schema")
     problem = None
@@ -214,7 +218,9 @@ def read_split(path: Path, split: str, config_digest: str | None = None) -> Spli
     """Load one split (train/val/test) of ``results/data/{modality}.h5``."""
     with open_h5(path, "data", config_digest) as f:
         if split not in f:
-            raise CraftError(f"{path} has no split '{split}' (has: {[s for s in SPLITS if s in f]})")
+            raise CraftError(
+                f"{path} has no split '{split}' (has: {[s for s in SPLITS if s in f]})"
+            )
         g = f[split]
         return Split(
             images=g["images"][()],

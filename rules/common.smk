@@ -48,6 +48,7 @@ wildcard_constraints:
     modality="[a-z0-9][a-z0-9_-]*",
     method="[a-z0-9][a-z0-9_-]*",
     seed="[0-9]+",
+    evaluator="[a-z0-9][a-z0-9_-]*",
 
 
 def get_settings(stage):
@@ -57,6 +58,37 @@ def get_settings(stage):
         return CFG.slice(stage, wildcards.modality, wildcards.get("method"))
 
     return settings
+
+
+def get_cas_settings(stage):
+    """Params function of the CAS rules (evaluator training, reference, score)."""
+
+    def settings(wildcards):
+        return CFG.cas_slice(
+            stage, wildcards.modality, wildcards.evaluator, wildcards.get("method")
+        )
+
+    return settings
+
+
+def get_knowledge_review(wildcards):
+    """A clinician-edited review file pinned in knowledge.review (an input: edits rerun)."""
+    pinned = CFG.knowledge.review.get(wildcards.modality)
+    return [str(pinned)] if pinned else []
+
+
+def get_adapt_knowledge(wildcards):
+    """Methods that train on enriched prompts read the knowledge JSON."""
+    if CFG.method(wildcards.method).prompts == "enriched":
+        return [str(LAYOUT.knowledge(wildcards.modality))]
+    return []
+
+
+def get_trained_evaluator(wildcards):
+    """The trained evaluator's dir when the workflow trains it (source 'train')."""
+    if CFG.cas.evaluators[wildcards.evaluator].source == "train":
+        return [str(LAYOUT.evaluator(wildcards.modality, wildcards.evaluator))]
+    return []
 
 
 def get_foundation(wildcards):
@@ -69,6 +101,8 @@ def get_metric_files(modality, method, seed):
     files = []
     if modality in PHANTOM_MODALITIES:
         files.append(str(LAYOUT.metrics(modality, method, seed, "oracle")))
+    for ev in CFG.cas.evaluators:
+        files.append(str(LAYOUT.metrics(modality, method, seed, f"cas-{ev}")))
     return files
 
 

@@ -21,14 +21,18 @@ from craft.progress import log, progress
 from craft.store import SPLITS, STR, atomic_h5, image_dataset
 
 
-def _from_phantoms(m: ModalityConfig) -> tuple[list[ManifestRow], np.ndarray, np.ndarray, list[str]]:
+def _from_phantoms(
+    m: ModalityConfig,
+) -> tuple[list[ManifestRow], np.ndarray, np.ndarray, list[str]]:
     src = m.source
     labels = [label for label in m.labels for _ in range(src.n_per_label)]
     images, findings = draw_batch(src.phantom, labels, src.seed, m.resolution)
     names = list(PHANTOMS[src.phantom].findings)
     table = np.array([[f[n] for n in names] for f in findings], dtype=np.float32)
     rows = [
-        ManifestRow(row=i + 2, path=Path(f"{src.phantom}/{src.seed}/{i:06d}"), label=lab, split=None)
+        ManifestRow(
+            row=i + 2, path=Path(f"{src.phantom}/{src.seed}/{i:06d}"), label=lab, split=None
+        )
         for i, lab in enumerate(labels)
     ]
     return rows, images, table, names

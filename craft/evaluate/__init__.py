@@ -11,7 +11,12 @@ from craft.store import current_command
 
 
 def write_metrics(
-    path: Path, modality: str, method: str, seed: int, stage: str, metrics: dict[str, float],
+    path: Path,
+    modality: str,
+    method: str,
+    seed: int,
+    stage: str,
+    metrics: dict[str, float],
     config_digest: str,
 ) -> MetricsFile:
     """Validate and write one metrics JSON file atomically."""

@@ -40,11 +40,15 @@ def evaluate_oracle(
     """Score a samples file with the phantom oracle and write ``metrics-oracle.json``."""
     m = cfg.modality(modality)
     if m.source.kind != "phantom":
-        raise CraftError(f"modality '{modality}' is not a phantom: the oracle only measures phantoms")
+        raise CraftError(
+            f"modality '{modality}' is not a phantom: the oracle only measures phantoms"
+        )
     samples = read_samples(samples_path)
     requested = [samples.label_names[i] for i in samples.labels]
     metrics = oracle_metrics(m.source.phantom, samples.images, requested)
-    write_metrics(out, modality, method, seed, "oracle", metrics, cfg.digest("evaluate", modality, method))
+    write_metrics(
+        out, modality, method, seed, "oracle", metrics, cfg.digest("evaluate", modality, method)
+    )
     log(
         f"{modality}/{method}/{seed}: oracle label agreement "
         f"{metrics['oracle_label_agreement']:.3f} over {len(samples)} images"

@@ -46,10 +46,14 @@ class ModelCard(BaseModel):
         try:
             return cls.model_validate(json.loads(path.read_text()))
         except (ValidationError, json.JSONDecodeError) as err:
-            raise CraftError(f"{path} is not a valid model card: {str(err).splitlines()[0]}") from None
+            raise CraftError(
+                f"{path} is not a valid model card: {str(err).splitlines()[0]}"
+            ) from None
 
 
-def load_card_generator(card_path: Path, timestep_spacing: str = "trailing", lora_scale: float = 1.0):
+def load_card_generator(
+    card_path: Path, timestep_spacing: str = "trailing", lora_scale: float = 1.0
+):
     """Load the base generator and apply the card's weights (LoRA at ``lora_scale``)."""
     from diffusers import UNet2DConditionModel
 

@@ -65,7 +65,9 @@ class Generator:
         out = self.text_encoder(tokens.input_ids.to(self.device))
         return out.last_hidden_state
 
-    def to_model_space(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def to_model_space(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Images in [-1, 1] (N, C, H, W) with the modality's channels -> UNet input space."""
         images = match_channels(images, self.image_channels)
         if self.vae is None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
@@ -22,7 +21,10 @@ ADAPTER = "craft"
 
 
 def add_lora(
-    unet: UNet2DConditionModel, rank: int, alpha: float | None, target_modules: list[str],
+    unet: UNet2DConditionModel,
+    rank: int,
+    alpha: float | None,
+    target_modules: list[str],
     seed: int = 0,
 ) -> list[torch.nn.Parameter]:
     """Freeze the UNet, add LoRA layers, and return the trainable LoRA parameters."""
@@ -46,9 +48,12 @@ def add_lora(
 
 
 def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    """The LoRA weights in diffusers' key format (without the ``unet.`` prefix)."""
-    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-    return convert_state_dict_to_diffusers(state)
+    """The LoRA weights in peft keys (lora_A/B, no ``unet.`` prefix), which diffusers loads whole.
+
+    Not ``convert_state_dict_to_diffusers``: it renames only attention keys (lora.down/up), and
+    diffusers then silently drops those from a file that also holds conv lora_A/B keys.
+    """
+    return get_peft_model_state_dict(unet, adapter_name=ADAPTER)
 
 
 def save_lora(unet: UNet2DConditionModel, out_dir: Path) -> Path:
@@ -73,5 +78,5 @@ def load_lora(unet: UNet2DConditionModel, lora_dir: Path, scale: float = 1.0) ->
     lora_dir = Path(lora_dir)
     if not (lora_dir / LORA_FILE).is_file():
         raise CraftError(f"{lora_dir} holds no {LORA_FILE}: run the stage that trains it")
-    unet.load_lora_adapter(lora_dir, prefix="unet", adapter_name=ADAPTER)
+    unet.load_lora_adapter(lora_dir, prefix="unet", adapter_name=ADAPTER, weight_name=LORA_FILE)
     unet.set_adapters([ADAPTER], weights=[scale])

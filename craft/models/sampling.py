@@ -27,7 +27,11 @@ def initial_noise(gen: Generator, seeds: Sequence[int], size: int) -> torch.Tens
 
 
 def guided_eps(
-    gen: Generator, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+    gen: Generator,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
     guidance: float,
 ) -> torch.Tensor:
     """Noise prediction with classifier-free guidance (Ho & Salimans 2022, eq. 6)."""
@@ -68,13 +72,13 @@ def sample(
         return gen.to_image_space(x, channels)
 
 
-def to_uint8(images: torch.Tensor) -> "numpy.ndarray":  # noqa: F821
+def to_uint8(images: torch.Tensor) -> numpy.ndarray:  # noqa: F821
     """[-1, 1] NCHW tensor -> uint8 NHWC array."""
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def to_model_input(images: "numpy.ndarray") -> torch.Tensor:  # noqa: F821
+def to_model_input(images: numpy.ndarray) -> torch.Tensor:  # noqa: F821
     """uint8 NHWC array -> float [-1, 1] NCHW tensor."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0

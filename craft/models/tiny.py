@@ -33,9 +33,7 @@ def tiny_text_encoder(vocab_size: int, hidden: int, layers: int, max_length: int
 
 
 def tiny_unet(arch: TinyUNet, sample_size: int, channels: int) -> UNet2DConditionModel:
-    down = [
-        "CrossAttnDownBlock2D" if attn else "DownBlock2D" for attn in arch.attention_levels
-    ]
+    down = ["CrossAttnDownBlock2D" if attn else "DownBlock2D" for attn in arch.attention_levels]
     up = ["CrossAttnUpBlock2D" if attn else "UpBlock2D" for attn in reversed(arch.attention_levels)]
     return UNet2DConditionModel(
         sample_size=sample_size,

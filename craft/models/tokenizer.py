@@ -1,6 +1,6 @@
 """A word-level CLIP tokenizer built locally, with no file to download.
 
-CLIP's BPE tokenizer merges characters into sub-words by a ranked merge list. We train that
+CLIP's BPE tokenizer merges characters into sub-words by a ranked merge list. We learn that
 list on a word list, so known words become one token and unknown words fall back to
 characters. The result is a real ``CLIPTokenizer`` that saves and loads with
 ``save_pretrained``/``from_pretrained``.
@@ -8,11 +8,9 @@ characters. The result is a real ``CLIPTokenizer`` that saves and loads with
 
 from __future__ import annotations
 
-import json
 import re
 import string
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
 #: Words the phantom and curated prompts use; more can be passed in.
@@ -32,31 +30,53 @@ _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 
 
+def learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges that turn every word of ``words`` into one token, learnt deterministically.
+
+    Classic BPE (Sennrich et al.): repeatedly merge the most frequent adjacent symbol pair,
+    counting each distinct word once. Ties go to the lexicographically smallest pair, so the
+    same word list always gives the same merges, and with them the same token ids. (The Rust
+    ``tokenizers`` trainer breaks ties in hash order, which made seeded builds differ.)
+    """
+    split = {w: [*w[:-1], w[-1] + "</w>"] for w in words if w}
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in split.values():
+            for pair in zip(symbols, symbols[1:], strict=False):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(best)
+        joined = best[0] + best[1]
+        for w, symbols in split.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            split[w] = out
+
+
 def build_tokenizer(words: list[str] = (), model_max_length: int = 77) -> CLIPTokenizer:
     """A CLIPTokenizer whose vocabulary holds every character and each given word whole.
 
-    The merges come from training BPE (Hugging Face ``tokenizers``) on the word list with a
-    vocabulary large enough that every listed word ends up as a single token.
+    Deterministic: the same word list gives the same vocabulary, ids and merges in every
+    process, so a seeded tiny generator is reproducible bit for bit.
     """
     all_words = sorted({w for text in [*BASE_WORDS, *words] for w in _WORD.findall(text.lower())})
     alphabet = list(string.ascii_lowercase + string.digits + string.punctuation)
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1_000_000,
-        min_frequency=1,
-        special_tokens=SPECIAL,
-        initial_alphabet=alphabet,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator(all_words, trainer)
-    trained = json.loads(bpe.to_str())["model"]
-    vocab: dict[str, int] = dict(trained["vocab"])
-    for c in alphabet:  # every character, mid-word and word-final, so nothing is unknown
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges = [tuple(m) for m in trained["merges"]]
+    alphabet += sorted({c for w in all_words for c in w} - set(alphabet))
+    merges = learn_merges(all_words)
+    vocab: dict[str, int] = {}
+    for token in [*SPECIAL, *alphabet, *(c + "</w>" for c in alphabet)]:
+        vocab.setdefault(token, len(vocab))
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,

@@ -247,6 +247,21 @@ def base_metric(metric: str) -> str:
     return metric.split(SUFFIX_SEP, 1)[0]
 
 
+#: Per-evaluator metrics shown in the main table (``{name}__{evaluator}``, no label suffix).
+MAIN_PER_EVALUATOR = frozenset(
+    {
+        "cas_mean",
+        "tail_rate",
+        "label_fidelity",
+        "prompt_alignment",
+        "checklist_adherence",
+        "plausibility",
+        "cas_oracle_spearman",
+    }
+)
+
+
 def is_main_metric(metric: str) -> bool:
-    """A key metric: one without a per-label or per-evaluator suffix."""
-    return SUFFIX_SEP not in metric
+    """A key metric: one without a per-label suffix (CAS metrics carry their evaluator)."""
+    parts = metric.split(SUFFIX_SEP)
+    return len(parts) == 1 or (len(parts) == 2 and parts[0] in MAIN_PER_EVALUATOR)

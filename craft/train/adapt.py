@@ -29,8 +29,24 @@ def base_source(cfg: CraftConfig, modality: str) -> str:
     return cfg.models.generator
 
 
+def enriched_prompts(cfg: CraftConfig, modality: str, labels: list[str]) -> dict[str, list[str]]:
+    """The knowledge stage's prompt bank of each label (methods with ``prompts: enriched``)."""
+    from craft.errors import CraftError
+    from craft.knowledge.schema import load_knowledge
+
+    path = Layout(cfg.results).knowledge(modality)
+    if not path.is_file():
+        raise CraftError(f"{path}: no knowledge file; run `craft knowledge build -m {modality}`")
+    k = load_knowledge(path)
+    return {label: k.prompts_for(label) for label in labels}
+
+
 def adapt(
-    cfg: CraftConfig, modality: str, method: str, seed: int, card_path: Path,
+    cfg: CraftConfig,
+    modality: str,
+    method: str,
+    seed: int,
+    card_path: Path,
     threads: int | None = None,
 ) -> ModelCard:
     """Adapt the foundation model to a modality's training split with one method."""
@@ -56,8 +72,15 @@ def adapt(
     device = setup_torch(seed, threads)
     data = read_split(Layout(cfg.results).data(modality), "train")
 
-    def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
-        return [label_prompt(m.description, data.label_names[i]) for i in label_idx]
+    if k.prompts == "enriched":
+        bank = enriched_prompts(cfg, modality, data.label_names)
+
+        def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
+            return [str(rng.choice(bank[data.label_names[i]])) for i in label_idx]
+    else:
+
+        def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
+            return [label_prompt(m.description, data.label_names[i]) for i in label_idx]
 
     gen = load_generator(card.base, card.revision, cfg.sampling.timestep_spacing).to(device)
     settings = FinetuneSettings(

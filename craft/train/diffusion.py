@@ -6,7 +6,8 @@ writes resumable state, ``cleanup`` releases. Training is deterministic per step
 the noise and the timesteps of step ``i`` come from generators seeded by (seed, i), so a run
 resumed from a checkpoint continues exactly as the uninterrupted run would have.
 
-Loss (DDPM, Ho et al. 2020, eq. 14): || eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t, c) ||^2.
+Loss (DDPM, Ho et al. 2020, eq. 14):
+|| eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t, c) ||^2.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class DiffusionFinetune:
         # 1. Frozen parts first; then the trainable parameters, which the optimizer needs.
         gen.text_encoder.requires_grad_(self.s.train_text_encoder)
         if self.s.mode == "lora":
-            params = add_lora(gen.unet, self.s.rank, self.s.alpha, self.s.target_modules, self.s.seed)
+            params = add_lora(
+                gen.unet, self.s.rank, self.s.alpha, self.s.target_modules, self.s.seed
+            )
         else:
             gen.unet.requires_grad_(True)
             params = list(gen.unet.parameters())
@@ -98,7 +101,8 @@ class DiffusionFinetune:
         n = sum(p.numel() for p in params)
         log(
             f"training {self.s.mode}: {n / 1e6:.3f}M trainable parameters, "
-            f"{len(data.images)} images, batch {self.s.batch_size}, steps {self.step}->{self.s.steps}"
+            f"{len(data.images)} images, batch {self.s.batch_size}, "
+            f"steps {self.step}->{self.s.steps}"
         )
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -140,7 +144,9 @@ class DiffusionFinetune:
         images = to_model_input(self.data.images[idx]).to(self.gen.device)
         x0 = self.gen.to_model_space(images, generator=g)
         noise = torch.randn(x0.shape, generator=g).to(x0)
-        t = torch.randint(0, self.gen.scheduler.config.num_train_timesteps, (len(idx),), generator=g)
+        t = torch.randint(
+            0, self.gen.scheduler.config.num_train_timesteps, (len(idx),), generator=g
+        )
         return x0, captions, noise, t.to(self.gen.device)
 
     def loss(self, step: int) -> torch.Tensor:
@@ -183,7 +189,10 @@ class DiffusionFinetune:
             self.gen.unet.eval()
         if losses:
             dt = time.monotonic() - t0
-            log(f"done: {len(losses)} steps in {dt:.0f} s, last-20 mean loss {np.mean(losses[-20:]):.4f}")
+            log(
+                f"done: {len(losses)} steps in {dt:.0f} s, "
+                f"last-20 mean loss {np.mean(losses[-20:]):.4f}"
+            )
         return losses
 
     def _on_sigterm(self, signum, frame) -> None:

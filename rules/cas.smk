@@ -1,0 +1,75 @@
+rule train_evaluator:
+    input:
+        knowledge=rules.knowledge.output.json,
+    output:
+        model=directory(str(LAYOUT.evaluator("{modality}", "{evaluator}"))),
+    log:
+        f"{LOGS}/train_evaluator/{{modality}}/{{evaluator}}.log",
+    conda:
+        "../envs/craft.yaml"
+    threads: res("evaluator", "threads")
+    resources:
+        runtime=res("evaluator", "runtime"),
+        mem_mb=res("evaluator", "mem_mb"),
+        gpu=res("evaluator", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_cas_settings("evaluator"),
+    shell:
+        "craft evaluator train --config {params.config} --modality {wildcards.modality}"
+        " --evaluator {wildcards.evaluator} --knowledge {input.knowledge} --out {output.model}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule reference:
+    input:
+        data=rules.prepare.output.h5,
+        knowledge=rules.knowledge.output.json,
+        evaluator=get_trained_evaluator,
+    output:
+        reference=str(LAYOUT.reference("{modality}", "{evaluator}")),
+    log:
+        f"{LOGS}/reference/{{modality}}/{{evaluator}}.log",
+    conda:
+        "../envs/craft.yaml"
+    threads: res("reference", "threads")
+    resources:
+        runtime=res("reference", "runtime"),
+        mem_mb=res("reference", "mem_mb"),
+        gpu=res("reference", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_cas_settings("reference"),
+    shell:
+        "craft reference --config {params.config} --modality {wildcards.modality}"
+        " --evaluator {wildcards.evaluator} --out {output.reference} --threads {threads}"
+        " > {log} 2>&1"
+
+
+rule score:
+    input:
+        samples=rules.generate.output.samples,
+        reference=rules.reference.output.reference,
+        knowledge=rules.knowledge.output.json,
+        evaluator=get_trained_evaluator,
+    output:
+        scores=str(LAYOUT.cas_scores("{modality}", "{method}", "{seed}", "{evaluator}")),
+        metrics=str(
+            LAYOUT.metrics("{modality}", "{method}", "{seed}", "cas-{evaluator}")
+        ),
+    log:
+        f"{LOGS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.log",
+    conda:
+        "../envs/craft.yaml"
+    threads: res("score", "threads")
+    resources:
+        runtime=res("score", "runtime"),
+        mem_mb=res("score", "mem_mb"),
+        gpu=res("score", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_cas_settings("score"),
+    shell:
+        "craft score --config {params.config} --modality {wildcards.modality}"
+        " --method {wildcards.method} --seed {wildcards.seed} --evaluator {wildcards.evaluator}"
+        " --samples {input.samples} --out {output.scores} --threads {threads} > {log} 2>&1"

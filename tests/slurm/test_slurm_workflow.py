@@ -1,0 +1,453 @@
+"""The workflow on a real SLURM cluster (scripts/slurm/up.sh), through the site profile.
+
+1. A tiny phantom config runs with ``--profile <installed profiles/slurm>``; sacct must show
+   every workflow job COMPLETED, GPU stages on the GPU partition with ``gres/gpu=1``, CPU stages
+   without; its outputs must equal those of a ``--profile profiles/local`` run of the config.
+2. An adapt job is ``scancel``-ed mid-training: Snakemake (``retries`` of the profile) must
+   resubmit it, and the new job must resume from the checkpoint, not from step 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from craft.paths import Layout
+from craft.profile import install_profile
+from tests.conftest import tiny_cas
+
+from .conftest import REPO
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# Stages that must get a GPU (align and score come with later stages).
+GPU_RULES = {"pretrain", "adapt", "generate", "align", "score"}
+MODALITY = "phantom-cxr"
+SEED = 0
+SACCT_FIELDS = [
+    "JobID",
+    "JobName",
+    "Partition",
+    "State",
+    "ExitCode",
+    "AllocTRES",
+    "Elapsed",
+    "SubmitLine",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def tiny_config(results: Path, methods: dict) -> dict:
+    """config.yaml's structure at test size: one phantom modality, one seed, tiny steps."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = copy.deepcopy(cfg)
+    cfg["results"] = str(results)
+    cfg["seeds"] = [SEED]
+    mod = copy.deepcopy(cfg["modalities"][MODALITY])
+    mod["source"]["n_per_label"] = 20
+    cfg["modalities"] = {MODALITY: mod}
+    cfg["pretrain"] = {**cfg.get("pretrain", {}), "steps": 10, "batch_size": 8, "n_images": 32}
+    cfg["methods"] = methods
+    cfg["sampling"] = {**cfg.get("sampling", {}), "steps": 4, "n_per_label": 4, "batch_size": 16}
+    cfg["cas"] = tiny_cas()
+    return cfg
+
+
+def write_config(path: Path, cfg: dict, env: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = subprocess.run(
+        ["craft", "config", "check", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and ": ok" in r.stdout, f"craft config check: {r.stdout}{r.stderr}"
+    return path
+
+
+def slurm_profile(tmp_path: Path, cluster) -> Path:
+    """profiles/slurm as `craft profile install` writes it, with the test cluster's values."""
+    dest = install_profile(
+        "slurm",
+        cluster.account,
+        cluster.partition,
+        cluster.gpu_partition,
+        dest_root=tmp_path / "profiles",
+    )
+    return dest.parent
+
+
+def snakemake_cmd(workdir: Path, configfile: Path, *args: str) -> list[str]:
+    return [
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
+
+
+def slurm_args(profile: Path, prefix: str) -> list[str]:
+    # small-test override: first status check after 2 s, not the profile's 10 s
+    return [
+        "--profile",
+        str(profile),
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-jobname-prefix",
+        prefix,
+        "--slurm-keep-successful-logs",
+    ]
+
+
+def start(cmd: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+    cwd.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> int:
+    """Wait for a snakemake run; on timeout interrupt it (it then cancels its SLURM jobs)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return 124
+
+
+def cancel_leftovers(prefix: str) -> None:
+    """scancel every job of this test run still queued or running (after a failure)."""
+    r = subprocess.run(["squeue", "-h", "-o", "%i|%j"], capture_output=True, text=True, timeout=30)
+    ids = [ln.split("|")[0] for ln in r.stdout.splitlines() if ln.split("|")[-1].startswith(prefix)]
+    if ids:
+        subprocess.run(["scancel", *ids], timeout=30)
+
+
+def failure_report(log: Path, workdir: Path) -> str:
+    """Tail of the snakemake output and of every job log that shows an error."""
+    parts = [f"--- {log} (tail)", "\n".join(log.read_text().splitlines()[-40:])]
+    for f in sorted(workdir.glob("logs/**/*.log")) + sorted(
+        workdir.glob(".snakemake/slurm_logs/**/*.log")
+    ):
+        text = f.read_text(errors="replace")
+        if re.search(r"Traceback|Error|error:", text):
+            parts += [f"--- {f} (tail)", "\n".join(text.splitlines()[-15:])]
+    return "\n".join(parts)
+
+
+def job_stats(log_text: str) -> Counter:
+    """{rule: count} of the 'Job stats' table Snakemake prints when it starts."""
+    m = re.search(r"Job stats:\n(.*?)\n\s*total\s+\d+", log_text, re.S)
+    assert m, "no 'Job stats' table in the snakemake output"
+    stats = Counter()
+    for line in m.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            stats[parts[0]] = int(parts[1])
+    return stats
+
+
+def sacct_jobs(prefix: str, since: str) -> list[dict]:
+    """This run's SLURM jobs (job name = prefix_<run uuid>), one dict per allocation."""
+    r = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-S", since, "-o", ",".join(SACCT_FIELDS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, f"sacct: {r.stderr}"
+    jobs = []
+    for line in r.stdout.splitlines():
+        values = line.split("|", len(SACCT_FIELDS) - 1)
+        if len(values) != len(SACCT_FIELDS):
+            continue
+        job = dict(zip(SACCT_FIELDS, values, strict=True))
+        if not job["JobName"].startswith(prefix + "_"):
+            continue
+        m = re.search(
+            r"--comment\s+'?rule_(.+?)(?:_wildcards_(\S+?))?'?(?:\s|$)", job["SubmitLine"]
+        )
+        job["rule"] = m.group(1) if m else "?"
+        job["wildcards"] = (m.group(2) or "") if m else ""
+        jobs.append(job)
+    return sorted(jobs, key=lambda j: int(re.sub(r"\D.*", "", j["JobID"]) or 0))
+
+
+def wait_for_final_states(prefix: str, since: str, timeout: float = 30) -> list[dict]:
+    """sacct lines once no job of the run is PENDING/RUNNING any more (accounting lags a bit)."""
+    end = time.monotonic() + timeout
+    while True:
+        jobs = sacct_jobs(prefix, since)
+        if all(j["State"] not in ("PENDING", "RUNNING", "REQUEUED") for j in jobs) or (
+            time.monotonic() > end
+        ):
+            return jobs
+        time.sleep(1)
+
+
+def sacct_table(jobs: list[dict]) -> str:
+    cols = ["JobID", "rule", "wildcards", "Partition", "State", "ExitCode", "Elapsed", "AllocTRES"]
+    rows = [cols] + [[j[c] for c in cols] for j in jobs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def localrules(log_text: str) -> set[str]:
+    return set(re.findall(r"^localrule (\w+):", log_text, re.M))
+
+
+def now_for_sacct() -> str:
+    return (dt.datetime.now() - dt.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def compare_samples(a: Path, b: Path) -> None:
+    """Two samples.h5 hold the same images (bitwise), labels, prompts and noise seeds."""
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert sorted(fa) == sorted(fb), (a, b)
+        for name in fa:
+            x, y = fa[name][()], fb[name][()]
+            assert x.shape == y.shape, f"{name}: {x.shape} != {y.shape}"
+            if x.dtype.kind in "iuf" and not np.array_equal(x, y):
+                diff = np.abs(x.astype(np.float64) - y.astype(np.float64))
+                pytest.fail(
+                    f"{a.name} '{name}' differs between SLURM and local runs: "
+                    f"{int((diff > 0).sum())} of {diff.size} values, max |diff| {diff.max():g}"
+                )
+            assert np.array_equal(x, y), f"{a.name} '{name}' differs between SLURM and local runs"
+
+
+def compare_models(a_root: Path, b_root: Path) -> None:
+    """Every model file (weights, tokenizer) of the two runs is the same, tensor by tensor.
+
+    Checked before the samples, so that a difference names the stage that made it first.
+    """
+    from safetensors.numpy import load_file
+
+    differ = []
+    for fa in sorted(a_root.rglob("*.safetensors")):
+        rel = fa.relative_to(a_root)
+        fb = b_root / rel
+        assert fb.is_file(), f"{rel}: made by the SLURM run but not by the local run"
+        ta, tb = load_file(fa), load_file(fb)
+        if ta.keys() != tb.keys() or any(not np.array_equal(ta[k], tb[k]) for k in ta):
+            differ.append(str(rel))
+    for fa in sorted(a_root.rglob("tokenizer/*.json")):
+        rel = fa.relative_to(a_root)
+        if json.loads(fa.read_text()) != json.loads((b_root / rel).read_text()):
+            differ.append(str(rel))
+    assert not differ, (
+        "model files differ between the SLURM and the local run of one config (a stage is "
+        f"not deterministic across processes): {', '.join(differ)}"
+    )
+
+
+def compare_summaries(a: Path, b: Path) -> None:
+    """The report's numbers (summary.csv) are the same."""
+    keys = ["modality", "method", "metric"]
+    da = pd.read_csv(a).sort_values(keys).reset_index(drop=True)
+    db = pd.read_csv(b).sort_values(keys).reset_index(drop=True)
+    assert len(da) > 0
+    pd.testing.assert_frame_equal(da, db, check_exact=True)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_workflow_on_slurm_matches_local(tmp_path, slurm_cluster, craft_env):
+    """Every job through sbatch, COMPLETED in sacct, GPU stages with gres/gpu; = local run."""
+    t0 = time.monotonic()
+    methods = {"lora": {"kind": "lora", "steps": 5, "batch_size": 8, "lr": 0.002, "rank": 4}}
+    slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
+    cfg_slurm = write_config(
+        tmp_path / "tiny-slurm.yaml", tiny_config(slurm_dir / "results", methods), craft_env
+    )
+    cfg_local = write_config(
+        tmp_path / "tiny-local.yaml", tiny_config(local_dir / "results", methods), craft_env
+    )
+    profile = slurm_profile(tmp_path, slurm_cluster)
+    prefix = f"craft-test-{uuid.uuid4().hex[:8]}"
+    since = now_for_sacct()
+
+    # The local reference run shares the machine with the cluster's jobs: start it alongside
+    # on one core, so the two runs together take about as long as the SLURM run alone.
+    local_log, slurm_log = tmp_path / "local.log", tmp_path / "slurm.log"
+    local = start(
+        snakemake_cmd(
+            local_dir, cfg_local, "--profile", str(REPO / "profiles/local"), "--cores", "1"
+        ),
+        local_dir,
+        craft_env,
+        local_log,
+    )
+    slurm = start(
+        snakemake_cmd(slurm_dir, cfg_slurm, *slurm_args(profile, prefix)),
+        slurm_dir,
+        craft_env,
+        slurm_log,
+    )
+    try:
+        rc = finish(slurm, timeout=420)
+        assert rc == 0, f"SLURM run failed (rc {rc})\n{failure_report(slurm_log, slurm_dir)}"
+        rc = finish(local, timeout=max(60, 480 - (time.monotonic() - t0)))
+        assert rc == 0, f"local run failed (rc {rc})\n{failure_report(local_log, local_dir)}"
+    finally:
+        for p in (slurm, local):
+            if p.poll() is None:
+                finish(p, timeout=1)
+        cancel_leftovers(prefix)
+
+    # -- sacct: every workflow job went through SLURM and succeeded ------------------------
+    log_text = slurm_log.read_text()
+    assert "SLURM run ID: " + prefix in log_text
+    expected = job_stats(log_text)
+    for rule in localrules(log_text):
+        expected.pop(rule, None)
+    jobs = wait_for_final_states(prefix, since)
+    table = sacct_table(jobs)
+    (tmp_path / "sacct.txt").write_text(table + "\n")
+    print(f"\nsacct of SLURM run {prefix}:\n{table}")
+    assert Counter(j["rule"] for j in jobs) == expected, f"jobs in sacct vs planned:\n{table}"
+    assert {"prepare", "pretrain", "adapt", "generate", "report"} <= set(expected)
+    for j in jobs:
+        assert j["State"] == "COMPLETED" and j["ExitCode"] == "0:0", f"{j['JobID']}:\n{table}"
+        if j["rule"] in GPU_RULES:
+            assert "gres/gpu=1" in j["AllocTRES"], f"GPU stage without a GPU:\n{table}"
+            assert j["Partition"] == slurm_cluster.gpu_partition, table
+        else:
+            assert "gres/gpu" not in j["AllocTRES"], f"CPU stage holding a GPU:\n{table}"
+            assert j["Partition"] == slurm_cluster.partition, table
+
+    # -- outputs equal those of the local run ----------------------------------------------
+    sl, lo = Layout(slurm_dir / "results"), Layout(local_dir / "results")
+    compare_models(sl.root, lo.root)
+    for method in methods:
+        compare_samples(sl.samples(MODALITY, method, SEED), lo.samples(MODALITY, method, SEED))
+    compare_summaries(sl.report() / "summary.csv", lo.report() / "summary.csv")
+    print(f"SLURM + local runs: {time.monotonic() - t0:.0f} s")
+
+
+def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft_env):
+    """scancel an adapt job after its first checkpoint: the retry resumes from that step."""
+    t0 = time.monotonic()
+    steps, every = 40, 5
+    methods = {
+        "lora": {
+            "kind": "lora",
+            "steps": steps,
+            "batch_size": 8,
+            "lr": 0.002,
+            "rank": 4,
+            "checkpoint_every": every,
+        }
+    }
+    workdir = tmp_path / "slurm"
+    lay = Layout(workdir / "results")
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(workdir / "results", methods), craft_env)
+    profile = slurm_profile(tmp_path, slurm_cluster)
+    prof = yaml.safe_load((profile / "config.yaml").read_text())
+    assert prof.get("retries", 0) >= 1, "the SLURM profile must retry failed jobs"
+    prefix = f"craft-test-{uuid.uuid4().hex[:8]}"
+    since = now_for_sacct()
+    card = lay.card(MODALITY, "lora", SEED)
+    checkpoint = card.parent / "checkpoint"
+    log = tmp_path / "slurm.log"
+    # target: the adapted model (prepare -> pretrain -> adapt); the rest of the DAG is the
+    # other test's
+    proc = start(
+        snakemake_cmd(workdir, cfg, *slurm_args(profile, prefix), str(card)),
+        workdir,
+        craft_env,
+        log,
+    )
+    cancelled = None
+    try:
+        end = time.monotonic() + 240
+        while cancelled is None:
+            assert proc.poll() is None, (
+                f"snakemake ended before the cancel\n{failure_report(log, workdir)}"
+            )
+            assert time.monotonic() < end, (
+                f"no running adapt job with a checkpoint\n{failure_report(log, workdir)}"
+            )
+            r = subprocess.run(
+                ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%j|%k"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            running = [ln.split("|") for ln in r.stdout.splitlines() if ln.count("|") == 2]
+            adapt = [
+                i
+                for i, name, comment in running
+                if name.startswith(prefix + "_") and comment.startswith("rule_adapt_")
+            ]
+            if adapt and (checkpoint / "state.pt").is_file():
+                subprocess.run(["scancel", adapt[0]], check=True, timeout=30)
+                cancelled = adapt[0]
+            else:
+                time.sleep(0.5)
+        rc = finish(proc, timeout=max(60, 400 - (time.monotonic() - t0)))
+        assert rc == 0, f"run after scancel failed (rc {rc})\n{failure_report(log, workdir)}"
+    finally:
+        if proc.poll() is None:
+            finish(proc, timeout=1)
+        cancel_leftovers(prefix)
+
+    jobs = wait_for_final_states(prefix, since)
+    table = sacct_table(jobs)
+    (tmp_path / "sacct.txt").write_text(table + "\n")
+    print(f"\nsacct of SLURM run {prefix}:\n{table}")
+    adapt = [j for j in jobs if j["rule"] == "adapt"]
+    assert [j["JobID"] for j in adapt][:1] == [cancelled], table
+    assert adapt[0]["State"].startswith("CANCELLED"), table
+    assert len(adapt) == 2 and adapt[1]["State"] == "COMPLETED", table
+    assert "gres/gpu=1" in adapt[1]["AllocTRES"], table
+    for j in jobs:
+        if j["JobID"] != cancelled:
+            assert j["State"] == "COMPLETED" and j["ExitCode"] == "0:0", table
+
+    # the retry resumed from the checkpoint, not from step 0, and trained to the end
+    adapt_log = (workdir / "logs" / "adapt" / MODALITY / "lora" / f"{SEED}.log").read_text()
+    m = re.search(r"resumed from \S+ at step (\d+)", adapt_log)
+    assert m, f"the retried adapt job did not resume:\n{adapt_log[-2000:]}"
+    step = int(m.group(1))
+    assert 0 < step < steps, adapt_log[-2000:]
+    assert re.search(rf"steps {step}->{steps}", adapt_log), adapt_log[-2000:]
+    model = json.loads(card.read_text())
+    assert model["steps"] == steps and model["lora_dir"]
+    assert not checkpoint.exists(), "the checkpoint must be removed once the weights are written"
+    print(
+        f"cancelled SLURM job {cancelled}; retry resumed at step {step}/{steps}; "
+        f"{time.monotonic() - t0:.0f} s"
+    )

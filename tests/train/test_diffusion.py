@@ -1,0 +1,281 @@
+"""The diffusion finetuning recipe: exact resume, refused foreign checkpoints, SIGTERM.
+
+Every run starts from one tiny pixel-space generator saved once (a rebuilt one would differ:
+see test_tokenizer_is_deterministic), trains with one CPU thread, and compares trainable
+weights bitwise with an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from craft.config import TinyUNet
+from craft.models.generator import load_generator, save_generator
+from craft.models.lora import load_lora
+from craft.models.tiny import build_tiny_generator
+from craft.train.diffusion import DiffusionFinetune, FinetuneSettings, Interrupted, TrainingData
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = TinyUNet(
+    block_out_channels=[8, 16, 16],
+    attention_levels=[False, False, True],
+    cross_attention_dim=16,
+    text_layers=1,
+    text_max_length=16,
+)
+RES, CH = 16, 1
+LABELS = ["normal", "effusion"]
+STEPS = 8
+
+
+def training_data() -> TrainingData:
+    """Eight random 16 px grayscale images with two labels, the same on every call."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(8, RES, RES, CH), dtype=np.uint8)
+    labels = np.arange(8) % 2
+
+    def caption(idx: np.ndarray, rng: np.random.Generator) -> list[str]:
+        return [f"chest radiograph, {LABELS[i]}" for i in idx]
+
+    return TrainingData(images, labels, caption)
+
+
+def settings(mode: str, digest: str = "d1", steps: int = STEPS, every: int = 3) -> FinetuneSettings:
+    return FinetuneSettings(
+        mode=mode,
+        steps=steps,
+        batch_size=4,
+        lr=1e-2 if mode == "lora" else 1e-3,
+        seed=7,
+        config_digest=digest,
+        rank=2,
+        alpha=4.0,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
+        checkpoint_every=every,
+    )
+
+
+def recipe(base: Path, s: FinetuneSettings, ckpt: Path) -> DiffusionFinetune:
+    """A new recipe on a freshly loaded generator, set up (and resumed if ``ckpt`` matches)."""
+    r = DiffusionFinetune(s, ckpt)
+    r.setup(load_generator(base), training_data(), CH)
+    return r
+
+
+def weights(r: DiffusionFinetune) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in r._trainable_state().items()}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:3]}"
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(r: DiffusionFinetune, step: int) -> None:
+    """Make ``r`` die inside step ``step`` (before its update), like a killed job."""
+    loss = r.loss
+
+    def dying(i: int) -> torch.Tensor:
+        if i == step:
+            raise Crash(f"killed in step {i}")
+        return loss(i)
+
+    r.loss = dying
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    return int(torch.load(ckpt / "state.pt", weights_only=False)["step"])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "generator"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    save_generator(build_tiny_generator(TINY, RES, CH, seed=0), out)
+    torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(base, tmp_path_factory) -> dict:
+    """Uninterrupted runs of both modes: final trainable weights, losses, UNet output."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    for mode in ("lora", "full"):
+        ckpt = tmp_path_factory.mktemp(f"ref-{mode}") / "checkpoint"
+        r = recipe(base, settings(mode), ckpt)
+        before = weights(r)
+        losses = r.train()
+        assert len(losses) == STEPS and all(np.isfinite(losses))
+        after = weights(r)
+        assert any(not torch.equal(before[k], after[k]) for k in before), "training changed nothing"
+        assert checkpoint_step(ckpt) == 6  # kept until the final weights are saved
+        r.cleanup()
+        assert not ckpt.exists()
+        out[mode] = {"weights": after, "losses": losses, "recipe": r}
+    torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_resume_is_bit_exact(mode, base, reference, tmp_path):
+    ckpt = tmp_path / "checkpoint"
+    first = recipe(base, settings(mode), ckpt)
+    crash_at(first, 4)  # checkpoint at step 3, step 3 done, killed in step 4
+    with pytest.raises(Crash):
+        first.train()
+    assert checkpoint_step(ckpt) == 3
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint"]  # no .tmp / .old left behind
+    assert sorted(os.listdir(ckpt)) == ["state.pt", "trainable.safetensors"]
+
+    second = recipe(base, settings(mode), ckpt)  # a new object, a fresh generator
+    assert second.step == 3
+    losses = second.train()
+    assert losses == reference[mode]["losses"][3:]
+    assert_same_weights(weights(second), reference[mode]["weights"])
+    second.cleanup()
+    assert not ckpt.exists()
+
+
+def test_checkpoint_of_other_settings_is_ignored(base, reference, tmp_path, capsys):
+    ckpt = tmp_path / "checkpoint"
+    first = recipe(base, settings("lora", digest="other"), ckpt)
+    crash_at(first, 4)
+    with pytest.raises(Crash):
+        first.train()
+    assert checkpoint_step(ckpt) == 3
+    capsys.readouterr()
+
+    second = recipe(base, settings("lora", digest="d1"), ckpt)
+    assert second.step == 0
+    assert "other settings" in capsys.readouterr().err
+    second.train()
+    # Started over from the base weights, not from the foreign checkpoint's.
+    assert_same_weights(weights(second), reference["lora"]["weights"])
+
+
+def test_saved_weights_reload_the_trained_unet(base, reference, tmp_path):
+    def out(unet):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn((2, CH, RES, RES), generator=g)
+        cond = torch.randn((2, TINY.text_max_length, TINY.cross_attention_dim), generator=g)
+        with torch.no_grad():
+            return unet(x, torch.tensor([5, 900]), encoder_hidden_states=cond).sample
+
+    r = reference["lora"]["recipe"]
+    assert r.save_weights(tmp_path) == "lora"
+    gen = load_generator(base)
+    untrained = out(gen.unet)
+    load_lora(gen.unet, tmp_path / "lora")
+    torch.testing.assert_close(out(gen.unet), out(r.gen.unet), atol=1e-6, rtol=0)
+    assert (out(gen.unet) - untrained).abs().max() > 1e-4
+
+    from diffusers import UNet2DConditionModel
+
+    r = reference["full"]["recipe"]
+    assert r.save_weights(tmp_path) == "unet"
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    assert torch.equal(out(unet), out(r.gen.unet))
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+
+SCRIPT = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+from pathlib import Path
+from tests.train.test_diffusion import recipe, settings
+from craft.train.diffusion import DiffusionFinetune
+
+slow_loss = DiffusionFinetune.loss
+def loss(self, step):  # the same numbers, slowly, so the test can signal mid-run
+    time.sleep(0.4)
+    return slow_loss(self, step)
+DiffusionFinetune.loss = loss
+
+r = recipe(Path(sys.argv[1]), settings("lora"), Path(sys.argv[2]))
+print("training", flush=True)
+r.train()
+"""
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(base, reference, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    ckpt = tmp_path / "checkpoint"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(base), str(ckpt)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (ckpt / "state.pt").is_file():
+            assert proc.poll() is None, f"training ended early: {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode not in (0, -signal.SIGTERM), (proc.returncode, err[-2000:])
+    assert "Interrupted" in err and "SIGTERM" in err
+    saved = checkpoint_step(ckpt)
+    assert 3 <= saved < STEPS
+    assert f"at step {saved}" in err  # the checkpoint is the one SIGTERM asked for
+    assert sorted(os.listdir(ckpt)) == ["state.pt", "trainable.safetensors"]
+    assert set(load_file(ckpt / "trainable.safetensors")) == set(reference["lora"]["weights"])
+
+    resumed = recipe(base, settings("lora"), ckpt)
+    assert resumed.step == saved
+    resumed.train()
+    assert_same_weights(weights(resumed), reference["lora"]["weights"])
+
+
+def test_sigterm_in_process_raises_interrupted(base, tmp_path):
+    r = recipe(base, settings("lora", steps=4, every=100), tmp_path / "checkpoint")
+    loss = r.loss
+
+    def signalling(i: int) -> torch.Tensor:
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss(i)
+
+    r.loss = signalling
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match="step 2"):
+        r.train()
+    assert checkpoint_step(tmp_path / "checkpoint") == 2
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is restored

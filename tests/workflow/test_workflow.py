@@ -1,0 +1,219 @@
+"""The Snakemake workflow: DAG shape, validation at parse time, lint, a real tiny run, reruns."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_config, write_config
+
+METHODS = ("zero-shot", "lora", "full", "lora-enriched")
+
+
+def snakemake(workdir, env, *args, timeout=900, check=True):
+    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run."""
+    counts = {}
+    table = output.split("Job stats:")[1]
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def jobs_to_run(output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if not m:
+            continue
+        wc = re.search(r"wildcards: (.*)", block)
+        wildcards = dict(kv.split("=", 1) for kv in wc.group(1).split(", ")) if wc else {}
+        jobs.append((m.group(1), wildcards))
+    return jobs
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_config(tmp_path / "config.yaml", tiny_config())
+    return tmp_path
+
+
+def test_dry_run_expands_modalities_methods_seeds(env):
+    out = snakemake(REPO, env, "-n", "--config", "results=/tmp/craft-dryrun-results").stdout
+    counts = job_counts(out)
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    n_mod, n_meth, n_seed = len(cfg["modalities"]), len(cfg["methods"]), len(cfg["seeds"])
+    runs = n_mod * n_meth * n_seed
+    assert counts["prepare"] == n_mod
+    assert counts["pretrain"] == n_mod
+    assert counts["adapt"] == counts["generate"] == counts["evaluate_oracle"] == runs
+    assert counts["report"] == 1
+
+    out3 = snakemake(
+        REPO, env, "-n", "--config", "seeds=[0,1,2]", "results=/tmp/craft-dryrun-results"
+    ).stdout
+    assert job_counts(out3)["generate"] == n_mod * n_meth * 3
+    seeds = {w["seed"] for rule, w in jobs_to_run(out3) if rule == "generate"}
+    assert seeds == {"0", "1", "2"}
+
+
+def test_lint_is_clean(env):
+    proc = snakemake(REPO, env, "--lint", "--config", "results=/tmp/craft-dryrun-results")
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_invalid_config_stops_before_the_dag_with_one_line(workdir, env):
+    cfg = tiny_config()
+    cfg["modalities"]["phantom-cxr"]["resolution"] = 100
+    write_config(workdir / "config.yaml", cfg)
+    proc = snakemake(workdir, env, "-n", check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    lines = [line for line in text.splitlines() if "craft: error" in line]
+    assert len(lines) == 1, text
+    assert (
+        "modalities.phantom-cxr.resolution" in lines[0] and "100 is not a multiple of 8" in lines[0]
+    )
+    assert "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_tiny_workflow_runs_and_reruns_only_what_a_change_touches(workdir, env):
+    snakemake(workdir, env, "--profile", str(REPO / "profiles/local"), "--cores", "2")
+    summary = workdir / "results/report/summary.csv"
+    rows = list(csv.DictReader(summary.open()))
+    assert list(rows[0]) == ["modality", "method", "metric", "mean", "sd", "n_seeds"]
+    agreement = {
+        (r["modality"], r["method"]) for r in rows if r["metric"] == "oracle_label_agreement"
+    }
+    assert agreement == {
+        (m, k) for m in ("phantom-cxr", "phantom-derm") for k in ("zero-shot", "lora", "full")
+    }
+    for r in rows:
+        if r["metric"] == "oracle_label_agreement":
+            assert 0.0 <= float(r["mean"]) <= 1.0
+    assert (workdir / "results/report/index.html").stat().st_size > 1000
+    # LoRA weights in diffusers format, full UNet weights, next to their model cards.
+    assert (
+        workdir / "results/runs/phantom-cxr/lora/0/lora/pytorch_lora_weights.safetensors"
+    ).is_file()
+    assert (workdir / "results/runs/phantom-cxr/full/0/unet/config.json").is_file()
+
+    # Nothing to do when nothing changed.
+    assert "Nothing to be done" in snakemake(workdir, env, "-n").stdout
+
+    # One modality's setting: only that modality's jobs (and the report) rerun.
+    cfg = tiny_config()
+    cfg["modalities"]["phantom-derm"]["source"]["n_per_label"] = 13
+    write_config(workdir / "config.yaml", cfg)
+    jobs = jobs_to_run(snakemake(workdir, env, "-n").stdout)
+    touched = {w.get("modality") for rule, w in jobs if rule not in ("all", "report")}
+    assert touched == {"phantom-derm"}, jobs
+    assert {rule for rule, _ in jobs} >= {
+        "prepare",
+        "adapt",
+        "generate",
+        "evaluate_oracle",
+        "report",
+    }
+    assert "pretrain" not in {rule for rule, _ in jobs}  # the foundation does not use the data set
+
+    # A clinician's review of one modality's knowledge, pinned in the config: only that
+    # modality's knowledge-dependent jobs rerun, and so they do after an edit of one item.
+    reviews = workdir / "reviews"
+    reviews.mkdir()
+    pinned = reviews / "cxr.yaml"
+    shutil.copy(workdir / "results/knowledge/phantom-cxr.review.yaml", pinned)
+    cfg = tiny_config()
+    cfg["knowledge"] = {"review": {"phantom-cxr": str(pinned)}}
+    write_config(workdir / "config.yaml", cfg)
+    snakemake(workdir, env, "--cores", "2", "results/knowledge/phantom-cxr.json")
+    review = yaml.safe_load(pinned.read_text())
+    review["checklist"][0]["statement"] += " clearly"
+    pinned.write_text(yaml.safe_dump(review, sort_keys=False))
+    jobs = jobs_to_run(snakemake(workdir, env, "-n").stdout)
+    assert ("knowledge", {"modality": "phantom-cxr"}) in jobs, jobs
+    touched = {w.get("modality") for rule, w in jobs if rule not in ("all", "report")}
+    assert touched == {"phantom-cxr"}, jobs
+    rules = {rule for rule, _ in jobs}
+    assert {"train_evaluator", "reference", "score"} <= rules, rules
+    assert not rules & {"prepare", "pretrain"}, rules
+
+    # One method's setting: only that method's runs, in every modality.
+    cfg = tiny_config()
+    cfg["methods"]["lora"]["steps"] = 4
+    write_config(workdir / "config.yaml", cfg)
+    jobs = jobs_to_run(snakemake(workdir, env, "-n").stdout)
+    runs = {(w["modality"], w["method"]) for rule, w in jobs if "method" in w}
+    assert runs == {("phantom-cxr", "lora"), ("phantom-derm", "lora")}, jobs
+    assert "prepare" not in {rule for rule, _ in jobs}
+
+
+@pytest.mark.slow
+def test_killed_generate_resumes_without_duplicates(workdir, env):
+    """A generate job killed mid-way leaves a .partial file; the rerun completes it."""
+    cfg = tiny_config()
+    cfg["modalities"] = {"phantom-cxr": cfg["modalities"]["phantom-cxr"]}
+    cfg["methods"] = {"zero-shot": {"kind": "zero-shot"}}
+    cfg["sampling"] = {"steps": 2, "n_per_label": 6, "batch_size": 4}
+    write_config(workdir / "config.yaml", cfg)
+    snakemake(workdir, env, "--cores", "2", "results/runs/phantom-cxr/zero-shot/0/model.json")
+    samples = workdir / "results/runs/phantom-cxr/zero-shot/0/samples.h5"
+    # A full, uninterrupted generation as the reference.
+    subprocess.run(
+        [
+            "craft",
+            "generate",
+            "-c",
+            "config.yaml",
+            "-m",
+            "phantom-cxr",
+            "-k",
+            "zero-shot",
+            "--out",
+            "ref.h5",
+        ],
+        cwd=workdir,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    # Simulate a kill after the first batch: keep a partial file with 4 of 24 rows.
+    import h5py
+
+    shutil.copy(workdir / "ref.h5", samples.with_name("samples.h5.partial"))
+    with h5py.File(samples.with_name("samples.h5.partial"), "a") as f:
+        f.attrs["rows_done"] = 4
+        f["images"][4:] = 0
+    proc = subprocess.run(
+        ["craft", "generate", "-c", "config.yaml", "-m", "phantom-cxr", "-k", "zero-shot"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "4/24 images already written" in proc.stderr
+    from craft.store import read_samples
+
+    a, b = read_samples(workdir / "ref.h5"), read_samples(samples)
+    assert (a.images == b.images).all() and (a.seeds == b.seeds).all()
+    assert len(set(b.seeds.tolist())) == len(b.seeds)  # no duplicates

@@ -28,6 +28,11 @@ class ModelCard(BaseModel):
     lora_dir: str | None = None  # relative to the card: diffusers LoRA
     unet_dir: str | None = None  # relative to the card: full UNet replacing the base one
     steps: int = 0
+    # align runs (craft align): the method they started from, the reward LoRA alone (relative
+    # to the card; lora_dir already holds the starting model's LoRA plus this one at lora_scale)
+    init: str | None = None
+    reward_lora_dir: str | None = None
+    lora_scale: float | None = None
     config_digest: str
     craft_version: str
 

@@ -129,7 +129,28 @@ class DiffusionFinetune:
             raise RuntimeError(f"checkpoint has unexpected weights {missing.unexpected_keys[:3]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        self.load_extra_state(state.get("extra", {}), self.checkpoint_dir)
         log(f"resumed from {self.checkpoint_dir} at step {self.step}")
+
+    # -- hooks of recipes built on this one (craft.train.reward) ---------------------------
+
+    def extra_state(self, directory: Path) -> dict:
+        """Run state beyond step and optimizer (files may go into ``directory``)."""
+        return {}
+
+    def load_extra_state(self, state: dict, directory: Path) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward pass, gradient clipping (norm 1) and one optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+
+    def after_step(self) -> bool:
+        """Called after each optimizer step (``self.step`` counts it); True stops training."""
+        return False
 
     # -- training -------------------------------------------------------------------------
 
@@ -173,12 +194,12 @@ class DiffusionFinetune:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self._lr(step)
                 loss = self.loss(step)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-                self.optimizer.step()
+                self.optimizer_step(loss)
                 self.step = step + 1
                 losses.append(loss.item())
+                if self.after_step():
+                    log(f"stopping early after step {self.step}")
+                    break
                 if self.step % self.s.checkpoint_every == 0 and self.step < self.s.steps:
                     self.save_checkpoint()
                 if self._stop:
@@ -211,6 +232,7 @@ class DiffusionFinetune:
                 "optimizer": self.optimizer.state_dict(),
                 "config_digest": self.s.config_digest,
                 "seed": self.s.seed,
+                "extra": self.extra_state(tmp),
             },
             tmp / "state.pt",
         )

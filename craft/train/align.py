@@ -1,0 +1,243 @@
+"""``craft align``: reward finetuning of another method's result (kinds craft, generic-reward).
+
+The starting model is the init method's generator (its LoRA fused into the UNet, or its full
+UNet); a new LoRA is trained on top of it with :class:`~craft.train.reward.RewardFinetune`.
+The run ends in a model card that ``craft generate`` loads unchanged (kind lora): ``lora/``
+holds the starting model's LoRA and the reward LoRA at ``align.lora_scale`` stacked into one
+diffusers LoRA of the base model (``pipe.load_lora_weights`` loads it); ``reward-lora/`` holds
+the reward LoRA alone, ``curves.csv`` the reward and held-out CAS curves.
+
+Rewards (plain functions, swappable):
+- craft: the differentiable CAS (log form) of the reward evaluator, for each image's label
+  and the prompt it was drawn from (craft.cas.score.cas_reward);
+- generic-reward: the reward evaluator's cosine similarity of the image to the plain label
+  prompt: reward finetuning without clinical knowledge.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from craft import __version__
+from craft.config import CraftConfig
+from craft.errors import CraftError
+from craft.models.card import ModelCard, load_card_generator
+from craft.models.lora import combine_loras, fuse_lora, read_lora, write_lora
+from craft.paths import Layout
+from craft.progress import log
+from craft.prompts import label_prompt
+from craft.store import read_split
+from craft.train.common import setup_torch
+from craft.train.diffusion import FinetuneSettings, TrainingData
+from craft.train.distributed import Parallel
+from craft.train.reward import Evaluation, RewardFinetune, RewardFn, Rollout
+
+
+def cas_reward_fn(evaluator, knowledge: Any, reference, label_names: list[str], log_form=True):
+    """CRAFT's reward: per-image (log) CAS of the evaluator for its label and prompt."""
+    from craft.cas.score import TextBank, cas_reward
+
+    bank = TextBank.build(evaluator, knowledge, label_names)
+
+    def reward(images: torch.Tensor, labels: np.ndarray, prompts: list[str]) -> torch.Tensor:
+        return cas_reward(
+            evaluator, images, labels, prompts, knowledge, reference, bank, log=log_form
+        )
+
+    return reward
+
+
+def generic_reward_fn(evaluator, label_prompts: list[str]) -> RewardFn:
+    """The generic baseline's reward: cos(E(image), E(plain label prompt)), no knowledge."""
+
+    def reward(images: torch.Tensor, labels: np.ndarray, prompts: list[str]) -> torch.Tensor:
+        emb = evaluator.encode_images(images)
+        text = evaluator.encode_texts([label_prompts[int(y)] for y in labels])
+        return (emb * text).sum(1)
+
+    return reward
+
+
+def split_prompts(
+    enriched: dict[str, list[str]], plain: dict[str, str], holdout: float, use_enriched: bool
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(training, held-out) prompts per label.
+
+    Held out: a share ``holdout`` of each label's enriched prompts (at least one where a label
+    has two or more; fixed choice), never trained on, plus the plain label prompt, which
+    ``craft generate`` uses. Training: the label's other enriched prompts and its plain prompt
+    (``use_enriched``), or the plain prompt alone.
+    """
+    train, held = {}, {}
+    for lab, bank in enriched.items():
+        bank = list(dict.fromkeys(bank))
+        n_out = max(1, round(holdout * len(bank))) if holdout > 0 and len(bank) >= 2 else 0
+        order = np.random.default_rng(len(bank)).permutation(len(bank))
+        out = [bank[i] for i in sorted(order[:n_out])]
+        kept = [p for p in bank if p not in out]
+        train[lab] = list(dict.fromkeys([*kept, plain[lab]])) if use_enriched else [plain[lab]]
+        held[lab] = [*out, plain[lab]]
+    return train, held
+
+
+def evaluation_set(
+    held: dict[str, list[str]], label_names: list[str], per_label: int, seed: int
+) -> tuple[list[str], np.ndarray, list[int]]:
+    """Prompts (cycling each label's held-out prompts), labels and fixed noise seeds."""
+    prompts, labels, seeds = [], [], []
+    for i, lab in enumerate(label_names):
+        for j in range(per_label):
+            prompts.append(held[lab][j % len(held[lab])])
+            labels.append(i)
+            seeds.append(int(np.random.SeedSequence([seed, 7919, i, j]).generate_state(1)[0]))
+    return prompts, np.array(labels), seeds
+
+
+def align(
+    cfg: CraftConfig,
+    modality: str,
+    method: str,
+    seed: int,
+    card_path: Path,
+    threads: int | None = None,
+) -> ModelCard:
+    """Reward-finetune the init method's generator; writes the run's model card."""
+    from craft.cas.reference import load_reference
+    from craft.cas.stages import load_configured_evaluator
+    from craft.knowledge.schema import load_knowledge
+
+    m, k = cfg.modality(modality), cfg.method(method)
+    if not k.is_align:
+        raise CraftError(
+            f"method '{method}' is kind {k.kind}, not an align method: run `craft adapt`"
+        )
+    a = k.align_settings
+    lay = Layout(cfg.results)
+    card_path = Path(card_path)
+    run_dir = card_path.parent
+    digest = cfg.digest("align", modality, method)
+    init_card = lay.card(modality, k.init, seed)
+    if not init_card.is_file():
+        raise CraftError(
+            f"{init_card} does not exist: run `craft adapt -m {modality} -k {k.init} -s {seed}` "
+            f"first (method '{method}' starts from '{k.init}')"
+        )
+    for path, fix in (
+        (lay.knowledge(modality), f"craft knowledge build -m {modality}"),
+        (lay.data(modality), f"craft prepare -m {modality}"),
+        *[
+            (lay.reference(modality, ev), f"craft reference -m {modality} -e {ev}")
+            for ev in cfg.align_evaluators(method)
+        ],
+    ):
+        if not path.is_file():
+            raise CraftError(f"{path} does not exist: run `{fix}` first")
+
+    setup_torch(seed, threads)
+    parallel = Parallel.from_env(a.zero_stage)
+    device = parallel.check_devices()
+    # 1. The starting model: the init run's generator, its LoRA fused so that the reward LoRA
+    #    is the only adapter (and disabling it gives the starting model back, for the KL).
+    init, gen = load_card_generator(init_card, cfg.sampling.timestep_spacing)
+    if init.lora_dir:
+        fuse_lora(gen.unet)
+    # frozen text encoder and VAE in bf16 on a GPU; the UNet (and the LoRA) stay float32
+    gen.to(device, torch.bfloat16 if device.type == "cuda" else None)
+    # 2. Data and prompts: real training images (diffusion loss), each label's prompt bank.
+    data = read_split(lay.data(modality), "train")
+    labels = list(data.label_names)
+    if labels != list(m.labels):
+        raise CraftError(f"{lay.data(modality)} has labels {labels}, the config {list(m.labels)}")
+    knowledge = load_knowledge(lay.knowledge(modality))
+    plain = {lab: label_prompt(m.description, lab) for lab in labels}
+    use_enriched = k.kind == "craft" and k.prompts == "enriched"
+    train_prompts, held = split_prompts(
+        {lab: knowledge.prompts_for(lab) for lab in labels}, plain, a.holdout_prompts, use_enriched
+    )
+    by_index = {i: train_prompts[lab] for i, lab in enumerate(labels)}
+
+    def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
+        return [str(rng.choice(by_index[int(i)])) for i in label_idx]
+
+    # 3. The reward evaluator and the reward; the out-of-family evaluator for evaluations.
+    reward_ev = cfg.cas.reward_evaluator
+    evaluator = load_configured_evaluator(cfg.cas, reward_ev, lay, modality)
+    reference = load_reference(lay.reference(modality, reward_ev))
+    if k.kind == "craft":
+        reward = cas_reward_fn(evaluator, knowledge, reference, labels)
+    else:
+        reward = generic_reward_fn(evaluator, [plain[lab] for lab in labels])
+    evaluation = None
+    if a.eval_every:
+        scorers = {reward_ev: cas_reward_fn(evaluator, knowledge, reference, labels, False)}
+        oof = cfg.out_of_family_evaluators[0]
+        oof_ev = load_configured_evaluator(cfg.cas, oof, lay, modality)
+        oof_ref = load_reference(lay.reference(modality, oof))
+        scorers[oof] = cas_reward_fn(oof_ev, knowledge, oof_ref, labels, False)
+        prompts, ys, seeds = evaluation_set(held, labels, a.eval_per_label, seed)
+        evaluation = Evaluation(prompts, ys, seeds, scorers, stop_on=oof)
+
+    settings = FinetuneSettings(
+        mode="lora",
+        steps=k.steps,
+        batch_size=k.batch_size,
+        lr=k.lr,
+        seed=seed,
+        config_digest=digest,
+        rank=k.rank,
+        alpha=k.alpha,
+        target_modules=list(k.target_modules),
+        weight_decay=k.weight_decay,
+        checkpoint_every=k.checkpoint_every,
+    )
+    rollout = Rollout(
+        a.sample_steps or cfg.sampling.steps, cfg.sampling.guidance_scale, m.resolution, m.channels
+    )
+    recipe = RewardFinetune(settings, a, rollout, run_dir / "checkpoint", parallel)
+    recipe.setup(gen, TrainingData(data.images, data.labels, caption), by_index, reward, evaluation)
+    recipe.train()
+    if not parallel.is_main:  # rank 0 writes the outputs; the LoRA is whole on every rank
+        parallel.barrier()
+        return ModelCard.read(card_path)
+
+    # 4. Outputs: the reward LoRA, the one LoRA of the base model, the curves, the card.
+    for name in ("lora", "reward-lora"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    kept_step = recipe.keep_best()
+    recipe.save_weights(run_dir)  # -> run_dir/lora: the reward LoRA alone
+    (run_dir / "lora").rename(run_dir / "reward-lora")
+    parts = [(read_lora(run_dir / "reward-lora"), a.lora_scale)]
+    if init.lora_dir:
+        parts.insert(0, (read_lora(init_card.parent / init.lora_dir), 1.0))
+    write_lora(combine_loras(parts), run_dir / "lora")
+    recipe.write_curves(run_dir / "curves.csv")
+    unet_dir = None
+    if init.unet_dir:
+        unet_dir = os.path.relpath(init_card.parent / init.unet_dir, run_dir)
+    card = ModelCard(
+        modality=modality,
+        method=method,
+        seed=seed,
+        kind="lora",
+        base=init.base,
+        revision=init.revision,
+        lora_dir="lora",
+        unet_dir=unet_dir,
+        steps=kept_step,
+        config_digest=digest,
+        craft_version=__version__,
+        init=k.init,
+        reward_lora_dir="reward-lora",
+        lora_scale=a.lora_scale,
+    )
+    card.write(card_path)
+    recipe.cleanup()
+    parallel.barrier()
+    log(f"{modality}/{method}/{seed}: aligned from {k.init}, weights of step {kept_step}")
+    return card

@@ -1,0 +1,656 @@
+"""The align stage: reward finetuning through the sampler (craft.train.reward, craft.train.align).
+
+Everything is tiny and local: a 24 px pixel-space generator saved once, a CLIP-family phantom
+evaluator trained for a few steps (weak, but a real differentiable CAS), its real-image
+reference, and a results tree on which ``craft.train.align.align`` runs end to end. One CPU
+thread; the whole file takes well under a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from craft.config import AlignSettings, TinyUNet, validate_config
+from craft.errors import CraftError
+from craft.models.generator import load_generator, save_generator
+from craft.models.tiny import build_tiny_generator
+from craft.train.diffusion import FinetuneSettings, TrainingData
+from craft.train.reward import Evaluation, RewardFinetune, Rollout
+
+REPO = Path(__file__).resolve().parents[2]
+PHANTOM = "phantom-cxr"
+LABELS = ["normal", "cardiomegaly", "effusion", "nodule"]
+RES, CH = 24, 1
+TINY = TinyUNet(
+    block_out_channels=[8, 16, 16],
+    attention_levels=[False, False, True],
+    cross_attention_dim=16,
+    text_layers=1,
+    text_max_length=24,
+)
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
+STEPS = 6
+WORDS = "chest radiograph normal cardiomegaly effusion nodule heart lung".split()
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _one_thread(fn):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A results tree: data, knowledge, two tiny evaluators with references, a base generator."""
+    return _one_thread(lambda: build_world(tmp_path_factory.mktemp("world")))
+
+
+def build_world(root: Path) -> Path:
+    from craft.cas.reference import build_reference
+    from craft.cas.settings import EvaluatorArchitecture, EvaluatorTraining
+    from craft.cas.train_evaluator import train_evaluator
+    from craft.knowledge.schema import save_knowledge
+    from craft.paths import Layout
+    from tests.cas.knowledge_standin import phantom_knowledge
+    from tests.cas.phantom_sets import write_phantom_data
+
+    lay = Layout(root / "results")
+    save_generator(build_tiny_generator(TINY, RES, CH, WORDS, seed=0), root / "base")
+    knowledge = phantom_knowledge(PHANTOM, use_real_schema=True)
+    save_knowledge(knowledge, lay.knowledge(PHANTOM))
+    write_phantom_data(lay.data(PHANTOM), PHANTOM, LABELS, 15, RES)
+    arch = EvaluatorArchitecture(hidden_size=32, layers=1, projection_dim=32, patch_size=4)
+    for name, family, seed in (("clip", "clip", 0), ("siglip", "siglip", 1)):
+        settings = EvaluatorTraining(
+            steps=15, n_images=128, batch_size=32, seed=seed, architecture=arch
+        )
+        out = lay.evaluator(PHANTOM, name)
+        train_evaluator(
+            PHANTOM, LABELS, "chest radiograph", RES, family, settings, knowledge, out, name
+        )
+        from craft.cas.evaluators import load_evaluator
+
+        ref = build_reference(
+            load_evaluator(out, name=name),
+            lay.data(PHANTOM),
+            knowledge,
+            knn_k=5,
+            description="chest radiograph",
+        )
+        ref.save(lay.reference(PHANTOM, name), "test")
+    return root
+
+
+def loaded(world: Path, name: str = "clip"):
+    """(evaluator, reference, knowledge) of the world."""
+    from craft.cas.evaluators import load_evaluator
+    from craft.cas.reference import load_reference
+    from craft.knowledge.schema import load_knowledge
+    from craft.paths import Layout
+
+    lay = Layout(world / "results")
+    return (
+        load_evaluator(lay.evaluator(PHANTOM, name), name=name),
+        load_reference(lay.reference(PHANTOM, name)),
+        load_knowledge(lay.knowledge(PHANTOM)),
+    )
+
+
+def prompts_by_label() -> dict[int, list[str]]:
+    from tests.cas.knowledge_standin import CXR_PROMPTS
+
+    return {i: CXR_PROMPTS[lab] for i, lab in enumerate(LABELS)}
+
+
+def real_data(world: Path) -> TrainingData:
+    from craft.paths import Layout
+    from craft.store import read_split
+
+    d = read_split(Layout(world / "results").data(PHANTOM), "train")
+    bank = prompts_by_label()
+
+    def caption(idx, rng):
+        return [str(rng.choice(bank[int(i)])) for i in idx]
+
+    return TrainingData(d.images, d.labels, caption)
+
+
+def settings(steps: int = STEPS, lr: float = 5e-3, batch: int = 4, every: int = 3):
+    return FinetuneSettings(
+        mode="lora",
+        steps=steps,
+        batch_size=batch,
+        lr=lr,
+        seed=3,
+        config_digest="d1",
+        rank=2,
+        alpha=2.0,
+        target_modules=TARGETS,
+        checkpoint_every=every,
+    )
+
+
+def make_recipe(
+    world: Path, align: AlignSettings, ckpt: Path, s=None, evaluation=False, parallel=None
+):
+    """A set-up recipe on a freshly loaded base generator with the CAS reward."""
+    from craft.train.align import cas_reward_fn
+
+    evaluator, reference, knowledge = loaded(world)
+    reward = cas_reward_fn(evaluator, knowledge, reference, LABELS)
+    ev = None
+    if evaluation:
+        oof = loaded(world, "siglip")
+        prompts = [p[-1] for p in prompts_by_label().values()]
+        ev = Evaluation(
+            prompts,
+            np.arange(len(LABELS)),
+            [11, 12, 13, 14],
+            {
+                "clip": cas_reward_fn(evaluator, knowledge, reference, LABELS, False),
+                "siglip": cas_reward_fn(oof[0], oof[2], oof[1], LABELS, False),
+            },
+            stop_on="siglip",
+        )
+    r = RewardFinetune(s or settings(), align, Rollout(4, 2.0, RES, CH), ckpt, parallel)
+    r.setup(load_generator(world / "base"), real_data(world), prompts_by_label(), reward, ev)
+    return r
+
+
+def unet_state(r: RewardFinetune) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in r.gen.unet.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:3]}"
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+@pytest.mark.parametrize(
+    "align",
+    [
+        AlignSettings(window="draft", k=2),
+        AlignSettings(window="alignprop", gradient_checkpointing=True),
+        AlignSettings(window="refl"),
+        AlignSettings(window="draft-lv", lv_draws=2, kl_weight=1.0, diffusion_weight=0.5),
+    ],
+    ids=lambda a: a.window,
+)
+def test_each_window_trains_only_the_lora(world, tmp_path, align):
+    r = make_recipe(world, align, tmp_path / "ckpt", settings(steps=2))
+    before = unet_state(r)
+    losses = r.train()
+    after = unet_state(r)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    lora = [k for k in before if "lora_" in k]
+    assert lora and all(r.history[-1][t] == r.history[-1][t] for t in ("reward", "loss"))
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "training changed nothing"
+    assert all("lora_" in k for k in changed), [k for k in changed if "lora_" not in k][:3]
+    assert any("lora_B" in k for k in changed)
+    if align.kl_weight:
+        assert r.history[-1]["kl"] >= 0 and "diffusion_loss" in r.history[-1]
+
+
+def test_gradients_flow_only_through_the_window(world, tmp_path):
+    """DRaFT-1 keeps the graph of exactly one UNet call (two with CFG batched into one)."""
+    r = make_recipe(world, AlignSettings(window="draft", k=1), tmp_path / "ckpt")
+    calls = []
+    forward = r.gen.unet.forward
+
+    def counting(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return forward(*args, **kwargs)
+
+    r.gen.unet.forward = counting
+    r.loss(0).backward()
+    assert calls == [False, False, False, True]  # 4 denoising steps, CFG in one batch
+
+
+def test_reward_goes_up(world, tmp_path):
+    """The mean CAS reward on fixed images rises after a few DRaFT-1 steps (a broken gradient,
+    sign or optimizer leaves it flat or lowers it)."""
+    r = make_recipe(
+        world,
+        AlignSettings(window="draft", k=1),
+        tmp_path / "ckpt",
+        settings(steps=6, lr=3e-2, batch=8, every=100),
+    )
+    rng_state = [np.random.default_rng([99, i, 1]) for i in range(2)]
+
+    def fixed_reward() -> float:
+        vals = []
+        with torch.no_grad():
+            for i, _ in enumerate(rng_state):
+                rng = np.random.default_rng([99, i, 1])
+                labels, prompts, seeds = r._reward_batch(rng)
+                images, _, _ = r._rollout(prompts, seeds, rng)
+                vals.append(r.reward_fn(images, labels, prompts).mean().item())
+        return float(np.mean(vals))
+
+    before = fixed_reward()
+    r.train()
+    after = fixed_reward()
+    print(f"fixed-batch reward {before:.4f} -> {after:.4f}")
+    assert after > before + 0.05, (before, after)
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+
+def test_early_stopping_keeps_the_best_weights_and_logs_curves(world, tmp_path):
+    align = AlignSettings(window="draft", eval_every=1, patience=1)
+    r = make_recipe(world, align, tmp_path / "ckpt", settings(steps=4, lr=0.3), evaluation=True)
+    r.train()
+    evals = [h for h in r.history if "eval_cas__siglip" in h]
+    assert evals[0]["step"] == 0  # the starting model is evaluated first
+    assert {"eval_cas__clip", "eval_cas__siglip"} <= evals[-1].keys()
+    best = max(evals, key=lambda h: h["eval_cas__siglip"])
+    assert r.best.step == best["step"]
+    stopped = r.step < 4
+    assert stopped or r.best.bad_evals < 1
+    kept = r.keep_best()
+    assert kept == best["step"]
+    if kept == 0:  # the starting model won: the LoRA is back to its initial (zero) update
+        assert all(
+            torch.count_nonzero(p) == 0 for n, p in r.gen.unet.named_parameters() if "lora_B" in n
+        )
+    curves = r.write_curves(tmp_path / "curves.csv").read_text().splitlines()
+    assert curves[0] == "step,metric,value"
+    assert any(",reward," in c for c in curves) and any("eval_cas__siglip" in c for c in curves)
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+RESUMED = AlignSettings(window="draft", kl_weight=0.5, diffusion_weight=0.5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(world, tmp_path_factory) -> RewardFinetune:
+    def run():
+        r = make_recipe(world, RESUMED, tmp_path_factory.mktemp("ref") / "ckpt")
+        r.train()
+        return r
+
+    return _one_thread(run)
+
+
+def test_crash_then_resume_is_bit_exact(world, uninterrupted, tmp_path):
+    ref = uninterrupted
+    ref_losses = [h["loss"] for h in ref.history]
+    expected = ref._trainable_state()
+    align = RESUMED
+
+    first = make_recipe(world, align, tmp_path / "ckpt")
+    loss = first.loss
+
+    def dying(i):
+        if i == 4:
+            raise KeyboardInterrupt("killed")
+        return loss(i)
+
+    first.loss = dying
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    second = make_recipe(world, align, tmp_path / "ckpt")
+    assert second.step == 3
+    assert second.train() == ref_losses[3:]  # losses of the resumed steps
+    assert_same(second._trainable_state(), expected)
+    assert [h["loss"] for h in second.history] == [h["loss"] for h in ref.history]
+
+
+SCRIPT = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+from pathlib import Path
+from craft.train.reward import RewardFinetune
+from tests.train.test_align import RESUMED, make_recipe
+
+slow = RewardFinetune.loss
+def loss(self, step):
+    time.sleep(0.15)
+    return slow(self, step)
+RewardFinetune.loss = loss
+
+r = make_recipe(Path(sys.argv[1]), RESUMED, Path(sys.argv[2]))
+print("training", flush=True)
+r.train()
+"""
+
+
+def test_sigterm_then_rerun_equals_uninterrupted_run(world, uninterrupted, tmp_path):
+    expected = uninterrupted._trainable_state()
+
+    script = tmp_path / "align.py"
+    script.write_text(SCRIPT)
+    ckpt = tmp_path / "ckpt"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(world), str(ckpt)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (ckpt / "state.pt").is_file():
+            assert proc.poll() is None, f"ended early: {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Interrupted" in err and "SIGTERM" in err, err[-2000:]
+    saved = int(torch.load(ckpt / "state.pt", weights_only=False)["step"])
+    assert 3 <= saved < STEPS
+
+    resumed = make_recipe(world, RESUMED, ckpt)
+    assert resumed.step == saved
+    resumed.train()
+    assert_same(resumed._trainable_state(), expected)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def stage_config(world: Path, **align) -> dict:
+    return {
+        "results": str(world / "results"),
+        "seeds": [0],
+        "modalities": {
+            PHANTOM: {
+                "source": {"kind": "phantom", "phantom": PHANTOM, "n_per_label": 15},
+                "labels": LABELS,
+                "description": "chest radiograph",
+                "resolution": RES,
+                "channels": CH,
+            }
+        },
+        "models": {"generator": str(world / "base")},
+        "methods": {
+            "zero-shot": {"kind": "zero-shot"},
+            "lora": {
+                "kind": "lora",
+                "steps": 3,
+                "batch_size": 4,
+                "rank": 2,
+                "target_modules": TARGETS,
+            },
+            "craft": {
+                "kind": "craft",
+                "init": "lora",
+                "prompts": "enriched",
+                "steps": 3,
+                "batch_size": 4,
+                "lr": 0.01,
+                "rank": 2,
+                "target_modules": TARGETS,
+                "align": {
+                    "sample_steps": 3,
+                    "eval_every": 2,
+                    "eval_per_label": 1,
+                    "lora_scale": 0.5,
+                    **align,
+                },
+            },
+            "generic-reward": {
+                "kind": "generic-reward",
+                "init": "zero-shot",
+                "steps": 2,
+                "batch_size": 4,
+                "rank": 2,
+                "target_modules": TARGETS,
+                "align": {"sample_steps": 3},
+            },
+        },
+        "sampling": {"steps": 3, "guidance_scale": 2.0, "n_per_label": 2},
+    }
+
+
+def test_align_stage_writes_a_card_that_diffusers_loads(world, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from craft.models.card import ModelCard, load_card_generator
+    from craft.models.tiny import tiny_vae
+    from craft.paths import Layout
+    from craft.train.adapt import adapt
+    from craft.train.align import align
+
+    cfg = validate_config(stage_config(world))
+    lay = Layout(cfg.results)
+    with pytest.raises(CraftError, match="craft adapt -m phantom-cxr -k lora"):
+        align(cfg, PHANTOM, "craft", 0, lay.card(PHANTOM, "craft", 0), threads=1)
+    adapt(cfg, PHANTOM, "lora", 0, lay.card(PHANTOM, "lora", 0), threads=1)
+    card = align(cfg, PHANTOM, "craft", 0, lay.card(PHANTOM, "craft", 0), threads=1)
+    run = lay.run(PHANTOM, "craft", 0)
+    assert card.kind == "lora" and card.init == "lora" and card.lora_scale == 0.5
+    assert ModelCard.read(run / "model.json") == card
+    assert not (run / "checkpoint").exists()
+    assert "eval_cas__siglip" in (run / "curves.csv").read_text()
+
+    # craft generate's path: the card's generator = base + init LoRA + 0.5 x reward LoRA
+    _, gen = load_card_generator(run / "model.json")
+    _, start = load_card_generator(lay.card(PHANTOM, "lora", 0))
+    from craft.models.lora import fuse_lora, load_lora
+
+    fuse_lora(start.unet)
+    load_lora(start.unet, run / "reward-lora", scale=0.5)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, CH, RES, RES), generator=g)
+    cond = torch.randn((2, TINY.text_max_length, TINY.cross_attention_dim), generator=g)
+
+    def out(unet):
+        with torch.no_grad():
+            return unet(x, torch.tensor([5, 900]), encoder_hidden_states=cond).sample
+
+    torch.testing.assert_close(out(gen.unet), out(start.unet), atol=1e-5, rtol=1e-4)
+    base = load_generator(world / "base")
+    assert (out(gen.unet) - out(base.unet)).abs().max() > 1e-4
+
+    # outside craft: a diffusers pipeline loads the same LoRA
+    pipe = StableDiffusionPipeline(
+        vae=tiny_vae(CH),
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=base.unet,
+        scheduler=base.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.load_lora_weights(run / "lora")
+    torch.testing.assert_close(out(pipe.unet), out(gen.unet), atol=1e-6, rtol=0)
+
+    # craft generate draws from the align run's card unchanged
+    from craft.sample import generate
+    from craft.store import open_h5
+
+    samples = generate(cfg, PHANTOM, "craft", 0, run / "model.json", run / "samples.h5", 1)
+    with open_h5(samples, "samples") as f:
+        assert f["images"].shape == (2 * len(LABELS), RES, RES, CH)
+
+
+def test_generic_reward_stage_from_zero_shot(world, tmp_path):
+    from craft.paths import Layout
+    from craft.train.adapt import adapt
+    from craft.train.align import align
+
+    cfg = validate_config(stage_config(world))
+    lay = Layout(cfg.results)
+    adapt(cfg, PHANTOM, "zero-shot", 0, lay.card(PHANTOM, "zero-shot", 0))
+    card = align(cfg, PHANTOM, "generic-reward", 0, lay.card(PHANTOM, "generic-reward", 0), 1)
+    assert card.lora_dir == "lora" and card.unet_dir is None and card.steps == 2
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _error(world, mutate) -> str:
+    data = stage_config(world)
+    mutate(data["methods"])
+    with pytest.raises(CraftError) as info:
+        validate_config(data)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_config_errors_name_the_field(tmp_path):
+    w = tmp_path
+    msg = _error(w, lambda m: m["craft"].pop("init"))
+    assert "methods.craft.init" in msg and "init: lora-enriched" in msg
+    msg = _error(w, lambda m: m["craft"].update(init="nope"))
+    assert "methods.craft.init" in msg and "'nope'" in msg and "zero-shot" in msg
+    msg = _error(w, lambda m: m["craft"].update(init="generic-reward"))
+    assert "itself an align method" in msg
+    msg = _error(w, lambda m: m["lora"].update(init="zero-shot"))
+    assert "methods.lora.init" in msg
+    msg = _error(w, lambda m: m["lora"].update(align={"k": 2}))
+    assert "methods.lora.align" in msg
+    msg = _error(w, lambda m: m["craft"]["align"].update(window="dpo"))
+    assert "methods.craft.align.window" in msg and "draft" in msg
+    msg = _error(w, lambda m: m["craft"]["align"].update(eval_every=0, patience=2))
+    assert "methods.craft.align.patience" in msg and "eval_every" in msg
+    msg = _error(w, lambda m: m["craft"]["align"].update(k=0))
+    assert "methods.craft.align.k" in msg
+
+
+def test_align_slice_holds_init_knowledge_and_evaluators(tmp_path):
+    cfg = validate_config(stage_config(tmp_path))
+    s = cfg.slice("align", PHANTOM, "craft")
+    assert s["init"] == cfg.slice("adapt", PHANTOM, "lora")
+    assert s["knowledge"] == cfg.knowledge_slice(PHANTOM)
+    assert set(s["cas_evaluators"]) == {"clip", "siglip"}
+    assert s["cas_evaluators"]["clip"] == cfg.cas_slice("reference", PHANTOM, "clip")
+    g = cfg.slice("generate", PHANTOM, "craft")
+    assert g["init"] == s["init"] and g["cas_evaluators"] == s["cas_evaluators"]
+
+    def digest_after(mutate) -> tuple[str, str]:
+        data = stage_config(tmp_path)
+        mutate(data)
+        c = validate_config(data)
+        return c.digest("align", PHANTOM, "craft"), c.digest("adapt", PHANTOM, "lora")
+
+    base = digest_after(lambda d: None)
+    init_changed = digest_after(lambda d: d["methods"]["lora"].update(steps=4))
+    assert init_changed[0] != base[0] and init_changed[1] != base[1]
+    ev_changed = digest_after(
+        lambda d: (
+            d.setdefault("cas", {})
+            .setdefault("evaluators", {})
+            .update(
+                clip={"family": "clip", "role": "reward", "train": {"steps": 5}},
+                siglip={"family": "siglip", "role": "out-of-family"},
+            )
+        )
+    )
+    assert ev_changed[0] != base[0] and ev_changed[1] == base[1]
+    other = digest_after(lambda d: d["methods"]["generic-reward"].update(steps=5))
+    assert other == base
+
+
+def test_default_config_methods():
+    cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    assert list(cfg.methods) == [
+        "zero-shot",
+        "lora",
+        "lora-enriched",
+        "full",
+        "generic-reward",
+        "craft",
+    ]
+    assert cfg.method("craft").init == "lora-enriched"
+    assert cfg.method("generic-reward").kind == "generic-reward"
+
+
+def test_gpus_need_deepspeed_and_a_batch_that_splits(tmp_path):
+    data = stage_config(tmp_path)
+    data["resources"] = {"align": {"gpu": 2}}
+    with pytest.raises(CraftError, match=r"methods\.craft\.align\.zero_stage.*set zero_stage"):
+        validate_config(data)
+    for m in ("craft", "generic-reward"):
+        data["methods"][m]["align"]["zero_stage"] = 2
+    data["methods"]["craft"]["batch_size"] = 5
+    with pytest.raises(CraftError, match=r"methods\.craft\.batch_size: 5 does not split"):
+        validate_config(data)
+
+
+def test_combined_lora_equals_fused_start_plus_scaled_reward(tmp_path):
+    """Different target modules and ranks: stacking is exact (zeros where one is absent)."""
+    from craft.models.lora import (
+        add_lora,
+        combine_loras,
+        fuse_lora,
+        load_lora,
+        read_lora,
+        save_lora,
+        write_lora,
+    )
+
+    def lora_dir(name, rank, targets, seed):
+        gen = build_tiny_generator(TINY, RES, CH, WORDS, seed=0)
+        add_lora(gen.unet, rank, 2.0 * rank, targets, seed)
+        with torch.no_grad():
+            for n, p in gen.unet.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(seed))
+        return save_lora(gen.unet, tmp_path / name).parent
+
+    start = lora_dir("start", 2, ["to_q", "conv1"], 1)
+    reward = lora_dir("reward", 3, ["to_k", "conv1", "conv2"], 2)
+    write_lora(combine_loras([(read_lora(start), 1.0), (read_lora(reward), 0.7)]), tmp_path / "c")
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, CH, RES, RES), generator=g)
+    cond = torch.randn((2, TINY.text_max_length, TINY.cross_attention_dim), generator=g)
+
+    def out(unet):
+        with torch.no_grad():
+            return unet(x, torch.tensor([5, 900]), encoder_hidden_states=cond).sample
+
+    expected = build_tiny_generator(TINY, RES, CH, WORDS, seed=0).unet
+    load_lora(expected, start)
+    fuse_lora(expected)
+    load_lora(expected, reward, scale=0.7)
+    combined = build_tiny_generator(TINY, RES, CH, WORDS, seed=0).unet
+    load_lora(combined, tmp_path / "c")
+    torch.testing.assert_close(out(combined), out(expected), atol=1e-5, rtol=1e-4)
+    plain = build_tiny_generator(TINY, RES, CH, WORDS, seed=0).unet
+    assert (out(combined) - out(plain)).abs().max() > 1e-3
+    assert read_lora(tmp_path / "c").r == 5

@@ -1,0 +1,68 @@
+"""The shared encoders and the streaming nearest-neighbour search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from craft.errors import CraftError
+from craft.evaluate.features import RandomConvEncoder, embed, nearest_neighbours, pixel_vectors
+
+
+def _direct(q: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    kn = k / np.linalg.norm(k, axis=1, keepdims=True)
+    s = qn @ kn.T
+    return s.argmax(1), s.max(1)
+
+
+def test_chunked_search_equals_the_direct_matrix():
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(53, 12)), rng.normal(size=(87, 12))
+    want_idx, want_sim = _direct(q, k)
+    for chunk in (1, 7, 50, 1000):  # smaller than both sets, between, larger than both
+        idx, sim = nearest_neighbours(q, k, chunk_size=chunk)
+        np.testing.assert_array_equal(idx, want_idx)
+        np.testing.assert_allclose(sim, want_sim, atol=1e-5)
+
+
+def test_keys_may_arrive_as_a_stream_of_blocks():
+    rng = np.random.default_rng(1)
+    q, k = rng.normal(size=(20, 6)), rng.normal(size=(45, 6))
+    want_idx, want_sim = _direct(q, k)
+    stream = (k[i : i + 11] for i in range(0, len(k), 11))  # uneven blocks, indices continue
+    idx, sim = nearest_neighbours(q, stream, chunk_size=4)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(sim, want_sim, atol=1e-5)
+
+
+def test_no_keys_and_bad_shapes():
+    idx, sim = nearest_neighbours(np.ones((3, 4)), [], chunk_size=2)
+    assert (idx == -1).all() and np.isinf(sim).all()
+    with pytest.raises(CraftError, match="embed both alike"):
+        nearest_neighbours(np.ones((3, 4)), np.ones((2, 5)))
+    with pytest.raises(CraftError, match="chunk_size"):
+        nearest_neighbours(np.ones((3, 4)), np.ones((2, 4)), chunk_size=0)
+
+
+def test_random_conv_encoder_is_fixed_by_its_seed():
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (5, 32, 32, 1), dtype=np.uint8)
+    a = embed(RandomConvEncoder(1, seed=3), images)
+    b = embed(RandomConvEncoder(1, seed=3), images)
+    c = embed(RandomConvEncoder(1, seed=4), images)
+    assert a.shape == (5, RandomConvEncoder(1).num_features)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    with pytest.raises(CraftError, match="3 channels"):
+        embed(RandomConvEncoder(3), images)
+
+
+def test_pixel_vectors_give_correlations():
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (1, 16, 16, 1), dtype=np.uint8)
+    brighter = np.clip(img.astype(int) // 2 + 60, 0, 255).astype(np.uint8)  # affine: r = 1
+    v = pixel_vectors(np.concatenate([img, brighter]))
+    assert v[0] @ v[1] == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(CraftError, match="uint8 NHWC"):
+        pixel_vectors(img.astype(np.float32))

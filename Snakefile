@@ -16,6 +16,7 @@ include: "rules/train.smk"
 include: "rules/sample.smk"
 include: "rules/evaluate.smk"
 include: "rules/cas.smk"
+include: "rules/study.smk"
 include: "rules/report.smk"
 
 

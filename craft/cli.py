@@ -29,6 +29,8 @@ knowledge_app = typer.Typer(no_args_is_help=True, help="Enriched prompts and cli
 evaluator_app = typer.Typer(no_args_is_help=True, help="CAS evaluators (vision-language models).")
 app.add_typer(knowledge_app, name="knowledge")
 app.add_typer(evaluator_app, name="evaluator")
+study_app = typer.Typer(no_args_is_help=True, help="Blinded physician preference study.")
+app.add_typer(study_app, name="study")
 profile_app = typer.Typer(no_args_is_help=True, help="Install Snakemake profiles for a site.")
 app.add_typer(profile_app, name="profile")
 
@@ -121,6 +123,28 @@ def adapt(
 ) -> None:
     """Adapt the foundation model with a diffusion-loss method; writes the run's model.json."""
     from craft.train.adapt import adapt as run
+
+    cfg = _load(config)
+    _seed_in_config(cfg, seed)
+    if cfg.method(method).is_align:
+        raise CraftError(
+            f"method '{method}' is kind {cfg.method(method).kind}: run `craft align` for it"
+        )
+    run(cfg, modality, method, seed, out or _layout(cfg).card(modality, method, seed), threads)
+
+
+@app.command()
+def align(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Reward-finetune the init method's result (kind craft or generic-reward); writes the
+    run's model.json, its LoRA and curves.csv."""
+    from craft.train.align import align as run
 
     cfg = _load(config)
     _seed_in_config(cfg, seed)
@@ -347,8 +371,268 @@ def report(
         cfg.report.grid_per_label,
         modality_order=list(cfg.modalities),
         method_order=list(cfg.methods),
+        # Tail reductions are measured against the strongest method that is not CRAFT.
+        baselines=[k for k, m in cfg.methods.items() if m.kind != "craft"],
     )
     print(f"report: {index}")
+
+
+# ----------------------------------------------------------------------------- evaluation stages
+
+SamplesOpt = Annotated[Path | None, typer.Option(help="samples.h5 (default: layout).")]
+DataOpt = Annotated[Path | None, typer.Option(help="Prepared data .h5 (default: layout).")]
+
+
+def _evaluation_paths(cfg, modality, method, seed, stage, samples, data, out):
+    """(samples, data, metrics out) with the layout's defaults; the run must be configured."""
+    cfg.modality(modality)  # CraftError naming the configured ones if unknown
+    cfg.method(method)
+    _seed_in_config(cfg, seed)
+    lay = _layout(cfg)
+    return (
+        samples or lay.samples(modality, method, seed),
+        data or lay.data(modality),
+        out or lay.metrics(modality, method, seed, stage),
+    )
+
+
+@app.command("downstream")
+def downstream_cmd(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    samples: SamplesOpt = None,
+    data: DataOpt = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Classifiers on synthetic, real+synthetic and real images, tested on REAL images.
+
+    Writes metrics-downstream.json; resumable (per-phase state in downstream/ beside it).
+    """
+    from craft.evaluate.downstream import downstream
+    from craft.train.common import setup_torch
+
+    cfg = _load(config)
+    samples, data, out = _evaluation_paths(
+        cfg, modality, method, seed, "downstream", samples, data, out
+    )
+    setup_torch(cfg.evaluation.downstream.seed + seed, threads)
+    downstream(
+        cfg.evaluation.downstream,
+        data,
+        samples,
+        out,
+        modality,
+        method,
+        seed,
+        cfg.evaluation_digest("downstream", modality, method),
+    )
+
+
+@app.command("memorization")
+def memorization_cmd(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    samples: SamplesOpt = None,
+    data: DataOpt = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Nearest training image of every generated (and real test) image.
+
+    Writes metrics-memorization.json, memorization.h5 and memorization-pairs.png beside it.
+    """
+    from craft.evaluate.memorization import memorization
+    from craft.train.common import setup_torch
+
+    cfg = _load(config)
+    samples, data, out = _evaluation_paths(
+        cfg, modality, method, seed, "memorization", samples, data, out
+    )
+    setup_torch(cfg.evaluation.memorization.seed, threads)
+    memorization(
+        cfg.evaluation.memorization,
+        data,
+        samples,
+        out,
+        modality,
+        method,
+        seed,
+        cfg.evaluation_digest("memorization", modality, method),
+    )
+
+
+@app.command("audit")
+def audit_cmd(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    samples: SamplesOpt = None,
+    knowledge: Annotated[
+        Path | None, typer.Option(help="Knowledge JSON (default: layout).")
+    ] = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Checklist pass rates judged by the oracle or out-of-family evaluators, never the reward.
+
+    Writes metrics-audit.json, audit.csv and audit.png beside it.
+    """
+    from craft.cas.stages import load_configured_evaluator, load_configured_judge
+    from craft.evaluate.audit import audit
+    from craft.knowledge.schema import load_knowledge
+    from craft.train.common import setup_torch
+
+    cfg = _load(config)
+    samples, _, out = _evaluation_paths(cfg, modality, method, seed, "audit", samples, None, out)
+    m = cfg.modality(modality)
+    lay = _layout(cfg)
+    setup_torch(0, threads)
+
+    def load_auditor(name):
+        return (
+            load_configured_evaluator(cfg.cas, name, lay, modality),
+            load_configured_judge(cfg.cas, name),
+        )
+
+    audit(
+        cfg.evaluation.audit,
+        cfg.cas,
+        samples,
+        load_knowledge(_knowledge_in(cfg, modality, knowledge)),
+        out,
+        modality,
+        method,
+        seed,
+        cfg.evaluation_digest("audit", modality, method),
+        phantom=m.source.phantom if m.source.kind == "phantom" else None,
+        load_auditor=load_auditor,
+    )
+
+
+@app.command("fidelity")
+def fidelity_cmd(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    samples: SamplesOpt = None,
+    data: DataOpt = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Frechet distance and KID against the REAL test split, overall and per label.
+
+    Writes metrics-fidelity.json.
+    """
+    from craft.evaluate.fidelity import fidelity
+    from craft.train.common import setup_torch
+
+    cfg = _load(config)
+    samples, data, out = _evaluation_paths(
+        cfg, modality, method, seed, "fidelity", samples, data, out
+    )
+    setup_torch(cfg.evaluation.fidelity.seed, threads)
+    fidelity(
+        cfg.evaluation.fidelity,
+        data,
+        samples,
+        out,
+        modality,
+        method,
+        seed,
+        cfg.evaluation_digest("fidelity", modality, method),
+    )
+
+
+@study_app.command("export")
+def study_export(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method_a: Annotated[
+        str | None, typer.Option("--method-a", help="Method A (default: study.method_a).")
+    ] = None,
+    method_b: Annotated[
+        str | None, typer.Option("--method-b", help="Method B (default: study.method_b).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", "-s", help="Run seed.")] = None,
+    samples_a: Annotated[Path | None, typer.Option(help="samples.h5 of method A.")] = None,
+    samples_b: Annotated[Path | None, typer.Option(help="samples.h5 of method B.")] = None,
+    pairs_per_label: Annotated[int | None, typer.Option(help="Image pairs per label.")] = None,
+    study_seed: Annotated[int | None, typer.Option(help="Seed of pairs, order, sides.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for study.html + key.json (default: layout)."),
+    ] = None,
+) -> None:
+    """Write a blinded, offline study page (study.html) and its unblinding key (key.json)."""
+    from craft.study import export_study
+
+    cfg = _load(config)
+    m = cfg.modality(modality)
+    st = cfg.slice("study", modality)["study"] if cfg.study is not None else {}
+    method_a = method_a or st.get("method_a")
+    method_b = method_b or st.get("method_b")
+    if not method_a or not method_b:
+        raise CraftError("name --method-a and --method-b, or add a study section to the config")
+    cfg.method(method_a), cfg.method(method_b)  # clear errors for unknown names
+    seed = seed if seed is not None else st.get("seed", cfg.seeds[0])
+    _seed_in_config(cfg, seed)
+    lay = _layout(cfg)
+    page = export_study(
+        modality,
+        m.description,
+        list(m.labels),
+        samples_a or lay.samples(modality, method_a, seed),
+        samples_b or lay.samples(modality, method_b, seed),
+        method_a,
+        method_b,
+        out or lay.study(modality),
+        pairs_per_label if pairs_per_label is not None else st.get("pairs_per_label", 8),
+        study_seed if study_seed is not None else st.get("study_seed", 0),
+    )
+    print(f"study page: {page}; key: {page.parent / 'key.json'} (keep the key from the raters)")
+
+
+@study_app.command("analyze")
+def study_analyze(
+    answers: Annotated[
+        list[Path], typer.Argument(help="Answer files (JSON or CSV) the raters exported.")
+    ],
+    key: Annotated[Path, typer.Option(help="key.json written by `craft study export`.")] = ...,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for study_summary.csv/.json (default: the key's folder)."
+        ),
+    ] = None,
+) -> None:
+    """Unblind raters' answers: win rates, binomial tests, Wilson intervals, kappa."""
+    from craft.study import analyze_study
+
+    summary = analyze_study(answers, key, out or key.parent)
+    for q, res in summary["questions"].items():
+        o = res["overall"]
+        rate = (
+            "n/a"
+            if o["win_rate"] is None
+            else (
+                f"{o['win_rate']:.2f} [{o['ci_low']:.2f}, {o['ci_high']:.2f}], p={o['p_value']:.3g}"
+            )
+        )
+        kappa = res["agreement"]["value"]
+        print(
+            f"{q}: {summary['method_a']} preferred over {summary['method_b']} {rate} "
+            f"({o['wins_a']}:{o['wins_b']}, {o['neither']} neither); "
+            f"kappa {'n/a' if kappa is None else f'{kappa:.2f}'}"
+        )
+    for note in summary["notes"][1:]:
+        print(f"note: {note}", file=sys.stderr)
 
 
 @profile_app.command("install")
@@ -385,3 +669,7 @@ def main() -> None:
     except CraftError as err:
         print(f"craft: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # torchrun -m craft.cli align ... (DeepSpeed, several processes)
+    main()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from craft.cas.settings import CasConfig
 from craft.errors import CraftError
+from craft.evaluate.settings import EvaluationConfig
 from craft.knowledge.settings import KnowledgeConfig
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -151,34 +152,125 @@ class ModelsConfig(Strict):
     generator: str = Field(
         "pretrain",
         description="'pretrain' (train a tiny foundation per modality in the workflow) or any "
-        "from_pretrained source: a hub id (runwayml/stable-diffusion-v1-5) or a local dir.",
+        "from_pretrained source: a hub id (runwayml/stable-diffusion-v1-5) or a local dir; "
+        "'{modality}' in it is replaced by the modality's name (one model per modality, e.g. "
+        "the shipped phantom foundations: assets/phantom-foundation/{modality}).",
     )
     revision: str | None = None
+
+    def generator_for(self, modality: str) -> str:
+        """The generator source of one modality ('{modality}' filled in)."""
+        return self.generator.replace("{modality}", modality)
 
 
 # ----------------------------------------------------------------------------- methods
 
 
-class MethodConfig(Strict):
-    """One way of obtaining a generator from the foundation model."""
+ALIGN_KINDS = ("craft", "generic-reward")
 
-    kind: Literal["zero-shot", "lora", "full"]
+
+class AlignSettings(Strict):
+    """Reward finetuning of an align method (kind craft, generic-reward): ``methods.X.align``.
+
+    The loop samples with the generator's scheduler, keeps gradients only inside a backprop
+    window of the denoising chain, scores the decoded images with the reward and steps a LoRA.
+    """
+
+    window: Literal["draft", "alignprop", "refl", "draft-lv"] = Field(
+        "draft",
+        description="Backprop window: 'draft' the last k steps (DRaFT-K, Clark et al. 2023); "
+        "'alignprop' a random truncation point per step (AlignProp, Prabhudesai et al. 2023); "
+        "'refl' one random late step scored on its predicted clean image (ReFL, Xu et al. "
+        "2023); 'draft-lv' the last step re-noised lv_draws times (DRaFT-LV).",
+    )
+    k: int = Field(1, ge=1, description="Denoising steps with gradients (window draft).")
+    lv_draws: int = Field(2, ge=1, description="Noise draws of the last step (window draft-lv).")
+    sample_steps: int | None = Field(
+        None, ge=1, description="Denoising steps while training; default sampling.steps."
+    )
+    diffusion_weight: float = Field(
+        0.0, ge=0, description="Weight of the diffusion loss on real labelled training images."
+    )
+    kl_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the KL-style penalty ||eps - eps_start||^2 to the starting "
+        "model's noise predictions along the window (DPOK, Fan et al. 2023); one extra UNet "
+        "call per window step.",
+    )
+    lora_scale: float = Field(
+        1.0,
+        ge=0,
+        le=2,
+        description="Scale of the reward LoRA on top of the starting model when sampling "
+        "(early-stopping evaluations and the final model): 0 = the starting model.",
+    )
+    eval_every: int = Field(
+        0, ge=0, description="Steps between held-out evaluations (0 = none, no early stopping)."
+    )
+    eval_per_label: int = Field(4, ge=1, description="Images per label of each evaluation.")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many evaluations without a better out-of-family CAS and "
+        "keep the best evaluated weights (None = run all steps, keep the last).",
+    )
+    holdout_prompts: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="Share of each label's enriched prompts kept out of training for the "
+        "evaluations (at least one where a label has two or more).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute UNet activations inside the window in the backward pass."
+    )
+    zero_stage: Literal[0, 1, 2] = Field(
+        0,
+        description="DeepSpeed ZeRO stage of data-parallel training over resources.align.gpu "
+        "processes (torchrun); 0 = plain PyTorch in one process.",
+    )
+
+
+class MethodConfig(Strict):
+    """One way of obtaining a generator: from the foundation model (zero-shot, lora, full), or
+    by reward finetuning another method's result (craft, generic-reward)."""
+
+    kind: Literal["zero-shot", "lora", "full", "craft", "generic-reward"]
     prompts: Literal["label", "enriched"] = Field(
         "label",
         description="Training captions: the label prompt, or the knowledge stage's enriched "
-        "prompts for the label (findings-rich, one drawn per image).",
+        "prompts for the label (findings-rich, one drawn per image). Align methods sample "
+        "with them (enriched: the label's enriched prompts and its label prompt).",
+    )
+    init: Name | None = Field(
+        None,
+        description="Align methods: the method whose result reward finetuning starts from "
+        "(a zero-shot, lora or full method, e.g. lora-enriched).",
     )
     steps: int = Field(300, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
-    rank: int = Field(8, ge=1, description="LoRA rank (kind lora).")
+    rank: int = Field(8, ge=1, description="LoRA rank (kind lora and align methods).")
     alpha: float | None = Field(None, description="LoRA alpha; default = rank.")
     target_modules: list[str] = Field(
         ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2"],
-        description="UNet module names that get LoRA layers (kind lora).",
+        description="UNet module names that get LoRA layers (kind lora and align methods).",
     )
     checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
     weight_decay: float = 0.0
+    align: AlignSettings | None = Field(
+        None, description="Reward finetuning settings (align methods only; defaults if omitted)."
+    )
+
+    @property
+    def is_align(self) -> bool:
+        """Reward finetuning of another method's result (the ``align`` stage)."""
+        return self.kind in ALIGN_KINDS
+
+    @property
+    def align_settings(self) -> AlignSettings:
+        return self.align if self.align is not None else AlignSettings()
 
 
 class SamplingConfig(Strict):
@@ -190,6 +282,16 @@ class SamplingConfig(Strict):
     )
     n_per_label: int = Field(64, ge=1, description="Generated images per label per seed.")
     batch_size: int = Field(64, ge=1)
+
+
+class StudyConfig(Strict):
+    """The blinded physician preference study: which two methods' images are paired."""
+
+    method_a: Name = Field(description="The method whose win rate is reported (craft).")
+    method_b: Name = Field(description="The comparison: the strongest baseline.")
+    seed: int | None = Field(None, description="Run seed whose samples are paired (first seed).")
+    pairs_per_label: int = Field(8, ge=1, le=200)
+    study_seed: int = Field(0, description="Seed of the pair choice, their order and sides.")
 
 
 class ReportConfig(Strict):
@@ -213,9 +315,11 @@ class ResourcesConfig(Strict):
     score: Resources = Resources(gpu=1, runtime=60)
     pretrain: Resources = Resources(gpu=1, runtime=120)
     adapt: Resources = Resources(gpu=1, runtime=240)
+    align: Resources = Resources(gpu=1, runtime=240)
     generate: Resources = Resources(gpu=1, runtime=60)
     evaluate: Resources = Resources(runtime=30)
     report: Resources = Resources(runtime=30)
+    downstream: Resources = Resources(gpu=1, runtime=120)
 
 
 # ----------------------------------------------------------------------------- root
@@ -233,6 +337,10 @@ class CraftConfig(Strict):
     sampling: SamplingConfig = SamplingConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     cas: CasConfig = CasConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    study: StudyConfig | None = Field(
+        None, description="Export a blinded study page per modality (None: no study)."
+    )
     report: ReportConfig = ReportConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
@@ -275,6 +383,22 @@ class CraftConfig(Strict):
                     f"cas.evaluators.{name}.source: 'train' builds phantom evaluators only, but "
                     f"{bad} are not phantoms; name a pretrained model (hub id or dir)"
                 )
+        self._check_align_methods()
+        for m in self.modalities.values():  # auditors: never the reward evaluator
+            phantom = m.source.phantom if m.source.kind == "phantom" else None
+            self.evaluation.audit.auditor_names(self.cas, phantom)
+        if self.study is not None:
+            for field in ("method_a", "method_b"):
+                name = getattr(self.study, field)
+                if name not in self.methods:
+                    raise ValueError(
+                        f"study.{field}: '{name}' is not a configured method "
+                        f"(configured: {', '.join(self.methods)})"
+                    )
+            if self.study.method_a == self.study.method_b:
+                raise ValueError("study.method_b: must differ from study.method_a")
+            if self.study.seed is not None and self.study.seed not in self.seeds:
+                raise ValueError(f"study.seed: {self.study.seed} is not one of seeds {self.seeds}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} has duplicates")
         if self.models.generator == "pretrain":
@@ -285,6 +409,67 @@ class CraftConfig(Strict):
                     f"{bad} are not phantoms; name a pretrained model (hub id or dir)"
                 )
         return self
+
+    @property
+    def out_of_family_evaluators(self) -> list[str]:
+        """Evaluators that only score (the align stage's early stopping uses the first)."""
+        return [n for n, e in self.cas.evaluators.items() if e.role == "out-of-family"]
+
+    def _check_align_methods(self) -> None:
+        """Align methods start from a configured non-align method; the others have no align
+        fields; early stopping needs an out-of-family evaluator."""
+        kinds = " or ".join(ALIGN_KINDS)
+        for name, k in self.methods.items():
+            where = f"methods.{name}"
+            if not k.is_align:
+                if k.init is not None:
+                    raise ValueError(
+                        f"{where}.init: only align methods (kind {kinds}) start from another "
+                        f"method; remove it from this kind {k.kind} method"
+                    )
+                if k.align is not None:
+                    raise ValueError(
+                        f"{where}.align: only for kind {kinds}; remove it from this kind "
+                        f"{k.kind} method"
+                    )
+                continue
+            if k.init is None:
+                raise ValueError(
+                    f"{where}.init: kind {k.kind} reward-finetunes another method's result; "
+                    "name that method (e.g. init: lora-enriched)"
+                )
+            if k.init not in self.methods:
+                raise ValueError(
+                    f"{where}.init: '{k.init}' is not a configured method "
+                    f"(configured: {', '.join(self.methods)})"
+                )
+            if self.methods[k.init].is_align:
+                raise ValueError(
+                    f"{where}.init: '{k.init}' is itself an align method; start from a "
+                    "zero-shot, lora or full method"
+                )
+            a = k.align_settings
+            gpus = self.resources.align.gpu
+            if gpus > 1 and a.zero_stage == 0:
+                raise ValueError(
+                    f"{where}.align.zero_stage: resources.align.gpu is {gpus}; several GPUs "
+                    "train with DeepSpeed: set zero_stage 1 or 2 (or resources.align.gpu 1)"
+                )
+            if k.batch_size % max(gpus, 1):
+                raise ValueError(
+                    f"{where}.batch_size: {k.batch_size} does not split over the {gpus} GPUs of "
+                    "resources.align.gpu; use a multiple"
+                )
+            if a.patience is not None and a.eval_every == 0:
+                raise ValueError(
+                    f"{where}.align.patience: early stopping needs evaluations; set "
+                    "align.eval_every > 0 or remove patience"
+                )
+            if a.eval_every and not self.out_of_family_evaluators:
+                raise ValueError(
+                    f"{where}.align.eval_every: evaluations score with an out-of-family "
+                    "evaluator, but cas.evaluators has none; add one or set eval_every: 0"
+                )
 
     # -- slices: what each job depends on; their digests decide what reruns -------------
 
@@ -350,7 +535,20 @@ class CraftConfig(Strict):
             return out
         if stage == "knowledge":
             return self.knowledge_slice(modality)
+        if stage == "study":
+            if self.study is None:
+                raise CraftError("the config has no study section")
+            st = self.study.model_dump(mode="json")
+            st["seed"] = self.seeds[0] if st["seed"] is None else st["seed"]
+            return {
+                "study": st,
+                **{
+                    f"generate_{side}": self.slice("generate", modality, st[f"method_{side}"])
+                    for side in ("a", "b")
+                },
+            }
         gen = self.models.model_dump(mode="json")
+        gen["generator"] = self.models.generator_for(modality)
         out["models"] = gen
         if self.models.generator == "pretrain":
             out["pretrain"] = self.pretrain.model_dump(mode="json")
@@ -360,10 +558,8 @@ class CraftConfig(Strict):
             out["modality"] = self._drawn_modality(modality)
             return out
         if method is not None:
-            out["method"] = self.method(method).model_dump(mode="json")
-            if self.method(method).prompts == "enriched":
-                out["knowledge"] = self.knowledge_slice(modality)
-        if stage == "adapt":
+            out.update(self._method_slice(modality, method))
+        if stage in ("adapt", "align"):
             return out
         out["sampling"] = self.sampling.model_dump(mode="json")
         if stage == "generate":
@@ -373,6 +569,33 @@ class CraftConfig(Strict):
             return out
         raise ValueError(f"unknown stage {stage!r}")
 
+    def align_evaluators(self, method: str) -> list[str]:
+        """Evaluators an align method uses: the reward one, and the out-of-family one that its
+        held-out evaluations (early stopping) score with."""
+        a = self.method(method).align_settings
+        return [self.cas.reward_evaluator] + self.out_of_family_evaluators[: int(a.eval_every > 0)]
+
+    def _method_slice(self, modality: str, method: str) -> dict[str, Any]:
+        """A method's part of a slice. An align method's includes what its starting model was
+        made with (the init method's adapt slice), the knowledge, the sampling settings and the
+        CAS slices (evaluator, reference) of the evaluators it uses."""
+        k = self.method(method)
+        d = k.model_dump(mode="json")
+        out: dict[str, Any] = {"method": d}
+        if not k.is_align:
+            d.pop("init"), d.pop("align")  # absent before align methods existed: same digests
+            if k.prompts == "enriched":
+                out["knowledge"] = self.knowledge_slice(modality)
+            return out
+        d["align"] = k.align_settings.model_dump(mode="json")
+        out["knowledge"] = self.knowledge_slice(modality)
+        out["init"] = self.slice("adapt", modality, k.init)
+        out["sampling"] = self.sampling.model_dump(mode="json")
+        out["cas_evaluators"] = {
+            ev: self.cas_slice("reference", modality, ev) for ev in self.align_evaluators(method)
+        }
+        return out
+
     def digest(self, stage: str, modality: str, method: str | None = None) -> str:
         return digest_of(self.slice(stage, modality, method))
 
@@ -380,6 +603,30 @@ class CraftConfig(Strict):
         self, stage: str, modality: str, evaluator: str, method: str | None = None
     ) -> str:
         return digest_of(self.cas_slice(stage, modality, evaluator, method))
+
+    # -- evaluation stages (craft.evaluate): downstream, memorization, audit, fidelity ------
+
+    def evaluation_slice(self, stage: str, modality: str, method: str) -> dict[str, Any]:
+        """What an evaluation job reads: the samples (the generate slice, which holds the
+        modality and so the data set), its own settings, and for the audit the knowledge and
+        the auditing evaluators (their CAS evaluator slices: a retrained evaluator reruns it)."""
+        if stage not in ("downstream", "memorization", "audit", "fidelity"):
+            raise ValueError(f"unknown evaluation stage {stage!r}")
+        settings = getattr(self.evaluation, stage)
+        out = {**self.slice("generate", modality, method), stage: settings.model_dump(mode="json")}
+        if stage == "audit":
+            m = self.modality(modality)
+            phantom = m.source.phantom if m.source.kind == "phantom" else None
+            out["knowledge"] = self.knowledge_slice(modality)
+            out["auditors"] = {
+                name: self.cas_slice("evaluator", modality, name)
+                for name in settings.auditor_names(self.cas, phantom)
+                if name != "oracle"
+            }
+        return out
+
+    def evaluation_digest(self, stage: str, modality: str, method: str) -> str:
+        return digest_of(self.evaluation_slice(stage, modality, method))
 
 
 def digest_of(data: Any) -> str:

@@ -45,5 +45,9 @@ class Layout:
     def cas_scores(self, modality: str, method: str, seed: int | str, evaluator: str) -> Path:
         return self.run(modality, method, seed) / f"cas-{evaluator}.h5"
 
+    def study(self, modality: str) -> Path:
+        """Folder of a modality's blinded study: study.html (for raters) and key.json (not)."""
+        return self.root / "study" / modality
+
     def report(self) -> Path:
         return self.root / "report"

@@ -1,6 +1,7 @@
 # Config validation, the results layout, and the named input/params functions of every rule.
 # Imports no torch: this runs at parse time on the login node.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ PHANTOM_MODALITIES = [
     m for m, c in CFG.modalities.items() if c.source.kind == "phantom"
 ]
 PRETRAIN = CFG.models.generator == "pretrain"
+ALIGN_METHODS = [k for k, m in CFG.methods.items() if m.is_align]
+ADAPT_METHODS = [k for k in METHODS if k not in ALIGN_METHODS]
 
 
 def write_resolved_config():
@@ -84,6 +87,41 @@ def get_adapt_knowledge(wildcards):
     return []
 
 
+def one_of(names):
+    """A wildcard constraint that matches exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def get_align_launcher(wildcards):
+    """``craft``, or torchrun over the rule's GPUs (DeepSpeed ZeRO, one process per GPU)."""
+    gpus = res("align", "gpu")
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node={gpus} -m craft.cli"
+    return "craft"
+
+
+def get_init_card(wildcards):
+    """The model card of the method an align method starts from (same modality and seed)."""
+    init = CFG.method(wildcards.method).init
+    return str(LAYOUT.card(wildcards.modality, init, wildcards.seed))
+
+
+def get_align_references(wildcards):
+    """References of the evaluators an align method uses (reward, and out-of-family for its
+    held-out evaluations)."""
+    evaluators = CFG.align_evaluators(wildcards.method)
+    return [str(LAYOUT.reference(wildcards.modality, ev)) for ev in evaluators]
+
+
+def get_align_evaluators(wildcards):
+    """Trained dirs of those evaluators, when the workflow trains them (source 'train')."""
+    return [
+        str(LAYOUT.evaluator(wildcards.modality, ev))
+        for ev in CFG.align_evaluators(wildcards.method)
+        if CFG.cas.evaluators[ev].source == "train"
+    ]
+
+
 def get_trained_evaluator(wildcards):
     """The trained evaluator's dir when the workflow trains it (source 'train')."""
     if CFG.cas.evaluators[wildcards.evaluator].source == "train":
@@ -91,9 +129,32 @@ def get_trained_evaluator(wildcards):
     return []
 
 
+def get_evaluation_settings(stage):
+    """Params function of the evaluation rules (downstream, memorization, audit, fidelity)."""
+
+    def settings(wildcards):
+        return CFG.evaluation_slice(stage, wildcards.modality, wildcards.method)
+
+    return settings
+
+
+def get_auditor_evaluators(wildcards):
+    """Trained dirs of the audit's evaluators, when the workflow trains them (source 'train')."""
+    m = CFG.modality(wildcards.modality)
+    phantom = m.source.phantom if m.source.kind == "phantom" else None
+    return [
+        str(LAYOUT.evaluator(wildcards.modality, ev))
+        for ev in CFG.evaluation.audit.auditor_names(CFG.cas, phantom)
+        if ev != "oracle" and CFG.cas.evaluators[ev].source == "train"
+    ]
+
+
 def get_foundation(wildcards):
-    """The pretrained foundation dir, when the workflow trains it (phantom configs)."""
-    return [str(LAYOUT.foundation(wildcards.modality))] if PRETRAIN else []
+    """The foundation dir when the workflow trains it or it is a local dir (not a hub id)."""
+    if PRETRAIN:
+        return [str(LAYOUT.foundation(wildcards.modality))]
+    local = Path(CFG.models.generator_for(wildcards.modality))
+    return [str(local)] if local.is_dir() else []
 
 
 def get_metric_files(modality, method, seed):
@@ -103,6 +164,8 @@ def get_metric_files(modality, method, seed):
         files.append(str(LAYOUT.metrics(modality, method, seed, "oracle")))
     for ev in CFG.cas.evaluators:
         files.append(str(LAYOUT.metrics(modality, method, seed, f"cas-{ev}")))
+    for stage in ("downstream", "memorization", "audit", "fidelity"):
+        files.append(str(LAYOUT.metrics(modality, method, seed, stage)))
     return files
 
 
@@ -121,9 +184,26 @@ def get_report_dir(wildcards, output):
     return str(Path(output.html).parent)
 
 
+def get_study_samples(wildcards):
+    """The two samples.h5 the study pairs images from (named a and b)."""
+    st = CFG.slice("study", wildcards.modality)["study"]
+    return {
+        side: str(LAYOUT.samples(wildcards.modality, st[f"method_{side}"], st["seed"]))
+        for side in ("a", "b")
+    }
+
+
+def get_study_dir(wildcards, output):
+    """The study folder, derived from the rule's output."""
+    return str(Path(output.html).parent)
+
+
 def get_final_output():
     out = LAYOUT.report()
-    return [str(out / "summary.csv"), str(out / "index.html")]
+    files = [str(out / "summary.csv"), str(out / "index.html")]
+    if CFG.study is not None:
+        files += [str(LAYOUT.study(m) / "study.html") for m in MODALITIES]
+    return files
 
 
 def res(stage, key):

@@ -18,3 +18,118 @@ rule evaluate_oracle:
         "craft evaluate oracle --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
         " --out {output.metrics} > {log} 2>&1"
+
+
+rule downstream:
+    input:
+        samples=rules.generate.output.samples,
+        data=rules.prepare.output.h5,
+    output:
+        metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "downstream")),
+    log:
+        f"{LOGS}/downstream/{{modality}}/{{method}}/{{seed}}.log",
+    conda:
+        "../envs/craft.yaml"
+    threads: res("downstream", "threads")
+    resources:
+        runtime=res("downstream", "runtime"),
+        mem_mb=res("downstream", "mem_mb"),
+        gpu=res("downstream", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_evaluation_settings("downstream"),
+    shell:
+        "craft downstream --config {params.config} --modality {wildcards.modality}"
+        " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
+        " --data {input.data} --out {output.metrics} --threads {threads} > {log} 2>&1"
+
+
+rule memorization:
+    input:
+        samples=rules.generate.output.samples,
+        data=rules.prepare.output.h5,
+    output:
+        metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "memorization")),
+        pairs=str(LAYOUT.run("{modality}", "{method}", "{seed}") / "memorization.h5"),
+        figure=report(
+            str(
+                LAYOUT.run("{modality}", "{method}", "{seed}")
+                / "memorization-pairs.png"
+            ),
+            category="Memorization",
+            subcategory="{modality}",
+            labels={"method": "{method}", "seed": "{seed}"},
+        ),
+    log:
+        f"{LOGS}/memorization/{{modality}}/{{method}}/{{seed}}.log",
+    conda:
+        "../envs/craft.yaml"
+    threads: res("evaluate", "threads")
+    resources:
+        runtime=res("evaluate", "runtime"),
+        mem_mb=res("evaluate", "mem_mb"),
+        gpu=res("evaluate", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_evaluation_settings("memorization"),
+    shell:
+        "craft memorization --config {params.config} --modality {wildcards.modality}"
+        " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
+        " --data {input.data} --out {output.metrics} --threads {threads} > {log} 2>&1"
+
+
+rule audit:
+    input:
+        samples=rules.generate.output.samples,
+        knowledge=rules.knowledge.output.json,
+        evaluators=get_auditor_evaluators,
+    output:
+        metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "audit")),
+        table=str(LAYOUT.run("{modality}", "{method}", "{seed}") / "audit.csv"),
+        figure=report(
+            str(LAYOUT.run("{modality}", "{method}", "{seed}") / "audit.png"),
+            category="Checklist audit",
+            subcategory="{modality}",
+            labels={"method": "{method}", "seed": "{seed}"},
+        ),
+    log:
+        f"{LOGS}/audit/{{modality}}/{{method}}/{{seed}}.log",
+    conda:
+        "../envs/craft.yaml"
+    threads: res("evaluate", "threads")
+    resources:
+        runtime=res("evaluate", "runtime"),
+        mem_mb=res("evaluate", "mem_mb"),
+        gpu=res("evaluate", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_evaluation_settings("audit"),
+    shell:
+        "craft audit --config {params.config} --modality {wildcards.modality}"
+        " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
+        " --knowledge {input.knowledge} --out {output.metrics} --threads {threads}"
+        " > {log} 2>&1"
+
+
+rule fidelity:
+    input:
+        samples=rules.generate.output.samples,
+        data=rules.prepare.output.h5,
+    output:
+        metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "fidelity")),
+    log:
+        f"{LOGS}/fidelity/{{modality}}/{{method}}/{{seed}}.log",
+    conda:
+        "../envs/craft.yaml"
+    threads: res("evaluate", "threads")
+    resources:
+        runtime=res("evaluate", "runtime"),
+        mem_mb=res("evaluate", "mem_mb"),
+        gpu=res("evaluate", "gpu"),
+    params:
+        config=CONFIG_FILE,
+        settings=get_evaluation_settings("fidelity"),
+    shell:
+        "craft fidelity --config {params.config} --modality {wildcards.modality}"
+        " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
+        " --data {input.data} --out {output.metrics} --threads {threads} > {log} 2>&1"

@@ -77,6 +77,7 @@ def tiny_config(results: str = "results", seeds=(0,)) -> dict:
         },
         "sampling": {"steps": 2, "n_per_label": 2, "batch_size": 8},
         "cas": tiny_cas(),
+        "study": {"method_a": "lora-enriched", "method_b": "lora", "pairs_per_label": 2},
     }
 
 

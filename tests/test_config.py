@@ -17,7 +17,10 @@ STAGES = ("prepare", "pretrain", "adapt", "generate", "evaluate", "report")
 
 
 def default_data() -> dict:
-    return yaml.safe_load(DEFAULT.read_text())
+    """config.yaml with the foundation trained in the workflow, so every stage has a slice."""
+    data = yaml.safe_load(DEFAULT.read_text())
+    data["models"]["generator"] = "pretrain"
+    return data
 
 
 def error_of(data: dict) -> str:
@@ -42,7 +45,14 @@ def test_default_config_validates():
     cfg = load_config(DEFAULT)
     assert isinstance(cfg, CraftConfig)
     assert set(cfg.modalities) == {"phantom-cxr", "phantom-derm"}
-    assert set(cfg.methods) == {"zero-shot", "lora", "full"}
+    assert list(cfg.methods) == [
+        "zero-shot",
+        "lora",
+        "lora-enriched",
+        "full",
+        "generic-reward",
+        "craft",
+    ]
     # The resolved dump validates again to the same config (defaults filled in, nothing lost).
     again = validate_config(yaml.safe_load(dump_config(cfg)))
     assert again == cfg
@@ -172,11 +182,18 @@ def test_sampling_change_does_not_rerun_training():
     keys = changed_keys(lambda d: d["sampling"].update(steps=16))
     stages = {k[0] for k in keys}
     assert "generate" in stages
-    assert not stages & {"prepare", "pretrain", "adapt"}
+    # Reward finetuning samples while it trains, so its adapt slice holds the sampler; the
+    # diffusion-loss methods' training does not.
+    sampling_trainers = {k for k, m in default_data()["methods"].items() if "align" in m}
+    assert not {k[0] for k in keys if k[2] not in sampling_trainers} & {
+        "prepare",
+        "pretrain",
+        "adapt",
+    }
 
 
 def test_pretrain_change_does_not_touch_prepare():
-    keys = changed_keys(lambda d: d["pretrain"].update(steps=301))
+    keys = changed_keys(lambda d: d.setdefault("pretrain", {}).update(steps=301))
     stages = {k[0] for k in keys}
     assert "pretrain" in stages and "adapt" in stages
     assert "prepare" not in stages
@@ -207,7 +224,7 @@ def craft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_cli_config_check_and_show(tmp_path):
     ok = craft("config", "check", str(DEFAULT), cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    assert "ok" in ok.stdout and "2 modalities x 3 methods x 1 seeds" in ok.stdout
+    assert "ok" in ok.stdout and "2 modalities x 6 methods x 1 seeds" in ok.stdout
 
     shown = craft("config", "show", "--config", str(DEFAULT), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr

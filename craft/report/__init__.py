@@ -39,6 +39,7 @@ def report(
     grid_per_label: int = 8,
     modality_order: Sequence[str] | None = None,
     method_order: Sequence[str] | None = None,
+    baselines: Sequence[str] | None = None,
 ) -> Path:
     """Summarize ``metric_files`` and build the report in ``out_dir``; returns its index.html.
 
@@ -46,7 +47,7 @@ def report(
     methods appear in the given orders, then in order of first appearance.
     """
     metric_files = [Path(p) for p in metric_files]
-    summary = summarize(metric_files, modality_order, method_order)
+    summary = summarize(metric_files, modality_order, method_order, baselines)
     loaded = [load_metrics_file(p) for p in dict.fromkeys(p.resolve() for p in metric_files)]
     versions = sorted({m.provenance.craft_version for m in loaded})
     provenance = {"craft versions of the metric files": ", ".join(versions)} if versions else {}

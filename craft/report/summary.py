@@ -144,6 +144,43 @@ def per_seed_table(metric_files: Sequence[Path]) -> pd.DataFrame:
     )
 
 
+def with_tail_reductions(
+    per_seed: pd.DataFrame, baselines: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Add ``tail_reduction_points__{ev}`` and ``tail_reduction_relative__{ev}`` rows.
+
+    For each modality, method and evaluator: the strongest baseline is the one among
+    ``baselines`` (default: every method) other than the method itself with the lowest mean
+    ``tail_rate__{ev}`` over seeds; per seed, points = baseline tail - method tail (positive:
+    fewer low-alignment images), relative = points / baseline tail. Seeds the two share only.
+    """
+    tails = per_seed[per_seed["metric"].str.match(r"^tail_rate__[^_][^\s]*$")]
+    tails = tails[tails["metric"].str.count(SUFFIX_SEP) == 1]
+    rows = []
+    for (modality, metric), t in tails.groupby(["modality", "metric"], sort=False):
+        ev = metric.split(SUFFIX_SEP, 1)[1]
+        means = t.groupby("method")["value"].mean()
+        by_seed = t.pivot_table(index="seed", columns="method", values="value")
+        for method in means.index:
+            pool = [b for b in (baselines or means.index) if b in means.index and b != method]
+            if not pool:
+                continue
+            best = min(pool, key=lambda b: means[b])
+            pair = by_seed[[best, method]].dropna()
+            for seed, (base, own) in pair.iterrows():
+                points = base - own
+                rows.append((modality, method, int(seed), f"tail_reduction_points__{ev}", points))
+                if base > 0:
+                    rel = points / base
+                    rows.append(
+                        (modality, method, int(seed), f"tail_reduction_relative__{ev}", rel)
+                    )
+    if not rows:
+        return per_seed
+    extra = pd.DataFrame(rows, columns=list(PER_SEED_COLUMNS)).astype(per_seed.dtypes.to_dict())
+    return pd.concat([per_seed, extra], ignore_index=True)
+
+
 def _order_key(values: pd.Series, given: Sequence[str] | None) -> pd.Series:
     """Rank of each value: its place in ``given``, then first appearance for the rest."""
     order = list(dict.fromkeys([*(given or []), *values]))
@@ -187,6 +224,7 @@ def summarize(
     metric_files: Sequence[Path],
     modality_order: Sequence[str] | None = None,
     method_order: Sequence[str] | None = None,
+    baselines: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The report's numbers: columns exactly ``modality, method, metric, mean, sd, n_seeds``.
 
@@ -194,7 +232,8 @@ def summarize(
     Rows are sorted by modality and method (the given orders, then order of first appearance
     in ``metric_files``), then metric name alphabetically.
     """
-    return summarize_table(per_seed_table(metric_files), modality_order, method_order)
+    per_seed = with_tail_reductions(per_seed_table(metric_files), baselines)
+    return summarize_table(per_seed, modality_order, method_order)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -233,7 +272,20 @@ def read_summary(path: Path) -> pd.DataFrame:
 
 #: Metrics (base names) where lower values are better; every other metric: higher is better.
 #: A base name ending in ``_{name}`` for one of these (e.g. ``cas_tail_rate``) counts too.
-LOWER_IS_BETTER = frozenset({"tail_rate", "fd", "fid", "kid", "memorization_rate", "ece", "loss"})
+LOWER_IS_BETTER = frozenset(
+    {
+        "tail_rate",
+        "fd",
+        "fid",
+        "kid",
+        "kid_std",
+        "memorization_rate",
+        "memorization_rate_pixel",
+        "memorization_similarity_median",
+        "ece",
+        "loss",
+    }
+)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -257,11 +309,17 @@ MAIN_PER_EVALUATOR = frozenset(
         "checklist_adherence",
         "plausibility",
         "cas_oracle_spearman",
+        "tail_reduction_points",
+        "tail_reduction_relative",
     }
 )
+#: Metrics without a suffix that are context, not headline numbers (kept out of the main table).
+SECONDARY = ("_reference", "_std", "downstream_accuracy", "downstream_f1", "_ci_low", "_ci_high")
 
 
 def is_main_metric(metric: str) -> bool:
     """A key metric: one without a per-label suffix (CAS metrics carry their evaluator)."""
     parts = metric.split(SUFFIX_SEP)
-    return len(parts) == 1 or (len(parts) == 2 and parts[0] in MAIN_PER_EVALUATOR)
+    if len(parts) == 1:
+        return not any(tag in metric for tag in SECONDARY)
+    return len(parts) == 2 and parts[0] in MAIN_PER_EVALUATOR

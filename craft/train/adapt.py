@@ -26,7 +26,7 @@ def base_source(cfg: CraftConfig, modality: str) -> str:
     """The foundation model of a modality: the configured one, or the workflow's pretrain."""
     if cfg.models.generator == "pretrain":
         return str(Layout(cfg.results).foundation(modality))
-    return cfg.models.generator
+    return cfg.models.generator_for(modality)
 
 
 def enriched_prompts(cfg: CraftConfig, modality: str, labels: list[str]) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ the clinical vocabulary: the adaptation stages must teach it.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,8 @@ def pretrain(cfg: CraftConfig, modality: str, out_dir: Path, threads: int | None
             "seed": p.seed,
             "steps": p.steps,
             "config_digest": settings.config_digest,
+            "pretrain": p.model_dump(mode="json"),
+            "command": " ".join(sys.argv),
             "craft_version": __version__,
         },
     )

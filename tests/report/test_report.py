@@ -353,7 +353,9 @@ def test_build_report(tmp_path):
         "bars-oracle_label_agreement.png",
         "bars-cas_mean.png",
     }
-    assert not any("__" in s for s in page.imgs)  # no bar figures for per-label metrics
+    # Bars for the headline metrics (CAS per evaluator too), none for per-label metrics.
+    assert not any("agreement__" in s for s in page.imgs)
+    assert any("cas_mean__biomedclip" in s for s in page.imgs)
 
     main = {section: rows for section, cls, rows in page.tables if cls == "main"}
     assert set(main) == set(MODALITIES)
@@ -361,7 +363,12 @@ def test_build_report(tmp_path):
         header, *rows = main[modality]
         names = [c[0].split(" ")[0] for c in header]
         assert names[:2] == ["method", "seeds"]
-        assert names[2:] == ["cas_mean", "oracle_label_agreement", "tail_rate"]
+        assert names[2:] == [
+            "cas_mean",
+            "cas_mean__biomedclip",
+            "oracle_label_agreement",
+            "tail_rate",
+        ]
         assert [r[0][0] for r in rows] == METHODS
         for col, metric in enumerate(names[2:], start=2):
             means = {}
@@ -391,3 +398,29 @@ def test_build_report(tmp_path):
     # rebuilding over an existing report works (atomic replace)
     again = build_report(summarize(files), {}, out_dir, "again")
     assert "again" in again.read_text()
+
+
+def test_tail_reduction_against_the_strongest_other_baseline():
+    import pandas as pd
+
+    from craft.report.summary import PER_SEED_COLUMNS, summarize_table, with_tail_reductions
+
+    rows = [
+        ("cxr", "lora", 0, "tail_rate__clip", 0.40),
+        ("cxr", "lora", 1, "tail_rate__clip", 0.30),
+        ("cxr", "full", 0, "tail_rate__clip", 0.50),
+        ("cxr", "full", 1, "tail_rate__clip", 0.50),
+        ("cxr", "craft", 0, "tail_rate__clip", 0.10),
+        ("cxr", "craft", 1, "tail_rate__clip", 0.15),
+        ("cxr", "craft", 0, "tail_rate_ci_low__clip", 0.05),
+    ]
+    per_seed = pd.DataFrame(rows, columns=list(PER_SEED_COLUMNS))
+    out = summarize_table(with_tail_reductions(per_seed, baselines=["lora", "full"]))
+    get = out.set_index(["method", "metric"])["mean"]
+    # craft vs lora (the baseline with the lowest mean tail, 0.35): per seed 0.30 and 0.15
+    assert get[("craft", "tail_reduction_points__clip")] == pytest.approx(0.225)
+    assert get[("craft", "tail_reduction_relative__clip")] == pytest.approx((0.75 + 0.5) / 2)
+    # lora's strongest other baseline is full: lora reduces the tail by 0.15 on average
+    assert get[("lora", "tail_reduction_points__clip")] == pytest.approx(0.15)
+    assert get[("full", "tail_reduction_points__clip")] == pytest.approx(-0.15)
+    assert not any("ci_low" in m and "reduction" in m for m in out["metric"])

@@ -396,6 +396,22 @@ def _evaluation_paths(cfg, modality, method, seed, stage, samples, data, out):
     )
 
 
+def _evaluation_stage(stage, config, modality, method, seed, samples, data, out, threads):
+    """Run one of the data-based evaluation stages (downstream, memorization, fidelity)."""
+    from importlib import import_module
+
+    from craft.train.common import setup_torch
+
+    cfg = _load(config)
+    samples, data, out = _evaluation_paths(cfg, modality, method, seed, stage, samples, data, out)
+    settings = getattr(cfg.evaluation, stage)
+    # Downstream classifiers differ per run seed; the feature extractors are fixed per config.
+    setup_torch(settings.seed + (seed if stage == "downstream" else 0), threads)
+    run = getattr(import_module(f"craft.evaluate.{stage}"), stage)
+    digest = cfg.evaluation_digest(stage, modality, method)
+    run(settings, data, samples, out, modality, method, seed, digest)
+
+
 @app.command("downstream")
 def downstream_cmd(
     config: ConfigOpt = Path("config.yaml"),
@@ -411,24 +427,7 @@ def downstream_cmd(
 
     Writes metrics-downstream.json; resumable (per-phase state in downstream/ beside it).
     """
-    from craft.evaluate.downstream import downstream
-    from craft.train.common import setup_torch
-
-    cfg = _load(config)
-    samples, data, out = _evaluation_paths(
-        cfg, modality, method, seed, "downstream", samples, data, out
-    )
-    setup_torch(cfg.evaluation.downstream.seed + seed, threads)
-    downstream(
-        cfg.evaluation.downstream,
-        data,
-        samples,
-        out,
-        modality,
-        method,
-        seed,
-        cfg.evaluation_digest("downstream", modality, method),
-    )
+    _evaluation_stage("downstream", config, modality, method, seed, samples, data, out, threads)
 
 
 @app.command("memorization")
@@ -446,24 +445,7 @@ def memorization_cmd(
 
     Writes metrics-memorization.json, memorization.h5 and memorization-pairs.png beside it.
     """
-    from craft.evaluate.memorization import memorization
-    from craft.train.common import setup_torch
-
-    cfg = _load(config)
-    samples, data, out = _evaluation_paths(
-        cfg, modality, method, seed, "memorization", samples, data, out
-    )
-    setup_torch(cfg.evaluation.memorization.seed, threads)
-    memorization(
-        cfg.evaluation.memorization,
-        data,
-        samples,
-        out,
-        modality,
-        method,
-        seed,
-        cfg.evaluation_digest("memorization", modality, method),
-    )
+    _evaluation_stage("memorization", config, modality, method, seed, samples, data, out, threads)
 
 
 @app.command("audit")
@@ -530,24 +512,7 @@ def fidelity_cmd(
 
     Writes metrics-fidelity.json.
     """
-    from craft.evaluate.fidelity import fidelity
-    from craft.train.common import setup_torch
-
-    cfg = _load(config)
-    samples, data, out = _evaluation_paths(
-        cfg, modality, method, seed, "fidelity", samples, data, out
-    )
-    setup_torch(cfg.evaluation.fidelity.seed, threads)
-    fidelity(
-        cfg.evaluation.fidelity,
-        data,
-        samples,
-        out,
-        modality,
-        method,
-        seed,
-        cfg.evaluation_digest("fidelity", modality, method),
-    )
+    _evaluation_stage("fidelity", config, modality, method, seed, samples, data, out, threads)
 
 
 @study_app.command("export")

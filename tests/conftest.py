@@ -66,7 +66,6 @@ def tiny_config(results: str = "results", seeds=(0,)) -> dict:
         "methods": {
             "zero-shot": {"kind": "zero-shot"},
             "lora": {"kind": "lora", "steps": 3, "batch_size": 4, "rank": 2},
-            "full": {"kind": "full", "steps": 3, "batch_size": 4},
             "lora-enriched": {
                 "kind": "lora",
                 "prompts": "enriched",

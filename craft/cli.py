@@ -515,6 +515,49 @@ def fidelity_cmd(
     _evaluation_stage("fidelity", config, modality, method, seed, samples, data, out, threads)
 
 
+@app.command("export-summary")
+def export_summary_cmd(
+    config: ConfigOpt = Path("config.yaml"),
+    site: Annotated[
+        str, typer.Option("--site", help="This site's name (lowercase, '-', '_').")
+    ] = ...,
+    out: OutOpt = None,
+) -> None:
+    """Pack this site's scores and summaries (no images, no data) for `craft aggregate`.
+
+    Writes results/export/{site}.tar.gz: every metrics-*.json under results/runs/,
+    report/summary.csv if present, and site.json (config digests, seeds, sha256s).
+    """
+    from craft.report.aggregate import export_summary
+
+    cfg = _load(config)
+    lay = _layout(cfg)
+    tarball = export_summary(lay.root, cfg, out or lay.root / "export" / f"{site}.tar.gz", site)
+    print(f"export-summary: {tarball}")
+
+
+@app.command("aggregate")
+def aggregate_cmd(
+    sites: Annotated[
+        list[Path], typer.Argument(help="Site exports (.tar.gz or extracted folders).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = ...,
+    allow_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mismatch",
+            help="Pool even when method or evaluator config digests differ (recorded).",
+        ),
+    ] = False,
+    title: Annotated[str, typer.Option(help="Report title.")] = "craft: pooled over sites",
+) -> None:
+    """Pool several sites' exports: summary.csv with a site column, pooled rows, index.html."""
+    from craft.report.aggregate import aggregate
+
+    index = aggregate(sites, out, allow_mismatch=allow_mismatch, title=title)
+    print(f"aggregate: {index}")
+
+
 @study_app.command("export")
 def study_export(
     config: ConfigOpt = Path("config.yaml"),

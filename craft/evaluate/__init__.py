@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from craft import __version__
-from craft.report.summary import MetricsFile, Provenance, atomic_write_text
-from craft.store import current_command
+from craft.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from craft.report.summary import MetricsFile
 
 
 def write_metrics(
@@ -20,6 +23,11 @@ def write_metrics(
     config_digest: str,
 ) -> MetricsFile:
     """Validate and write one metrics JSON file atomically."""
+    # Imported here: config.py imports craft.evaluate.settings, which runs this package at
+    # Snakefile parse time; pandas and h5py (summary, store) are not needed there.
+    from craft.report.summary import MetricsFile, Provenance
+    from craft.store import current_command
+
     record = MetricsFile(
         modality=modality,
         method=method,

@@ -153,7 +153,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     """The audit table as CSV (atomically)."""
     import pandas as pd
 
-    from craft.report.summary import atomic_write_text
+    from craft.atomic import atomic_write_text
 
     table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     return atomic_write_text(Path(path), table.to_csv(index=False, float_format="%.4f"))

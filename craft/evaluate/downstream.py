@@ -44,12 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from craft.atomic import atomic_write_text
 from craft.errors import CraftError
 from craft.evaluate import write_metrics
 from craft.evaluate.features import device, to_float
 from craft.evaluate.settings import DownstreamConfig
 from craft.progress import log
-from craft.report.summary import atomic_write_text
 from craft.store import read_samples, read_split
 
 __all__ = [

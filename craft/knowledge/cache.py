@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from craft.knowledge.schema import atomic_write_text
+from craft.atomic import atomic_write_text
 
 
 def request_digest(identity: dict[str, Any], messages: list[dict[str, str]]) -> str:

@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from craft.atomic import atomic_write_text
 from craft.errors import CraftError
-from craft.knowledge.schema import ModalityKnowledge, atomic_write_text, validation_message
+from craft.knowledge.schema import ModalityKnowledge, validation_message
 
 HEADER = """\
 # craft knowledge review file: {modality} ({description})

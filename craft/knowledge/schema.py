@@ -10,13 +10,13 @@ trains on the prompts. This module imports only pydantic and the standard librar
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from craft.atomic import atomic_write_text
 from craft.errors import CraftError
 
 SCHEMA_VERSION = 1
@@ -178,19 +178,6 @@ def load_knowledge(path: Path | str) -> ModalityKnowledge:
         return ModalityKnowledge.model_validate(data)
     except ValidationError as err:
         raise CraftError(f"{path}: invalid knowledge: {validation_message(err)}") from None
-
-
-def atomic_write_text(path: Path | str, text: str) -> Path:
-    """Write ``text`` through a temporary file that is renamed on success only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_knowledge(k: ModalityKnowledge, path: Path | str) -> Path:

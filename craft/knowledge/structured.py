@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from craft.atomic import atomic_write_text
 from craft.errors import CraftError
 from craft.knowledge.backends import ChatBackend, Messages
 from craft.knowledge.cache import ResponseCache, request_digest
-from craft.knowledge.schema import atomic_write_text
 from craft.progress import log
 
 T = TypeVar("T")

@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from craft import __version__
+from craft.atomic import atomic_write_text
 from craft.config import digest_of
 from craft.errors import CraftError
 from craft.report.html import build_report
@@ -39,7 +40,6 @@ from craft.report.summary import (
     NAME_PATTERN,
     PER_SEED_COLUMNS,
     SUMMARY_COLUMNS,
-    atomic_write_text,
     load_metrics_file,
     per_seed_table,
     summarize_table,

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from craft import __version__
+from craft.atomic import atomic_write_text
 from craft.report.figures import figure_name, image_grid, metric_bars
 from craft.report.summary import (
     LOWER_IS_BETTER,
     SUMMARY_COLUMNS,
-    atomic_write_text,
     is_main_metric,
     lower_is_better,
     write_summary,

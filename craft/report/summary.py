@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from craft.atomic import atomic_write_text
 from craft.errors import CraftError
 
 #: Columns of summary.csv, in order (DESIGN.md, "Contracts").
@@ -234,18 +234,6 @@ def summarize(
     """
     per_seed = with_tail_reductions(per_seed_table(metric_files), baselines)
     return summarize_table(per_seed, modality_order, method_order)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed on success only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_summary(df: pd.DataFrame, path: Path) -> Path:

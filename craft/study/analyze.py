@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from craft.atomic import atomic_write_text
 from craft.errors import CraftError
 from craft.study.schema import (
     QUESTIONS,
@@ -27,7 +28,6 @@ from craft.study.schema import (
     dump_json,
     read_answers,
     read_key,
-    write_text_atomic,
 )
 from craft.study.stats import OUTCOMES, cohen_kappa, fleiss_kappa, win_rate
 
@@ -220,6 +220,6 @@ def analyze_study(answer_files: list[Path], key: Path, out_dir: Path) -> dict:
         "metrics": rows,
     }
     out_dir = Path(out_dir)
-    write_text_atomic(out_dir / SUMMARY_CSV, _csv_text(rows))
-    write_text_atomic(out_dir / SUMMARY_JSON, dump_json(summary))
+    atomic_write_text(out_dir / SUMMARY_CSV, _csv_text(rows))
+    atomic_write_text(out_dir / SUMMARY_JSON, dump_json(summary))
     return summary

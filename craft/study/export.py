@@ -23,10 +23,11 @@ import numpy as np
 from PIL import Image
 
 from craft import __version__
+from craft.atomic import atomic_write_text
 from craft.errors import CraftError
 from craft.store import Samples, read_samples
 from craft.study.page import render_page
-from craft.study.schema import StudyKey, StudyPair, dump_json, write_text_atomic
+from craft.study.schema import StudyKey, StudyPair, dump_json
 
 PAGE_NAME = "study.html"
 KEY_NAME = "key.json"
@@ -220,6 +221,6 @@ def export_study(
         pairs=pairs,
     )
     out_dir = Path(out_dir)
-    write_text_atomic(out_dir / KEY_NAME, dump_json(key.model_dump(mode="json")))
-    write_text_atomic(out_dir / PAGE_NAME, page)
+    atomic_write_text(out_dir / KEY_NAME, dump_json(key.model_dump(mode="json")))
+    atomic_write_text(out_dir / PAGE_NAME, page)
     return out_dir / PAGE_NAME

@@ -32,6 +32,16 @@ from craft.progress import log, progress
 CaptionFn = Callable[[np.ndarray, np.random.Generator], list[str]]
 
 
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Put the finished folder ``tmp`` in place of ``target``; the old one goes only after."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @dataclass
 class FinetuneSettings:
     """What one finetuning run does; ``config_digest`` ties a checkpoint to its settings."""
@@ -236,12 +246,7 @@ class DiffusionFinetune:
             },
             tmp / "state.pt",
         )
-        old = self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if self.checkpoint_dir.exists():
-            self.checkpoint_dir.rename(old)
-        tmp.rename(self.checkpoint_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, self.checkpoint_dir)
 
     # -- outputs --------------------------------------------------------------------------
 

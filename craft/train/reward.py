@@ -49,7 +49,7 @@ from craft.models.generator import Generator
 from craft.models.lora import ADAPTER
 from craft.models.sampling import guided_eps, initial_noise, sample
 from craft.progress import log
-from craft.train.diffusion import DiffusionFinetune, TrainingData
+from craft.train.diffusion import DiffusionFinetune, TrainingData, replace_dir
 from craft.train.distributed import Parallel, deepspeed_engine
 
 #: (images float NCHW in [-1, 1], label indices (N,), prompts) -> (N,) reward or score.
@@ -413,12 +413,7 @@ class RewardFinetune(DiffusionFinetune):
                 "extra": self.extra_state(tmp),
             }
             torch.save(state, tmp / "state.pt")
-            old = self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            if self.checkpoint_dir.exists():
-                self.checkpoint_dir.rename(old)
-            tmp.rename(self.checkpoint_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, self.checkpoint_dir)
         p.barrier()
 
     def extra_state(self, directory: Path) -> dict:

@@ -28,11 +28,13 @@ GPU_RULES = {
     "train_evaluator",
     "reference",
     "score",
+    "downstream",
 }
 # Rules whose GPU need depends on the config (knowledge: a curated base needs none, a
-# transformers backend one); they declare `gpu=` from config.resources but the profile leaves
+# transformers backend one; the evaluation stages: tiny phantom encoders need none, DINOv2 or
+# an auditing VLM one); they declare `gpu=` from config.resources but the profile leaves
 # them on the CPU partition unless the site uncomments their block.
-OPTIONAL_GPU_RULES = {"knowledge"}
+OPTIONAL_GPU_RULES = {"knowledge", "memorization", "audit", "fidelity"}
 
 
 def comments(text: str) -> list[str]:

@@ -121,6 +121,11 @@ class TinyUNet(Strict):
     cross_attention_dim: int = 32
     text_layers: int = 2
     text_max_length: int = 24
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "v_prediction",
+        description="What the UNet predicts. v (Salimans & Ho 2022) learns the image's colour and "
+        "brightness at the noisiest steps; epsilon cannot there (x0 = (x - eps)/~0).",
+    )
 
 
 class PretrainConfig(Strict):
@@ -393,7 +398,8 @@ class CraftConfig(Strict):
                 if name not in self.methods:
                     raise ValueError(
                         f"study.{field}: '{name}' is not a configured method "
-                        f"(configured: {', '.join(self.methods)})"
+                        f"(configured: {', '.join(self.methods)}); name one of them, or set "
+                        "'study: null' to skip the study"
                     )
             if self.study.method_a == self.study.method_b:
                 raise ValueError("study.method_b: must differ from study.method_a")

@@ -49,16 +49,18 @@ def tiny_unet(arch: TinyUNet, sample_size: int, channels: int) -> UNet2DConditio
     )
 
 
-def tiny_scheduler(latent: bool = False) -> DDIMScheduler:
+def tiny_scheduler(latent: bool = False, prediction_type: str = "epsilon") -> DDIMScheduler:
     # A cosine schedule suits small pixel-space images better than SD's scaled_linear. Its last
     # timestep has almost no signal, so an eps-prediction's x0 estimate there is amplified
-    # ~600x: pixel-space models clip x0 to [-1, 1] (latents have no such range).
+    # ~600x and clipped to [-1, 1]: the first step fixes each image's colour at random. A
+    # v-prediction model predicts x0 itself there (foundations use it). Pixel-space models
+    # clip x0 to [-1, 1] (latents have no such range).
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
         clip_sample=not latent,
         set_alpha_to_one=False,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         timestep_spacing="trailing",
     )
 
@@ -95,4 +97,5 @@ def build_tiny_generator(
     unet_channels = vae.config.latent_channels if vae is not None else channels
     size = resolution // (4 if vae is not None else 1)
     unet = tiny_unet(arch, size, unet_channels)
-    return Generator(unet, text_encoder, tokenizer, tiny_scheduler(latent=vae is not None), vae)
+    scheduler = tiny_scheduler(latent=vae is not None, prediction_type=arch.prediction_type)
+    return Generator(unet, text_encoder, tokenizer, scheduler, vae)

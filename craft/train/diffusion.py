@@ -24,12 +24,29 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from craft.errors import CraftError
 from craft.models.generator import Generator
 from craft.models.lora import add_lora, save_lora
 from craft.models.sampling import to_model_input
 from craft.progress import log, progress
 
 CaptionFn = Callable[[np.ndarray, np.random.Generator], list[str]]
+
+
+def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+    """What the UNet is trained to predict at ``t``, by the scheduler's ``prediction_type``:
+    the noise (SD 1.x), the velocity sqrt(a)*noise - sqrt(1-a)*x0 (SD 2.x-v), or x0."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise CraftError(
+        f"the generator's scheduler predicts '{kind}'; craft trains epsilon, v_prediction "
+        "or sample models: fix scheduler/scheduler_config.json"
+    )
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
@@ -184,8 +201,9 @@ class DiffusionFinetune:
         x0, captions, noise, t = self._batch(step)
         xt = self.gen.scheduler.add_noise(x0, noise, t)
         cond = self.gen.encode_prompts(captions)
-        eps = self.gen.unet(xt, t, encoder_hidden_states=cond).sample
-        return torch.nn.functional.mse_loss(eps.float(), noise.float())
+        pred = self.gen.unet(xt, t, encoder_hidden_states=cond).sample
+        target = diffusion_target(self.gen.scheduler, x0, noise, t)
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
 
     def _lr(self, step: int) -> float:
         if self.s.warmup_steps and step < self.s.warmup_steps:

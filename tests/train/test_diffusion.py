@@ -279,3 +279,36 @@ def test_sigterm_in_process_raises_interrupted(base, tmp_path):
         r.train()
     assert checkpoint_step(tmp_path / "checkpoint") == 2
     assert signal.getsignal(signal.SIGTERM) == previous  # the handler is restored
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_diffusion_loss_target_follows_the_prediction_type(kind, tmp_path):
+    """The loss is zero exactly when the UNet predicts the scheduler's own target: the noise,
+    the velocity sqrt(a)*noise - sqrt(1-a)*x0 (checked against the formula) or x0."""
+    from craft.errors import CraftError
+    from craft.train.diffusion import diffusion_target
+
+    gen = build_tiny_generator(TINY.model_copy(update={"prediction_type": "epsilon"}), RES, CH)
+    gen.scheduler.register_to_config(prediction_type=kind)
+    save_generator(gen, tmp_path / "base")
+    r = recipe(tmp_path / "base", settings("lora", steps=1), tmp_path / "ckpt")
+    x0, _, noise, t = r._batch(0)
+    target = diffusion_target(r.gen.scheduler, x0, noise, t)
+    ab = r.gen.scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    expected = {
+        "epsilon": noise,
+        "v_prediction": ab.sqrt() * noise - (1 - ab).sqrt() * x0,
+        "sample": x0,
+    }[kind]
+    torch.testing.assert_close(target, expected.to(target.dtype), rtol=1e-5, atol=1e-6)
+
+    # a UNet that always predicts the right target: zero loss; the noise instead: not zero
+    out = type("Out", (), {})
+    out.sample = target
+    r.gen.unet.forward = lambda *a, **k: out
+    assert r.loss(0).item() == 0.0
+    out.sample = noise + 0.5
+    assert r.loss(0).item() > 0.1
+    gen.scheduler.register_to_config(prediction_type="flow")
+    with pytest.raises(CraftError, match="predicts 'flow'"):
+        diffusion_target(gen.scheduler, x0, noise, t)

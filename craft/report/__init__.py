@@ -40,11 +40,13 @@ def report(
     modality_order: Sequence[str] | None = None,
     method_order: Sequence[str] | None = None,
     baselines: Sequence[str] | None = None,
+    **figures,
 ) -> Path:
     """Summarize ``metric_files`` and build the report in ``out_dir``; returns its index.html.
 
     ``samples`` maps (modality, method, seed) to that run's ``samples.h5``. Modalities and
-    methods appear in the given orders, then in order of first appearance.
+    methods appear in the given orders, then in order of first appearance. ``figures`` are
+    :func:`build_report`'s optional figure inputs (cas_scores, references, run_figures, curves).
     """
     metric_files = [Path(p) for p in metric_files]
     summary = summarize(metric_files, modality_order, method_order, baselines)
@@ -59,4 +61,5 @@ def report(
         grid_per_label,
         n_metric_files=len(loaded),
         provenance=provenance,
+        **figures,
     )

@@ -1,4 +1,4 @@
-"""The report's figures: sample grids and metric bar charts (PNG).
+"""The report's figures: sample grids, metric bars, CAS distributions, curves (PNG).
 
 Uses matplotlib's object API with the Agg renderer (``Figure`` + ``savefig``), never pyplot, so
 importing this module changes no global backend and leaks no figures.
@@ -247,6 +247,101 @@ def metric_bars(
     return _save(fig, path)
 
 
+def cas_distributions(
+    scores_by_method: Mapping[str, np.ndarray],
+    reference: np.ndarray,
+    tau: float,
+    path: Path,
+    title: str,
+) -> Path:
+    """CAS histograms of each method's images against the real test images, tau marked.
+
+    One step-line density per method (same bins for all), the real reference filled in gray,
+    and a dashed vertical line at the tail threshold tau: the share of a method's mass left of
+    it is its tail rate.
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    reference = np.asarray(reference, dtype=np.float64)
+    series = {k: np.asarray(v, dtype=np.float64) for k, v in scores_by_method.items() if len(v)}
+    if not series and not len(reference):
+        raise CraftError(f"CAS distribution {path}: no scores to plot")
+    everything = np.concatenate([reference, *series.values(), [tau]])
+    lo, hi = float(np.nanmin(everything)), float(np.nanmax(everything))
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    bins = np.linspace(lo, hi, 31)
+    colors = colormaps["tab10"]
+    fig = Figure(figsize=(8.0, 3.6), dpi=DPI, facecolor="white", layout="constrained")
+    ax = fig.add_subplot()
+    if len(reference):
+        ax.hist(
+            reference, bins=bins, density=True, color="0.8", label=f"real test (n={len(reference)})"
+        )
+    for i, (method, v) in enumerate(series.items()):
+        tail = float(np.mean(v < tau))
+        ax.hist(
+            v,
+            bins=bins,
+            density=True,
+            histtype="step",
+            linewidth=1.6,
+            color=colors(i % 10),
+            label=f"{method} (tail {tail:.0%})",
+        )
+    ax.axvline(tau, color="black", linestyle="--", linewidth=1.2, label=f"tau = {tau:.3g}")
+    ax.set_xlabel("CAS", fontsize=FONT)
+    ax.set_ylabel("density", fontsize=FONT)
+    ax.set_title(title, fontsize=FONT + 1)
+    ax.legend(fontsize=FONT - 2, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def training_curves(curves_by_method: Mapping[str, pd.DataFrame], path: Path, title: str) -> Path:
+    """Reward finetuning curves: a panel per logged metric, a line per method, over steps.
+
+    Each frame is a ``curves.csv`` (columns ``step, metric, value``): the training terms (the
+    reward, the diffusion loss) and the held-out evaluations (``eval_cas__{evaluator}``).
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    frames = {k: v for k, v in curves_by_method.items() if not v.empty}
+    if not frames:
+        raise CraftError(f"training curves {path}: no curves to plot")
+    metrics = list(dict.fromkeys(m for f in frames.values() for m in f["metric"]))
+    colors = colormaps["tab10"]
+    ncol = min(3, len(metrics))
+    nrow = math.ceil(len(metrics) / ncol)
+    fig = Figure(
+        figsize=(3.6 * ncol, 2.8 * nrow + 0.4), dpi=DPI, facecolor="white", layout="constrained"
+    )
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, metric in zip(axes, metrics, strict=False):
+        for i, (method, f) in enumerate(frames.items()):
+            rows = f[f["metric"] == metric].sort_values("step")
+            if rows.empty:
+                continue
+            marker = "o" if metric.startswith("eval_") else None
+            ax.plot(
+                rows["step"],
+                rows["value"],
+                marker=marker,
+                markersize=3,
+                color=colors(i % 10),
+                label=method,
+            )
+        ax.set_title(metric, fontsize=FONT)
+        ax.set_xlabel("step", fontsize=FONT - 1)
+        ax.grid(color="0.9")
+        ax.legend(fontsize=FONT - 2, frameon=False)
+    for ax in axes[len(metrics) :]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=FONT + 1)
+    return _save(fig, path)
+
+
 def figure_name(kind: str, *parts: str) -> str:
     """A safe PNG file name, e.g. ``grid-phantom-cxr.png``."""
     import re
@@ -255,4 +350,10 @@ def figure_name(kind: str, *parts: str) -> str:
     return "-".join(safe) + ".png"
 
 
-__all__: Sequence[str] = ("image_grid", "metric_bars", "figure_name")
+__all__: Sequence[str] = (
+    "cas_distributions",
+    "figure_name",
+    "image_grid",
+    "metric_bars",
+    "training_curves",
+)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import math
-from collections.abc import Mapping
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,7 +19,13 @@ import pandas as pd
 
 from craft import __version__
 from craft.atomic import atomic_write_text
-from craft.report.figures import figure_name, image_grid, metric_bars
+from craft.report.figures import (
+    cas_distributions,
+    figure_name,
+    image_grid,
+    metric_bars,
+    training_curves,
+)
 from craft.report.summary import (
     LOWER_IS_BETTER,
     SUMMARY_COLUMNS,
@@ -158,6 +165,80 @@ def _all_table(rows: pd.DataFrame, methods: list[str]) -> str:
     )
 
 
+def _first_runs(modality, method_order, first_seed) -> list[tuple[str, int]]:
+    return [(k, first_seed[(modality, k)]) for k in method_order if (modality, k) in first_seed]
+
+
+def _cas_section(modality, method_order, first_seed, cas_scores, references, fig_dir) -> list:
+    """CAS of each method's images vs the real test images, per evaluator, tau marked."""
+    from craft.store import open_h5
+
+    parts = []
+    for (mod, ev), ref_path in (references or {}).items():
+        if mod != modality:
+            continue
+        by_method = {}
+        for method, seed in _first_runs(modality, method_order, first_seed):
+            path = (cas_scores or {}).get((modality, method, seed, ev))
+            if path is not None:
+                with open_h5(path, "cas") as f:
+                    by_method[method] = f["cas"][()]
+        if not by_method:
+            continue
+        with open_h5(ref_path, "cas-reference") as f:
+            real, tau = f["real_test/cas"][()], float(f.attrs["tau"])
+        name = figure_name("cas", modality, ev)
+        cas_distributions(by_method, real, tau, fig_dir / name, f"{modality}: CAS by {ev}")
+        if not parts:
+            parts.append("<h3>Clinical Alignment Score distributions</h3>")
+        parts.append(
+            _img(
+                name,
+                f"CAS distributions of {modality} by {ev}",
+                f"CAS by evaluator {ev} of each method's images (first seed) against real test "
+                f"images (gray); dashed: the tail threshold tau, below which an image counts as "
+                f"low-alignment.",
+            )
+        )
+    return parts
+
+
+def _curves_section(modality, method_order, first_seed, curves, fig_dir) -> list:
+    frames = {}
+    for method, seed in _first_runs(modality, method_order, first_seed):
+        path = (curves or {}).get((modality, method, seed))
+        if path is not None and Path(path).is_file():
+            frames[method] = pd.read_csv(path)
+    if not frames:
+        return []
+    name = figure_name("curves", modality)
+    training_curves(frames, fig_dir / name, f"{modality}: reward finetuning")
+    return [
+        "<h3>Reward finetuning curves</h3>",
+        _img(
+            name,
+            f"reward finetuning curves of {modality}",
+            "Training terms per step and held-out CAS (eval_cas__evaluator, markers) at each "
+            "evaluation, first seed; early stopping keeps the best held-out evaluation.",
+        ),
+    ]
+
+
+def _run_figures_section(modality, method_order, first_seed, run_figures, fig_dir) -> list:
+    parts = []
+    for method, seed in _first_runs(modality, method_order, first_seed):
+        for src in (run_figures or {}).get((modality, method, seed), ()):
+            src = Path(src)
+            if not src.is_file():
+                continue
+            name = figure_name(src.stem, modality, method)
+            shutil.copyfile(src, fig_dir / name)
+            if not parts:
+                parts.append("<h3>Evaluation figures (first seed)</h3>")
+            parts.append(_img(name, f"{src.stem} of {modality} {method}", f"{method}: {src.stem}"))
+    return parts
+
+
 def build_report(
     summary: pd.DataFrame,
     samples: Mapping[tuple[str, str, int], Path],
@@ -167,11 +248,22 @@ def build_report(
     *,
     n_metric_files: int | None = None,
     provenance: Mapping[str, str] | None = None,
+    cas_scores: Mapping[tuple[str, str, int, str], Path] | None = None,
+    references: Mapping[tuple[str, str], Path] | None = None,
+    run_figures: Mapping[tuple[str, str, int], Sequence[Path]] | None = None,
+    curves: Mapping[tuple[str, str, int], Path] | None = None,
 ) -> Path:
     """Write ``out_dir/summary.csv``, ``out_dir/figures/*.png`` and ``out_dir/index.html``.
 
     ``samples`` maps (modality, method, seed) to a ``samples.h5``; each modality's grid shows the
     first (lowest) seed of each method. ``provenance`` adds lines to the page's footer.
+
+    Optional, per modality and shown for the first seed of each method like the grid:
+    ``cas_scores`` ((modality, method, seed, evaluator) -> ``cas-{evaluator}.h5``) with
+    ``references`` ((modality, evaluator) -> reference .h5) give the CAS distributions against
+    the real test images with tau marked; ``run_figures`` (run -> PNGs an evaluation stage drew,
+    e.g. the checklist audit heatmap and the memorization pairs) are copied into figures/;
+    ``curves`` (run -> ``curves.csv`` of a reward finetuning) give the training curves.
     Returns the path of ``index.html``.
     """
     if list(summary.columns) != list(SUMMARY_COLUMNS):
@@ -238,6 +330,9 @@ def build_report(
                     f"({seeds}).",
                 )
             )
+        parts += _cas_section(modality, method_order, first_seed, cas_scores, references, fig_dir)
+        parts += _curves_section(modality, method_order, first_seed, curves, fig_dir)
+        parts += _run_figures_section(modality, method_order, first_seed, run_figures, fig_dir)
         parts.append("</section>")
 
     key_metrics = sorted(m for m in dict.fromkeys(summary["metric"]) if is_main_metric(m))

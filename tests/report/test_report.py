@@ -424,3 +424,65 @@ def test_tail_reduction_against_the_strongest_other_baseline():
     assert get[("lora", "tail_reduction_points__clip")] == pytest.approx(0.15)
     assert get[("full", "tail_reduction_points__clip")] == pytest.approx(-0.15)
     assert not any("ci_low" in m and "reduction" in m for m in out["metric"])
+
+
+def test_report_figures_cas_distributions_curves_and_run_figures(tmp_path):
+    """CAS histograms against the real reference (tau marked), reward curves and the
+    evaluation stages' own PNGs land in the modality's section, for the first seed only."""
+    files = write_metric_files(tmp_path)
+    modality, methods = MODALITIES[0], METHODS
+    samples, scores, run_figures, curves = {}, {}, {}, {}
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        for i, method in enumerate(methods):
+            run = tmp_path / "runs" / modality / method / str(seed)
+            samples[(modality, method, seed)] = write_samples(
+                run / "samples.h5", LABELS[modality], 2, 1
+            )
+            with atomic_h5(run / "cas-clip.h5", "cas", "digest") as f:
+                f.create_dataset("cas", data=rng.normal(0.4 + 0.2 * i, 0.1, 64))
+            scores[(modality, method, seed, "clip")] = run / "cas-clip.h5"
+            png = run / "audit.png"
+            Image.fromarray(np.full((20, 30, 3), 40 * i + 10 * seed, np.uint8)).save(png)
+            run_figures[(modality, method, seed)] = [png, run / "never-written.png"]
+    run = tmp_path / "runs" / modality / methods[1] / "0"
+    pd.DataFrame(
+        {
+            "step": [0, 5, 10, 0, 10],
+            "metric": ["reward"] * 3 + ["eval_cas__siglip"] * 2,
+            "value": [0.1, 0.2, 0.3, 0.5, 0.6],
+        }
+    ).to_csv(run / "curves.csv", index=False)
+    curves[(modality, methods[1], 0)] = run / "curves.csv"
+    ref = tmp_path / "reference-clip.h5"
+    with atomic_h5(ref, "cas-reference", "digest", attrs={"tau": 0.35}) as f:
+        f.create_dataset("real_test/cas", data=rng.normal(0.6, 0.1, 200))
+
+    out_dir = tmp_path / "report"
+    text = report(
+        files,
+        samples,
+        out_dir,
+        grid_per_label=2,
+        cas_scores=scores,
+        references={(modality, "clip"): ref},
+        run_figures=run_figures,
+        curves=curves,
+    ).read_text()
+    page = _Page()
+    page.feed(text)
+    names = {Path(s).name for s in page.imgs}
+    assert f"cas-{modality}-clip.png" in names and f"curves-{modality}.png" in names
+    # no CAS figure without a reference: the other modality has none
+    assert not any(n.startswith(f"cas-{MODALITIES[1]}") for n in names)
+    for method in methods:  # the first seed's own PNG, byte for byte
+        name = f"audit-{modality}-{method}.png"
+        copied = (out_dir / "figures" / name).read_bytes()
+        assert copied == (tmp_path / "runs" / modality / method / "0" / "audit.png").read_bytes()
+    cas_png = np.asarray(Image.open(out_dir / "figures" / f"cas-{modality}-clip.png").convert("L"))
+    assert cas_png.shape[0] > 200 and cas_png.std() > 10
+    section = text.split(f'id="m-{modality}"')[1].split("<section>")[0]
+    assert "tau" in section and f"cas-{modality}-clip.png" in section
+    # without the optional inputs the page has none of these sections
+    plain = build_report(summarize(files), samples, tmp_path / "plain", "plain").read_text()
+    assert "Clinical Alignment Score distributions" not in plain and "curves-" not in plain

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -273,13 +274,7 @@ class HFClipEvaluator(Evaluator):
         device: str | torch.device = "cpu",
     ) -> HFClipEvaluator:
         """Load from a hub id or a ``save_pretrained`` dir (model, tokenizer, image processor)."""
-        from transformers import (
-            AutoConfig,
-            AutoImageProcessor,
-            AutoTokenizer,
-            CLIPModel,
-            SiglipModel,
-        )
+        from transformers import AutoConfig, AutoTokenizer, CLIPModel, SiglipModel
 
         kw = {"revision": revision} if revision else {}
         try:
@@ -295,10 +290,7 @@ class HFClipEvaluator(Evaluator):
         model = classes[config.model_type].from_pretrained(source, **kw)
         tokenizer = AutoTokenizer.from_pretrained(source, **kw)
         vision_size = int(config.vision_config.image_size)
-        try:
-            proc = AutoImageProcessor.from_pretrained(source, **kw)
-        except (OSError, ValueError):
-            proc = None
+        proc = _preprocessor_config(source, kw)
         size, mean, std, interp, mode = _hf_preprocessing(proc, config.model_type, vision_size)
         ev = cls(name or Path(source).name, source, model, tokenizer, size, mean, std, interp, mode)
         return ev.to(device).freeze()
@@ -320,6 +312,45 @@ class HFClipEvaluator(Evaluator):
 
     def logit_bias(self) -> torch.Tensor | None:
         return getattr(self.model, "logit_bias", None)
+
+
+def _preprocessor_config(source: str, kw: Mapping) -> SimpleNamespace | None:
+    """The fields of ``preprocessor_config.json`` that craft uses, or None if there is none.
+
+    Read as JSON rather than through AutoImageProcessor, whose import pulls in torchvision and
+    torch._dynamo (about 3 s per process; a workflow starts dozens of scoring processes).
+    """
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(
+            source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, **kw
+        )
+    except (OSError, ValueError):
+        return None
+    if path is None:
+        return None
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CraftError(
+            f"evaluator '{source}': unreadable preprocessor_config.json: {err}"
+        ) from None
+    return SimpleNamespace(
+        image_mean=d.get("image_mean", CLIP_MEAN),
+        image_std=d.get("image_std", CLIP_STD),
+        resample=d.get("resample", 3),
+        do_center_crop=d.get("do_center_crop", False),
+        crop_size=_size_dict(d.get("crop_size")),
+        size=_size_dict(d.get("size")) or {},
+    )
+
+
+def _size_dict(size) -> dict | None:
+    """An image processor's size field as a dict (old configs store a bare int)."""
+    if size is None or isinstance(size, dict):
+        return size
+    return {"height": int(size), "width": int(size)}
 
 
 def _hf_preprocessing(proc, model_type: str, vision_size: int):

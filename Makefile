@@ -17,7 +17,7 @@ slurm:
 	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm/up.sh; else echo "not root: SLURM tests will be skipped"; fi
 
 test: venv slurm
-	python -m pytest -q tests
+	python -m pytest -q --durations=15 tests
 
 test-fast: venv
 	python -m pytest -q -m "not slow and not slurm" tests

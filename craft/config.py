@@ -189,6 +189,13 @@ class AlignSettings(Strict):
         "2023); 'draft-lv' the last step re-noised lv_draws times (DRaFT-LV).",
     )
     k: int = Field(1, ge=1, description="Denoising steps with gradients (window draft).")
+    reward: Literal["cas", "log-cas"] = Field(
+        "cas",
+        description="CRAFT's reward per image: 'cas' (in [0, 1]) or 'log-cas' (the mean log "
+        "calibrated dimension, linear far below the real images). On phantoms 'log-cas' let "
+        "a few off-distribution images' gradients drive the batch: the reward evaluator's "
+        "held-out CAS fell 0.37 -> 0.09 in 30 steps, where 'cas' raised it to 0.46.",
+    )
     lv_draws: int = Field(2, ge=1, description="Noise draws of the last step (window draft-lv).")
     sample_steps: int | None = Field(
         None, ge=1, description="Denoising steps while training; default sampling.steps."

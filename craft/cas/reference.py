@@ -55,6 +55,23 @@ def silverman_bandwidth(values: np.ndarray) -> float:
     return float(0.9 * spread * v.size ** (-0.2))
 
 
+#: Where the reward's log kernel CDF turns linear (in kernel bandwidths below a real value).
+REWARD_LINEAR_TAIL = -3.0
+
+
+def log_ndtr(z: torch.Tensor) -> torch.Tensor:
+    return torch.special.log_ndtr(z)
+
+
+def log_ndtr_linear_tail(z: torch.Tensor, z0: float) -> torch.Tensor:
+    """log Phi(z) for z >= z0, its tangent at z0 below: concave, C1, slope at most
+    phi(z0)/Phi(z0) (3.28 at z0 = -3) everywhere."""
+    z0t = torch.tensor(float(z0), dtype=z.dtype, device=z.device)
+    at = torch.special.log_ndtr(z0t)
+    slope = torch.exp(-0.5 * z0t**2 - 0.5 * math.log(2 * math.pi) - at)
+    return torch.where(z >= z0t, torch.special.log_ndtr(z.clamp(min=z0)), at + slope * (z - z0t))
+
+
 @dataclass
 class Reference:
     """What CAS needs from real images, for one evaluator and one modality."""
@@ -114,11 +131,21 @@ class Reference:
         return out
 
     def log_calibrate(
-        self, dim: str, value: torch.Tensor, y: torch.Tensor, prompts: list[str] | None = None
+        self,
+        dim: str,
+        value: torch.Tensor,
+        y: torch.Tensor,
+        prompts: list[str] | None = None,
+        linear_below: float | None = None,
     ) -> torch.Tensor:
         """log F(v): the log kernel CDF of real val images of each label,
         F(v) = mean_j Phi((v - r_j) / h), computed as logsumexp_j log Phi(.) - log n so that
         it stays finite, with a gradient, far below every real image.
+
+        ``linear_below`` (the reward's form, :data:`REWARD_LINEAR_TAIL`): each kernel's
+        log Phi(z) continues as its tangent below that z, so an image far outside the real
+        distribution gets a gradient of bounded size instead of one growing with its distance
+        (log Phi(z) ~ -z^2/2): a few such images no longer outweigh a whole batch.
 
         Prompt alignment with ``prompts``: a prompt of the label's reference bank is calibrated
         against real images paired with that same prompt (prompts differ in their typical
@@ -141,7 +168,8 @@ class Reference:
             sel = torch.zeros(len(y), dtype=torch.bool, device=value.device)
             sel[rows] = True
             z = (value[sel, None] - ref[None, :]) / h
-            log_cdf = torch.logsumexp(torch.special.log_ndtr(z), dim=1) - math.log(ref.numel())
+            log_phi = log_ndtr_linear_tail(z, linear_below) if linear_below else log_ndtr(z)
+            log_cdf = torch.logsumexp(log_phi, dim=1) - math.log(ref.numel())
             out = out.masked_scatter(sel, log_cdf)
         return out
 

@@ -230,9 +230,11 @@ def cas_dimensions(
     reference: Reference,
     bank: TextBank | None = None,
     judge: ChecklistJudge | None = None,
+    linear_below: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """The four calibrated dimensions, their raw values (``{dim}_raw``), ``cas`` and
     ``log_cas`` (sum_d w_d log dim / sum_d w_d, the reward's form), each (N,).
+    ``linear_below``: see :meth:`Reference.log_calibrate` (the reward sets it).
 
     ``images``: float NCHW in [-1, 1] (the sampler's output; differentiable) or uint8 NHWC.
     ``labels``: requested label names or indices into ``reference.label_names``.
@@ -250,7 +252,9 @@ def cas_dimensions(
     logs: dict[str, torch.Tensor] = {}
     for dim in DIMENSIONS:
         out[f"{dim}_raw"] = raw[dim]
-        logs[dim] = reference.log_calibrate(dim, calibration_scale(dim, raw), y, list(prompts))
+        logs[dim] = reference.log_calibrate(
+            dim, calibration_scale(dim, raw), y, list(prompts), linear_below
+        )
         out[dim] = logs[dim].exp()
     out["cas"] = reference.combine(out)
     out["log_cas"] = reference.log_combine(logs)
@@ -270,9 +274,16 @@ def cas_reward(
     """(N,) differentiable CAS of sampler images (float NCHW in [-1, 1]): the CRAFT reward.
 
     ``log`` (default): the weighted mean log calibrated dimension (``log_cas``), whose gradient
-    stays alive for images far outside the real distribution; else ``cas`` itself.
+    stays alive for images far outside the real distribution, each kernel's log CDF linear
+    below :data:`REWARD_LINEAR_TAIL` so that no image's gradient grows with its distance;
+    else ``cas`` itself.
     """
-    s = cas_dimensions(evaluator, images, labels, prompts, knowledge, reference, bank)
+    from craft.cas.reference import REWARD_LINEAR_TAIL
+
+    tail = REWARD_LINEAR_TAIL if log else None
+    s = cas_dimensions(
+        evaluator, images, labels, prompts, knowledge, reference, bank, linear_below=tail
+    )
     return s["log_cas"] if log else s["cas"]
 
 

@@ -170,7 +170,7 @@ def align(
     evaluator = load_configured_evaluator(cfg.cas, reward_ev, lay, modality)
     reference = load_reference(lay.reference(modality, reward_ev))
     if k.kind == "craft":
-        reward = cas_reward_fn(evaluator, knowledge, reference, labels)
+        reward = cas_reward_fn(evaluator, knowledge, reference, labels, a.reward == "log-cas")
     else:
         reward = generic_reward_fn(evaluator, [plain[lab] for lab in labels])
     evaluation = None

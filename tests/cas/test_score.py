@@ -127,6 +127,74 @@ def test_log_cas_keeps_a_gradient_far_from_real_images(cxr_evaluator, cxr_refere
     assert torch.isfinite(s["log_cas"]).all()
 
 
+def test_reward_log_cdf_turns_linear_far_below_the_real_images():
+    """The reward's per-kernel log Phi: exact above z0, its tangent below (same value and
+    slope at z0), so the gradient of an image 100 bandwidths out is that of one at z0, while
+    plain log Phi's grows with the distance (the collapse it caused: a few outliers' gradients
+    outweighed the batch)."""
+    from craft.cas.reference import log_ndtr_linear_tail
+
+    z0 = -3.0
+    z = torch.tensor([2.0, 0.0, -2.9, -3.0, -3.1, -10.0, -100.0], dtype=torch.float64)
+    z.requires_grad_()
+    lin = log_ndtr_linear_tail(z, z0)
+    exact = torch.special.log_ndtr(z)
+    assert torch.equal(lin[:4], exact[:4])
+    assert (lin[4:] > exact[4:]).all()  # the tangent of a concave function lies above it
+    (g,) = torch.autograd.grad(lin.sum(), z)
+    (g_exact,) = torch.autograd.grad(exact.sum(), z)
+    slope = g_exact[3].item()
+    assert slope == pytest.approx(3.2831, abs=1e-3)  # phi(-3) / Phi(-3)
+    assert torch.allclose(g[4:], torch.full_like(g[4:], slope))
+    assert g_exact[-1] > 30 * slope  # what the plain form gives an image 100 bandwidths out
+    # continuous at z0
+    below = log_ndtr_linear_tail(torch.tensor([z0 - 1e-6], dtype=torch.float64), z0)
+    assert below.item() == pytest.approx(exact[3].item(), abs=1e-5)
+
+
+def test_reward_form_bounds_each_images_gradient(cxr_evaluator, cxr_reference, cxr_knowledge):
+    """With the reward's linear tail, a noise image's calibrated log dimensions are finite,
+    above the plain log CDF, and equal to it for images inside the real distribution."""
+    images, _ = draw_batch(PHANTOM, CXR_LABELS, 2, 32)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    noise = torch.from_numpy(np.random.default_rng(2).uniform(-1, 1, (2, 1, 32, 32)))
+    x = torch.cat([x, noise.float()])
+    labels = [*[lab for lab in CXR_LABELS for _ in range(2)], CXR_LABELS[0], CXR_LABELS[1]]
+    prompts = [f"chest radiograph, {lab}" for lab in labels]
+    with torch.no_grad():
+        plain = cas_dimensions(cxr_evaluator, x, labels, prompts, cxr_knowledge, cxr_reference)
+        reward = cas_dimensions(
+            cxr_evaluator, x, labels, prompts, cxr_knowledge, cxr_reference, linear_below=-3.0
+        )
+    assert torch.isfinite(reward["log_cas"]).all()
+    assert (reward["log_cas"] >= plain["log_cas"] - 1e-6).all()
+    real = slice(0, 2 * len(CXR_LABELS))
+    close = plain["log_cas"][real] > -3  # inside the real distribution: the same number
+    assert close.any()
+    assert torch.allclose(reward["log_cas"][real][close], plain["log_cas"][real][close], atol=1e-4)
+
+
+def test_cas_reward_forms(cxr_evaluator, cxr_reference, cxr_knowledge):
+    """The align stage's two reward forms: 'cas' is the evaluation's CAS itself, in [0, 1];
+    'log-cas' the mean log calibrated dimension with the linear tail, finite for noise."""
+    from craft.cas.score import cas_reward
+
+    images, _ = draw_batch(PHANTOM, CXR_LABELS, 1, 32)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = torch.cat([x, torch.rand(1, 1, 32, 32) * 2 - 1])
+    labels = [*CXR_LABELS, CXR_LABELS[0]]
+    prompts = [f"chest radiograph, {lab}" for lab in labels]
+    args = (cxr_evaluator, x, labels, prompts, cxr_knowledge, cxr_reference)
+    with torch.no_grad():
+        plain = cas_dimensions(*args)
+        cas = cas_reward(*args, log=False)
+        log_cas = cas_reward(*args, log=True)
+        tailed = cas_dimensions(*args, linear_below=-3.0)
+    assert torch.equal(cas, plain["cas"]) and ((cas >= 0) & (cas <= 1)).all()
+    assert torch.equal(log_cas, tailed["log_cas"]) and torch.isfinite(log_cas).all()
+    assert log_cas[-1] < log_cas[:-1].min()  # noise: the lowest reward
+
+
 def test_scores_do_not_depend_on_the_batch(cxr_evaluator, cxr_reference, cxr_knowledge):
     images, _ = draw_batch(PHANTOM, CXR_LABELS * 2, 8, 32)
     req = CXR_LABELS * 2

@@ -115,10 +115,11 @@ def load_generator(
 ) -> Generator:
     """Load every part from a hub id or a local dir (Stable Diffusion folder layout)."""
     source = str(source)
-    if not Path(source).exists() and ("/" not in source or source.startswith((".", "/"))):
+    local_looking = source.startswith((".", "/", "~")) or source.count("/") > 1
+    if not Path(source).exists() and ("/" not in source or local_looking):
         raise CraftError(
-            f"generator '{source}' is neither a local dir nor a hub id (org/name); "
-            "fix models.generator in the config"
+            f"generator '{source}' is neither a local dir nor a hub id (org/name; relative "
+            f"dirs are taken from {Path.cwd()}); fix models.generator in the config"
         )
     try:
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", revision=revision)

@@ -168,6 +168,9 @@ def test_latent_generator_saves_sd_layout_and_loads_vae(vae_built):
 def test_load_generator_errors_are_craft_errors(tmp_path):
     with pytest.raises(CraftError, match="neither a local dir nor a hub id"):
         load_generator(tmp_path / "absent")
+    # a relative dir that is not there (from another working directory): no hub lookup
+    with pytest.raises(CraftError, match=r"relative dirs are taken from /"):
+        load_generator("assets/phantom-foundation/no-such-modality")
     with pytest.raises(CraftError, match="cannot load generator"):
         load_generator(tmp_path)  # exists, but holds no model
 

@@ -69,6 +69,8 @@ def tiny_config(results: Path, methods: dict) -> dict:
     cfg["sampling"] = {**cfg.get("sampling", {}), "steps": 4, "n_per_label": 4, "batch_size": 16}
     cfg["cas"] = tiny_cas()
     cfg["study"] = None  # the study pairs two methods; these tests run one
+    # a tiny foundation trained in the workflow: the pretrain rule runs through SLURM too
+    cfg["models"]["generator"] = "pretrain"
     return cfg
 
 

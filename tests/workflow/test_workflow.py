@@ -182,6 +182,15 @@ def test_tiny_workflow_runs_and_reruns_only_what_a_change_touches(workdir, env):
     }
     assert "pretrain" not in {rule for rule, _ in jobs}  # the foundation does not use the data set
 
+    # One method's setting: only that method's runs, in every modality.
+    cfg = tiny_config()
+    cfg["methods"]["lora"]["steps"] = 4
+    write_config(workdir / "config.yaml", cfg)
+    jobs = jobs_to_run(snakemake(workdir, env, "-n").stdout)
+    runs = {(w["modality"], w["method"]) for rule, w in jobs if "method" in w}
+    assert runs == {("phantom-cxr", "lora"), ("phantom-derm", "lora")}, jobs
+    assert "prepare" not in {rule for rule, _ in jobs}
+
     # A clinician's review of one modality's knowledge, pinned in the config: only that
     # modality's knowledge-dependent jobs rerun, and so they do after an edit of one item.
     reviews = workdir / "reviews"
@@ -202,15 +211,6 @@ def test_tiny_workflow_runs_and_reruns_only_what_a_change_touches(workdir, env):
     rules = {rule for rule, _ in jobs}
     assert {"train_evaluator", "reference", "score"} <= rules, rules
     assert not rules & {"prepare", "pretrain"}, rules
-
-    # One method's setting: only that method's runs, in every modality.
-    cfg = tiny_config()
-    cfg["methods"]["lora"]["steps"] = 4
-    write_config(workdir / "config.yaml", cfg)
-    jobs = jobs_to_run(snakemake(workdir, env, "-n").stdout)
-    runs = {(w["modality"], w["method"]) for rule, w in jobs if "method" in w}
-    assert runs == {("phantom-cxr", "lora"), ("phantom-derm", "lora")}, jobs
-    assert "prepare" not in {rule for rule, _ in jobs}
 
 
 @pytest.mark.slow

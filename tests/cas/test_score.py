@@ -155,11 +155,12 @@ def test_reward_log_cdf_turns_linear_far_below_the_real_images():
 def test_reward_form_bounds_each_images_gradient(cxr_evaluator, cxr_reference, cxr_knowledge):
     """With the reward's linear tail, a noise image's calibrated log dimensions are finite,
     above the plain log CDF, and equal to it for images inside the real distribution."""
-    images, _ = draw_batch(PHANTOM, CXR_LABELS, 2, 32)
+    real_labels = [lab for lab in CXR_LABELS for _ in range(2)]
+    images, _ = draw_batch(PHANTOM, real_labels, 2, 32)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     noise = torch.from_numpy(np.random.default_rng(2).uniform(-1, 1, (2, 1, 32, 32)))
     x = torch.cat([x, noise.float()])
-    labels = [*[lab for lab in CXR_LABELS for _ in range(2)], CXR_LABELS[0], CXR_LABELS[1]]
+    labels = [*real_labels, CXR_LABELS[0], CXR_LABELS[1]]
     prompts = [f"chest radiograph, {lab}" for lab in labels]
     with torch.no_grad():
         plain = cas_dimensions(cxr_evaluator, x, labels, prompts, cxr_knowledge, cxr_reference)

@@ -37,7 +37,14 @@ from .conftest import REPO
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # Stages that must get a GPU (align and score come with later stages).
-GPU_RULES = {"pretrain", "adapt", "generate", "align", "score"}
+# the rules profiles/slurm sends to the GPU partition with a GPU; every other job must hold none
+GPU_RULES = {
+    rule
+    for rule, res in yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())[
+        "set-resources"
+    ].items()
+    if res.get("gpu", 0)
+}
 MODALITY = "phantom-cxr"
 SEED = 0
 SACCT_FIELDS = [

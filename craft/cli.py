@@ -379,19 +379,16 @@ def report(
 
 
 def _report_figure_inputs(cfg, lay) -> dict:
-    """The files behind the report's per-run figures, those that exist (stages may be off)."""
+    """Where the report's per-run figures come from (build_report leaves out missing files)."""
     runs = [(m, k, s) for m in cfg.modalities for k in cfg.methods for s in cfg.seeds]
     evs = list(cfg.cas.evaluators)
-    scores = {(*r, ev): lay.cas_scores(*r, ev) for r in runs for ev in evs}
-    refs = {(m, ev): lay.reference(m, ev) for m in cfg.modalities for ev in evs}
-    figs = {r: [lay.run(*r) / n for n in ("audit.png", "memorization-pairs.png")] for r in runs}
     return {
-        "cas_scores": {k: p for k, p in scores.items() if p.is_file()},
-        "references": {k: p for k, p in refs.items() if p.is_file()},
-        "run_figures": {r: [p for p in ps if p.is_file()] for r, ps in figs.items()},
-        "curves": {
-            r: lay.run(*r) / "curves.csv" for r in runs if (lay.run(*r) / "curves.csv").is_file()
+        "cas_scores": {(*r, ev): lay.cas_scores(*r, ev) for r in runs for ev in evs},
+        "references": {(m, ev): lay.reference(m, ev) for m in cfg.modalities for ev in evs},
+        "run_figures": {
+            r: [lay.run(*r) / n for n in ("audit.png", "memorization-pairs.png")] for r in runs
         },
+        "curves": {r: lay.run(*r) / "curves.csv" for r in runs},
     }
 
 

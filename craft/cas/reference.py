@@ -59,10 +59,6 @@ def silverman_bandwidth(values: np.ndarray) -> float:
 REWARD_LINEAR_TAIL = -3.0
 
 
-def log_ndtr(z: torch.Tensor) -> torch.Tensor:
-    return torch.special.log_ndtr(z)
-
-
 def log_ndtr_linear_tail(z: torch.Tensor, z0: float) -> torch.Tensor:
     """log Phi(z) for z >= z0, its tangent at z0 below: concave, C1, slope at most
     phi(z0)/Phi(z0) (3.28 at z0 = -3) everywhere."""
@@ -168,7 +164,11 @@ class Reference:
             sel = torch.zeros(len(y), dtype=torch.bool, device=value.device)
             sel[rows] = True
             z = (value[sel, None] - ref[None, :]) / h
-            log_phi = log_ndtr_linear_tail(z, linear_below) if linear_below else log_ndtr(z)
+            log_phi = (
+                torch.special.log_ndtr(z)
+                if linear_below is None
+                else log_ndtr_linear_tail(z, linear_below)
+            )
             log_cdf = torch.logsumexp(log_phi, dim=1) - math.log(ref.numel())
             out = out.masked_scatter(sel, log_cdf)
         return out

@@ -175,12 +175,12 @@ def _cas_section(modality, method_order, first_seed, cas_scores, references, fig
 
     parts = []
     for (mod, ev), ref_path in (references or {}).items():
-        if mod != modality:
+        if mod != modality or not Path(ref_path).is_file():
             continue
         by_method = {}
         for method, seed in _first_runs(modality, method_order, first_seed):
             path = (cas_scores or {}).get((modality, method, seed, ev))
-            if path is not None:
+            if path is not None and Path(path).is_file():
                 with open_h5(path, "cas") as f:
                     by_method[method] = f["cas"][()]
         if not by_method:
@@ -264,6 +264,7 @@ def build_report(
     the real test images with tau marked; ``run_figures`` (run -> PNGs an evaluation stage drew,
     e.g. the checklist audit heatmap and the memorization pairs) are copied into figures/;
     ``curves`` (run -> ``curves.csv`` of a reward finetuning) give the training curves.
+    Files that do not exist are left out (a stage the config does not run made none).
     Returns the path of ``index.html``.
     """
     if list(summary.columns) != list(SUMMARY_COLUMNS):

@@ -133,8 +133,10 @@ class DiffusionFinetune:
         )
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the trained parameters (on the CPU ``.cpu()`` alone would alias them, and
+        a snapshot, such as early stopping's best weights, would follow later steps)."""
         return {
-            name: p.detach().cpu().contiguous()
+            name: p.detach().to("cpu", copy=True).contiguous()
             for name, p in self.modules.named_parameters()
             if p.requires_grad
         }

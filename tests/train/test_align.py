@@ -288,6 +288,26 @@ def test_early_stopping_keeps_the_best_weights_and_logs_curves(world, tmp_path):
     assert any(",reward," in c for c in curves) and any("eval_cas__siglip" in c for c in curves)
 
 
+def test_early_stopping_restores_the_weights_of_the_best_step(world, tmp_path):
+    """The kept weights are those of the best evaluation, not the last step's (a snapshot
+    that aliased the live parameters once kept the last weights, on CPU)."""
+    align = AlignSettings(window="draft", eval_every=1, patience=1)
+    r = make_recipe(world, align, tmp_path / "ckpt", settings(steps=4, lr=0.3), evaluation=True)
+    scores, seen = iter([0.1, 0.9, 0.2, 0.3, 0.4]), {}
+
+    def scripted_evaluate():  # the out-of-family CAS peaks at step 1
+        seen[r.step] = {k: v.clone() for k, v in r._trainable_state().items()}
+        return {"clip": 0.5, "siglip": next(scores)}
+
+    r.evaluate = scripted_evaluate
+    r.train()
+    assert r.step == 2 and r.best.step == 1  # stopped after one evaluation without improvement
+    assert r.keep_best() == 1
+    kept = r._trainable_state()
+    assert_same(kept, seen[1])
+    assert any(not torch.equal(kept[k], seen[2][k]) for k in kept)
+
+
 # ----------------------------------------------------------------------------- resume
 
 

@@ -251,9 +251,10 @@ class MethodConfig(Strict):
     kind: Literal["zero-shot", "lora", "full", "craft", "generic-reward"]
     prompts: Literal["label", "enriched"] = Field(
         "label",
-        description="Training captions: the label prompt, or the knowledge stage's enriched "
-        "prompts for the label (findings-rich, one drawn per image). Align methods sample "
-        "with them (enriched: the label's enriched prompts and its label prompt).",
+        description="Training captions and sampling prompts: the label prompt, or the "
+        "knowledge stage's enriched prompts for the label (findings-rich; one drawn per "
+        "training image; `craft generate` cycles through them). Align methods sample with "
+        "them while training (enriched: the label's enriched prompts and its label prompt).",
     )
     init: Name | None = Field(
         None,

@@ -3,6 +3,11 @@
 Rows are label-major (all images of label 0, then label 1, ...). Each image has its own noise
 seed, derived from (run seed, label, index), so a resumed run writes exactly the images an
 uninterrupted one would have, and never duplicates one.
+
+Prompts follow the method's ``prompts``: the label prompt ('label'), or the label's enriched
+prompt bank, cycled in order ('enriched'; the bank holds the label prompt too): a method that
+was taught findings-rich prompts is asked with them, and each image's CAS prompt alignment is
+measured against the prompt it was drawn from.
 """
 
 from __future__ import annotations
@@ -26,12 +31,19 @@ def image_seed(run_seed: int, label: int, index: int) -> int:
     return int(np.random.SeedSequence([run_seed, label, index]).generate_state(1)[0])
 
 
-def sample_plan(labels: list[str], n_per_label: int, run_seed: int, description: str):
-    """(label index, prompt, noise seed) of every image, in file order."""
+def sample_plan(
+    labels: list[str],
+    n_per_label: int,
+    run_seed: int,
+    description: str,
+    banks: dict[str, list[str]] | None = None,
+):
+    """(label index, prompt, noise seed) of every image, in file order. ``banks``: each
+    label's prompts, cycled (default: the label prompt alone)."""
     rows = []
     for li, label in enumerate(labels):
-        prompt = label_prompt(description, label)
-        rows += [(li, prompt, image_seed(run_seed, li, i)) for i in range(n_per_label)]
+        bank = banks[label] if banks else [label_prompt(description, label)]
+        rows += [(li, bank[i % len(bank)], image_seed(run_seed, li, i)) for i in range(n_per_label)]
     return rows
 
 
@@ -51,7 +63,12 @@ def generate(
     card, gen = load_card_generator(card_path, s.timestep_spacing)
     gen.to(device)
     gen.unet.eval()
-    plan = sample_plan(m.labels, s.n_per_label, seed, m.description)
+    banks = None
+    if cfg.method(method).prompts == "enriched":
+        from craft.train.adapt import enriched_prompts
+
+        banks = enriched_prompts(cfg, modality, list(m.labels))
+    plan = sample_plan(m.labels, s.n_per_label, seed, m.description, banks)
     res, ch = m.resolution, m.channels
     writer = AppendWriter(
         out,

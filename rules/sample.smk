@@ -1,6 +1,7 @@
 rule generate:
     input:
         card=rules.adapt.output.card,
+        knowledge=get_adapt_knowledge,
     output:
         samples=str(LAYOUT.samples("{modality}", "{method}", "{seed}")),
     log:

@@ -163,6 +163,22 @@ def test_tiny_workflow_runs_and_reruns_only_what_a_change_touches(workdir, env):
         workdir / "results/runs/phantom-cxr/lora/0/lora/pytorch_lora_weights.safetensors"
     ).is_file()
 
+    # Prompts follow the method: label prompts for lora, the enriched bank (cycled) for
+    # lora-enriched, as the knowledge file lists it.
+    from craft.knowledge.schema import load_knowledge
+    from craft.prompts import label_prompt
+    from craft.store import read_samples
+
+    bank = load_knowledge(workdir / "results/knowledge/phantom-cxr.json")
+    for k in ("lora", "lora-enriched"):
+        s = read_samples(workdir / f"results/runs/phantom-cxr/{k}/0/samples.h5")
+        for y, name in enumerate(s.label_names):
+            got = [p for p, lab in zip(s.prompts, s.labels, strict=True) if lab == y]
+            want = [label_prompt(bank.description, name)]
+            if k == "lora-enriched":
+                want = bank.prompts_for(name)
+            assert got == [want[i % len(want)] for i in range(len(got))], (k, name, got)
+
     # Nothing to do when nothing changed.
     assert "Nothing to be done" in snakemake(workdir, env, "-n").stdout
 

@@ -7,6 +7,7 @@ inside and outside Snakemake. Heavy imports (torch, diffusers) happen inside the
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -376,6 +377,83 @@ def report(
         **_report_figure_inputs(cfg, lay),
     )
     print(f"report: {index}")
+
+
+@app.command()
+def claim(
+    config: ConfigOpt = Path("config.yaml"),
+    method: Annotated[
+        str | None, typer.Option(help="The method to judge (default: the first of kind craft).")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Metrics to judge (repeatable; default: cas_mean and tail_rate of every "
+            "evaluator, and oracle_label_agreement)."
+        ),
+    ] = None,
+    out: OutOpt = None,
+    check: Annotated[
+        bool, typer.Option(help="Exit with status 1 unless the method wins every row.")
+    ] = False,
+) -> None:
+    """Does a method beat the best other method, per modality and metric (mean ± sd over the
+    configured seeds, and on how many seeds)? Methods of kind craft are not counted as others.
+    Reads the runs' metric files; writes claim.csv."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from craft.report.summary import claim_table, per_seed_table
+
+    cfg = _load(config)
+    lay = _layout(cfg)
+    if method is None:
+        method = next((k for k, m in cfg.methods.items() if m.kind == "craft"), None)
+        if method is None:
+            raise CraftError("no method of kind craft in the config: name one with --method")
+    cfg.method(method)  # CraftError naming the configured ones if unknown
+    metrics = metric or [
+        *(f"{name}__{ev}" for name in ("cas_mean", "tail_rate") for ev in cfg.cas.evaluators),
+        "oracle_label_agreement",
+    ]
+    files = [
+        f
+        for m in cfg.modalities
+        for k in cfg.methods
+        for s in cfg.seeds
+        for f in sorted(lay.run(m, k, s).glob("metrics-*.json"))
+    ]
+    if not files:
+        raise CraftError(f"no metric files under {lay.root / 'runs'}: run the workflow first")
+    others = [k for k, m in cfg.methods.items() if m.kind != "craft"]
+    table = claim_table(per_seed_table(files), method, metrics, others)
+    if table.empty:
+        raise CraftError(
+            f"no metric of {', '.join(metrics)} has values for '{method}' and another method"
+        )
+    path = Path(out or lay.report() / "claim.csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False, float_format="%.6g")
+    view = Table(title=f"{method} vs the best method not of kind craft (mean ± sd over seeds)")
+    for col in ("modality", "metric", method, "best other", "wins", "seeds won"):
+        view.add_column(col)
+    for r in table.itertuples(index=False):
+        view.add_row(
+            r.modality,
+            r.metric,
+            _mean_sd(r.mean, r.sd),
+            f"{r.best_other} {_mean_sd(r.other_mean, r.other_sd)}",
+            "yes" if r.wins else "[bold red]no[/]",
+            f"{r.seeds_won}/{r.n_seeds}",
+        )
+    Console(width=max(Console().width, 120)).print(view)
+    print(f"claim table: {path}")
+    if check and not table["wins"].all():
+        raise typer.Exit(1)
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
 def _report_figure_inputs(cfg, lay) -> dict:

@@ -311,3 +311,75 @@ def is_main_metric(metric: str) -> bool:
     if len(parts) == 1:
         return not any(tag in metric for tag in SECONDARY)
     return len(parts) == 2 and parts[0] in MAIN_PER_EVALUATOR
+
+
+#: Columns of :func:`claim_table`.
+CLAIM_COLUMNS = (
+    "modality",
+    "metric",
+    "method",
+    "mean",
+    "sd",
+    "best_other",
+    "other_mean",
+    "other_sd",
+    "wins",
+    "seeds_won",
+    "n_seeds",
+)
+
+
+def claim_table(
+    per_seed: pd.DataFrame,
+    method: str,
+    metrics: Sequence[str],
+    others: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Does ``method`` beat the best other method? One row per modality and metric.
+
+    The best other method (among ``others``, default every other method) is the one with the
+    best mean over seeds (lowest for
+    :func:`lower_is_better` metrics). ``wins``: ``method``'s mean is strictly better;
+    ``seeds_won``: on how many of the seeds both have, ``method`` is strictly better than that
+    method. A metric the method has no value for in a modality is left out.
+    """
+    summary = summarize_table(per_seed)
+    rows = []
+    for modality in dict.fromkeys(summary["modality"]):
+        s = summary[summary["modality"] == modality]
+        p = per_seed[per_seed["modality"] == modality]
+        for metric in metrics:
+            col = s[s["metric"] == metric].set_index("method")
+            if method not in col.index or len(col) < 2:
+                continue
+            pool = [k for k in (others or col.index) if k in col.index and k != method]
+            means = col.loc[pool, "mean"].dropna()
+            if means.empty:
+                continue
+            lower = lower_is_better(metric)
+            best = means.idxmin() if lower else means.idxmax()
+            own, ref = col.loc[method], col.loc[best]
+
+            def better(a, b, lower=lower):
+                return bool(a < b) if lower else bool(a > b)
+
+            by_seed = p[p["metric"] == metric].pivot_table(
+                index="seed", columns="method", values="value"
+            )
+            pair = by_seed[[method, best]].dropna()
+            rows.append(
+                (
+                    modality,
+                    metric,
+                    method,
+                    float(own["mean"]),
+                    float(own["sd"]),
+                    best,
+                    float(ref["mean"]),
+                    float(ref["sd"]),
+                    better(own["mean"], ref["mean"]),
+                    int(sum(better(a, b) for a, b in pair.itertuples(index=False))),
+                    int(len(pair)),
+                )
+            )
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))

@@ -486,3 +486,75 @@ def test_report_figures_cas_distributions_curves_and_run_figures(tmp_path):
     # without the optional inputs the page has none of these sections
     plain = build_report(summarize(files), samples, tmp_path / "plain", "plain").read_text()
     assert "Clinical Alignment Score distributions" not in plain and "curves-" not in plain
+
+
+def test_claim_table_names_the_best_other_method_and_counts_seeds():
+    from craft.report.summary import PER_SEED_COLUMNS, claim_table
+
+    rows = [
+        *(("cxr", "lora", s, "cas_mean__clip", v) for s, v in enumerate([0.50, 0.60, 0.55])),
+        *(("cxr", "full", s, "cas_mean__clip", v) for s, v in enumerate([0.58, 0.52, 0.60])),
+        *(("cxr", "craft", s, "cas_mean__clip", v) for s, v in enumerate([0.62, 0.50, 0.70])),
+        *(("cxr", "craft-x", s, "cas_mean__clip", 0.9) for s in range(3)),
+        *(("cxr", "lora", s, "tail_rate__clip", v) for s, v in enumerate([0.10, 0.20, 0.15])),
+        *(("cxr", "full", s, "tail_rate__clip", 0.30) for s in range(3)),
+        *(("cxr", "craft", s, "tail_rate__clip", v) for s, v in enumerate([0.12, 0.19, 0.16])),
+        ("derm", "lora", 0, "cas_mean__clip", 0.4),  # craft has no derm value: no row
+    ]
+    per_seed = pd.DataFrame(rows, columns=list(PER_SEED_COLUMNS))
+    metrics = ["cas_mean__clip", "tail_rate__clip", "absent"]
+    t = claim_table(per_seed, "craft", metrics, others=["lora", "full"]).set_index("metric")
+    assert list(t.index) == ["cas_mean__clip", "tail_rate__clip"]
+    cas, tail = t.loc["cas_mean__clip"], t.loc["tail_rate__clip"]
+    # full's mean 0.5667 beats lora's 0.55; craft's 0.6067 beats it on seeds 0 and 2
+    assert cas["best_other"] == "full" and cas["wins"]
+    assert cas["mean"] == pytest.approx(np.mean([0.62, 0.50, 0.70]))
+    assert cas["other_sd"] == pytest.approx(np.std([0.58, 0.52, 0.60], ddof=1))
+    assert (cas["seeds_won"], cas["n_seeds"]) == (2, 3)
+    # lower is better for the tail: lora (0.15) is the best other; craft's 0.1567 loses
+    assert tail["best_other"] == "lora" and not tail["wins"] and tail["seeds_won"] == 1
+    # without the pool, the other craft variant is the best other and craft loses
+    t_all = claim_table(per_seed, "craft", ["cas_mean__clip"]).set_index("metric")
+    assert t_all.loc["cas_mean__clip", "best_other"] == "craft-x"
+    assert not t_all.loc["cas_mean__clip", "wins"]
+
+
+def test_cli_claim_judges_craft_against_the_other_kinds_and_checks(tmp_path):
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import BIN, REPO, write_config
+
+    data = yaml.safe_load((REPO / "config.yaml").read_text())
+    data["results"] = str(tmp_path / "results")
+    data["seeds"] = [0, 1]
+    cfg = write_config(tmp_path / "config.yaml", data)
+
+    def claim(*extra):
+        return subprocess.run(
+            [str(BIN / "craft"), "claim", "--config", str(cfg), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    empty = claim()
+    assert empty.returncode == 2 and "no metric files" in empty.stderr
+    agreement = {"lora": [0.70, 0.72], "full": [0.75, 0.70], "craft": [0.80, 0.72]}
+    for method, values in agreement.items():
+        for seed, v in enumerate(values):
+            run = tmp_path / "results/runs/phantom-cxr" / method / str(seed)
+            run.mkdir(parents=True)
+            m = metrics_json("phantom-cxr", method, seed, "oracle", {"oracle_label_agreement": v})
+            (run / "metrics-oracle.json").write_text(json.dumps(m))
+    ok = claim("--check")
+    assert ok.returncode == 0, ok.stderr
+    rows = pd.read_csv(tmp_path / "results/report/claim.csv")
+    assert rows[["metric", "best_other", "wins", "seeds_won"]].values.tolist() == [
+        ["oracle_label_agreement", "full", True, 2]
+    ]
+    lost = claim("--check", "--method", "lora", "--out", str(tmp_path / "lora.csv"))
+    assert lost.returncode == 1 and "craft" not in pd.read_csv(tmp_path / "lora.csv")["best_other"]
+    unknown = claim("--method", "nope")
+    assert unknown.returncode == 2 and "nope" in unknown.stderr

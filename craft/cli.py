@@ -7,7 +7,6 @@ inside and outside Snakemake. Heavy imports (torch, diffusers) happen inside the
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -352,12 +351,13 @@ def report(
 
     cfg = _load(config)
     lay = _layout(cfg)
-    metric_files, samples = [], {}
-    for m in cfg.modalities:
-        for k in cfg.methods:
-            for s in cfg.seeds:
-                samples[(m, k, s)] = lay.samples(m, k, s)
-                metric_files += sorted(lay.run(m, k, s).glob("metrics-*.json"))
+    metric_files = _run_metric_files(cfg, lay)
+    samples = {
+        (m, k, s): lay.samples(m, k, s)
+        for m in cfg.modalities
+        for k in cfg.methods
+        for s in cfg.seeds
+    }
     missing = [str(p) for p in samples.values() if not p.is_file()]
     if missing:
         raise CraftError(
@@ -403,6 +403,7 @@ def claim(
     from rich.console import Console
     from rich.table import Table
 
+    from craft.report.html import format_cell
     from craft.report.summary import claim_table, per_seed_table
 
     cfg = _load(config)
@@ -416,13 +417,7 @@ def claim(
         *(f"{name}__{ev}" for name in ("cas_mean", "tail_rate") for ev in cfg.cas.evaluators),
         "oracle_label_agreement",
     ]
-    files = [
-        f
-        for m in cfg.modalities
-        for k in cfg.methods
-        for s in cfg.seeds
-        for f in sorted(lay.run(m, k, s).glob("metrics-*.json"))
-    ]
+    files = _run_metric_files(cfg, lay)
     if not files:
         raise CraftError(f"no metric files under {lay.root / 'runs'}: run the workflow first")
     others = [k for k, m in cfg.methods.items() if m.kind != "craft"]
@@ -441,8 +436,8 @@ def claim(
         view.add_row(
             r.modality,
             r.metric,
-            _mean_sd(r.mean, r.sd),
-            f"{r.best_other} {_mean_sd(r.other_mean, r.other_sd)}",
+            format_cell(r.mean, r.sd, r.n_seeds),
+            f"{r.best_other} {format_cell(r.other_mean, r.other_sd, r.n_seeds)}",
             "yes" if r.wins else "[bold red]no[/]",
             f"{r.seeds_won}/{r.n_seeds}",
         )
@@ -452,8 +447,15 @@ def claim(
         raise typer.Exit(1)
 
 
-def _mean_sd(mean: float, sd: float) -> str:
-    return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
+def _run_metric_files(cfg, lay) -> list[Path]:
+    """Every configured run's metrics-*.json that exists, in config order."""
+    return [
+        f
+        for m in cfg.modalities
+        for k in cfg.methods
+        for s in cfg.seeds
+        for f in sorted(lay.run(m, k, s).glob("metrics-*.json"))
+    ]
 
 
 def _report_figure_inputs(cfg, lay) -> dict:

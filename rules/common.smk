@@ -80,8 +80,9 @@ def get_knowledge_review(wildcards):
     return [str(pinned)] if pinned else []
 
 
-def get_adapt_knowledge(wildcards):
-    """Methods that train on enriched prompts read the knowledge JSON."""
+def get_method_knowledge(wildcards):
+    """Methods with enriched prompts (adapt trains on them, generate samples with them) read
+    the knowledge JSON."""
     if CFG.method(wildcards.method).prompts == "enriched":
         return [str(LAYOUT.knowledge(wildcards.modality))]
     return []

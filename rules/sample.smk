@@ -1,7 +1,7 @@
 rule generate:
     input:
         card=rules.adapt.output.card,
-        knowledge=get_adapt_knowledge,
+        knowledge=get_method_knowledge,
     output:
         samples=str(LAYOUT.samples("{modality}", "{method}", "{seed}")),
     log:

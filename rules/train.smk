@@ -22,7 +22,7 @@ rule adapt:
     input:
         data=rules.prepare.output.h5,
         foundation=get_foundation,
-        knowledge=get_adapt_knowledge,
+        knowledge=get_method_knowledge,
     output:
         card=str(LAYOUT.card("{modality}", "{method}", "{seed}")),
     log:

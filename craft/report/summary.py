@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -350,7 +351,7 @@ def claim_table(
         p = per_seed[per_seed["modality"] == modality]
         for metric in metrics:
             col = s[s["metric"] == metric].set_index("method")
-            if method not in col.index or len(col) < 2:
+            if method not in col.index:
                 continue
             pool = [k for k in (others or col.index) if k in col.index and k != method]
             means = col.loc[pool, "mean"].dropna()
@@ -359,10 +360,7 @@ def claim_table(
             lower = lower_is_better(metric)
             best = means.idxmin() if lower else means.idxmax()
             own, ref = col.loc[method], col.loc[best]
-
-            def better(a, b, lower=lower):
-                return bool(a < b) if lower else bool(a > b)
-
+            better = operator.lt if lower else operator.gt
             by_seed = p[p["metric"] == metric].pivot_table(
                 index="seed", columns="method", values="value"
             )
@@ -377,7 +375,7 @@ def claim_table(
                     best,
                     float(ref["mean"]),
                     float(ref["sd"]),
-                    better(own["mean"], ref["mean"]),
+                    bool(better(own["mean"], ref["mean"])),
                     int(sum(better(a, b) for a, b in pair.itertuples(index=False))),
                     int(len(pair)),
                 )

@@ -6,3 +6,20 @@ from __future__ import annotations
 def label_prompt(description: str, label: str) -> str:
     """The plain label prompt: 'chest radiograph, cardiomegaly'."""
     return f"{description}, {label.replace('_', ' ')}"
+
+
+def prompt_banks(knowledge, labels: list[str]) -> dict[str, list[str]]:
+    """Each label's enriched prompt bank (its label prompt included) from loaded knowledge."""
+    return {label: knowledge.prompts_for(label) for label in labels}
+
+
+def enriched_prompts(path, modality: str, labels: list[str]) -> dict[str, list[str]]:
+    """The prompt banks of the knowledge file ``path`` (methods with ``prompts: enriched``)."""
+    from pathlib import Path
+
+    from craft.errors import CraftError
+    from craft.knowledge.schema import load_knowledge
+
+    if not Path(path).is_file():
+        raise CraftError(f"{path}: no knowledge file; run `craft knowledge build -m {modality}`")
+    return prompt_banks(load_knowledge(path), labels)

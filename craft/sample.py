@@ -65,9 +65,10 @@ def generate(
     gen.unet.eval()
     banks = None
     if cfg.method(method).prompts == "enriched":
-        from craft.train.adapt import enriched_prompts
+        from craft.paths import Layout
+        from craft.prompts import enriched_prompts
 
-        banks = enriched_prompts(cfg, modality, list(m.labels))
+        banks = enriched_prompts(Layout(cfg.results).knowledge(modality), modality, list(m.labels))
     plan = sample_plan(m.labels, s.n_per_label, seed, m.description, banks)
     res, ch = m.resolution, m.channels
     writer = AppendWriter(

@@ -16,7 +16,7 @@ from craft.config import CraftConfig
 from craft.models.card import ModelCard
 from craft.models.generator import load_generator
 from craft.paths import Layout
-from craft.prompts import label_prompt
+from craft.prompts import enriched_prompts, label_prompt
 from craft.store import read_split
 from craft.train.common import setup_torch
 from craft.train.diffusion import DiffusionFinetune, FinetuneSettings, TrainingData
@@ -27,18 +27,6 @@ def base_source(cfg: CraftConfig, modality: str) -> str:
     if cfg.models.generator == "pretrain":
         return str(Layout(cfg.results).foundation(modality))
     return cfg.models.generator_for(modality)
-
-
-def enriched_prompts(cfg: CraftConfig, modality: str, labels: list[str]) -> dict[str, list[str]]:
-    """The knowledge stage's prompt bank of each label (methods with ``prompts: enriched``)."""
-    from craft.errors import CraftError
-    from craft.knowledge.schema import load_knowledge
-
-    path = Layout(cfg.results).knowledge(modality)
-    if not path.is_file():
-        raise CraftError(f"{path}: no knowledge file; run `craft knowledge build -m {modality}`")
-    k = load_knowledge(path)
-    return {label: k.prompts_for(label) for label in labels}
 
 
 def adapt(
@@ -73,7 +61,7 @@ def adapt(
     data = read_split(Layout(cfg.results).data(modality), "train")
 
     if k.prompts == "enriched":
-        bank = enriched_prompts(cfg, modality, data.label_names)
+        bank = enriched_prompts(Layout(cfg.results).knowledge(modality), modality, data.label_names)
 
         def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
             return [str(rng.choice(bank[data.label_names[i]])) for i in label_idx]

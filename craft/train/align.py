@@ -31,7 +31,7 @@ from craft.models.card import ModelCard, load_card_generator
 from craft.models.lora import combine_loras, fuse_lora, read_lora, write_lora
 from craft.paths import Layout
 from craft.progress import log
-from craft.prompts import label_prompt
+from craft.prompts import label_prompt, prompt_banks
 from craft.store import read_split
 from craft.train.common import setup_torch
 from craft.train.diffusion import FinetuneSettings, TrainingData
@@ -158,7 +158,7 @@ def align(
     plain = {lab: label_prompt(m.description, lab) for lab in labels}
     use_enriched = k.kind == "craft" and k.prompts == "enriched"
     train_prompts, held = split_prompts(
-        {lab: knowledge.prompts_for(lab) for lab in labels}, plain, a.holdout_prompts, use_enriched
+        prompt_banks(knowledge, labels), plain, a.holdout_prompts, use_enriched
     )
     by_index = {i: train_prompts[lab] for i, lab in enumerate(labels)}
 

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from craft.errors import CraftError
+from craft.prompts import enriched_prompts
 from craft.knowledge.schema import (
     SCHEMA_VERSION,
     ChecklistItem,
@@ -108,6 +109,19 @@ def test_save_and_load(tmp_path):
     path = save_knowledge(k, tmp_path / "k" / "cxr.json")
     assert load_knowledge(path) == k
     assert [p.name for p in path.parent.iterdir()] == ["cxr.json"]  # no temporary left
+
+
+def test_enriched_prompt_banks_of_a_knowledge_file(tmp_path):
+    d = _data()
+    d["labels"]["nodule"]["prompts"].append({"text": "one small round spot", "source": "llm"})
+    path = save_knowledge(ModalityKnowledge.model_validate(d), tmp_path / "cxr.json")
+    banks = enriched_prompts(path, "cxr", ["nodule", "normal"])
+    assert banks == {
+        "nodule": ["chest radiograph, nodule", "one small round spot"],
+        "normal": ["chest radiograph, normal"],
+    }
+    with pytest.raises(CraftError, match="no knowledge file; run `craft knowledge build -m cxr`"):
+        enriched_prompts(tmp_path / "missing.json", "cxr", ["nodule"])
 
 
 def test_load_errors_are_one_line(tmp_path):

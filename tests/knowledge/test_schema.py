@@ -8,7 +8,6 @@ import pytest
 from pydantic import ValidationError
 
 from craft.errors import CraftError
-from craft.prompts import enriched_prompts
 from craft.knowledge.schema import (
     SCHEMA_VERSION,
     ChecklistItem,
@@ -16,6 +15,7 @@ from craft.knowledge.schema import (
     load_knowledge,
     save_knowledge,
 )
+from craft.prompts import enriched_prompts
 
 
 def _item(**kw) -> dict:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from craft.errors import CraftError
+from craft.errors import CraftError, Interrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -765,13 +765,22 @@ def profile_install(
     print(f"installed {path}; run: snakemake --profile {name}")
 
 
+#: Exit status of a job stopped by SIGTERM after saving its checkpoint (128 + 15, the shell's
+#: convention for a process ended by SIGTERM): not 0, so Snakemake and SLURM see it unfinished.
+EXIT_INTERRUPTED = 143
+
+
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2, with no traceback."""
+    """Console entry point: user errors print one line and exit 2, with no traceback; a
+    training job stopped by SIGTERM (preemption) prints one line and exits 143."""
     try:
         app()
     except CraftError as err:
         print(f"craft: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:
+        print(f"craft: {err}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":  # torchrun -m craft.cli align ... (DeepSpeed, several processes)

@@ -194,7 +194,10 @@ class AlignSettings(Strict):
         description="CRAFT's reward per image: 'cas' (in [0, 1]) or 'log-cas' (the mean log "
         "calibrated dimension, linear far below the real images). On phantoms 'log-cas' let "
         "a few off-distribution images' gradients drive the batch: the reward evaluator's "
-        "held-out CAS fell 0.37 -> 0.09 in 30 steps, where 'cas' raised it to 0.46.",
+        "held-out CAS fell 0.37 -> 0.09 in 30 steps, where 'cas' raised it to 0.46. The "
+        "price of 'cas': an image that fails an item gets almost no gradient (34 of 64 chest "
+        "'nodule' images with two nodules, CAS 0.02 against 0.66, gave 6% of the batch's "
+        "pixel-gradient norm under 'cas' and 89% under 'log-cas').",
     )
     lv_draws: int = Field(2, ge=1, description="Noise draws of the last step (window draft-lv).")
     sample_steps: int | None = Field(

@@ -9,3 +9,11 @@ class CraftError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(message.split()))
+
+
+class Interrupted(Exception):
+    """Raised after a checkpoint was saved because the job was asked to stop (SIGTERM).
+
+    The CLI prints it as one line and exits with status 143; rerunning resumes from the
+    checkpoint.
+    """

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from craft.errors import CraftError
+from craft.errors import CraftError, Interrupted
 from craft.models.generator import Generator
 from craft.models.lora import add_lora, save_lora
 from craft.models.sampling import to_model_input
@@ -86,10 +86,6 @@ class TrainingData:
     images: np.ndarray
     labels: np.ndarray
     caption: CaptionFn
-
-
-class Interrupted(Exception):
-    """Raised after a checkpoint was saved because the job was asked to stop (SIGTERM)."""
 
 
 class DiffusionFinetune:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def label_prompt(description: str, label: str) -> str:
     """The plain label prompt: 'chest radiograph, cardiomegaly'."""
@@ -13,10 +15,8 @@ def prompt_banks(knowledge, labels: list[str]) -> dict[str, list[str]]:
     return {label: knowledge.prompts_for(label) for label in labels}
 
 
-def enriched_prompts(path, modality: str, labels: list[str]) -> dict[str, list[str]]:
+def enriched_prompts(path: Path | str, modality: str, labels: list[str]) -> dict[str, list[str]]:
     """The prompt banks of the knowledge file ``path`` (methods with ``prompts: enriched``)."""
-    from pathlib import Path
-
     from craft.errors import CraftError
     from craft.knowledge.schema import load_knowledge
 

@@ -56,6 +56,11 @@ HYBRIDS: dict[str, list[tuple[str, dict[str, float]]]] = {
         ("nevus", {"diameter_fraction": 0.5}),
         ("melanoma", {"blue_white_veil": 0}),
         ("melanoma", {"diameter_fraction": 0.3}),
+        # A veil twice the usual size, with and without the other colours: without these, a
+        # veil meant "three or more colours" to both evaluators, and reward finetuning drew
+        # melanomas with oversized veils and two colours that both scored as multicoloured.
+        ("melanoma", {"veil_size": 0.55}),
+        ("melanoma", {"veil_size": 0.55, "n_colours": 2}),
     ],
 }
 

@@ -88,7 +88,7 @@ PHANTOMS: dict[str, PhantomSpec] = {
 # Keys a caller may force through ``overrides``, per modality.
 _OVERRIDES = {
     "phantom-cxr": ("cardiothoracic_ratio", "effusion_left", "effusion_right", "nodule_count"),
-    "phantom-derm": ("diameter_fraction", "blue_white_veil"),
+    "phantom-derm": ("diameter_fraction", "blue_white_veil", "n_colours", "veil_size"),
 }
 
 
@@ -456,7 +456,13 @@ def _draw_derm(label: str, rng: np.random.Generator, res: int, ov: dict[str, flo
         dark = _BLACK if rng.random() < 0.5 else _DARK_BROWN
         placed = []
 
-        def spot(colour, rel_r, n_try=12):
+        # Overrides for evaluator training: ``n_colours`` caps the colours painted (light brown,
+        # then the veil, then the dark pigment, then red / white), ``veil_size`` sets the veil's
+        # radius relative to the lesion's (drawn: 0.30-0.38). Every random draw is made either
+        # way, so phantoms drawn without them are unchanged.
+        budget = ov.get("n_colours", np.inf) - 1 - veil
+
+        def spot(colour, rel_r, n_try=12, paint=True):
             # a few candidate centres; the first well clear of the spots already placed
             ang = u(0, 2 * np.pi, n_try)
             d = u(0.15, 0.5, n_try) * r0
@@ -469,17 +475,23 @@ def _draw_derm(label: str, rng: np.random.Generator, res: int, ov: dict[str, flo
                 c = cand[0]
             placed.append(c)
             a = _blob(gx, gy, c[0], c[1], rel_r * r0, px, rng)[..., None]
-            field[:] = field + a * (colour + rng.normal(0, 5, 3) - field)
+            tint = colour + rng.normal(0, 5, 3)
+            if paint:
+                field[:] = field + a * (tint - field)
+            return paint
 
-        spot(dark, u(0.32, 0.42))
-        n_colours += 1
+        def spend():
+            nonlocal budget
+            budget -= 1
+            return budget >= 0
+
+        n_colours += spot(dark, u(0.32, 0.42), paint=spend())
         extras = [c for c, p in ((_RED, 0.6), (_WHITE, 0.5)) if rng.random() < p]
         for c in extras:
-            spot(c, u(0.26, 0.33))
-            n_colours += 1
+            n_colours += spot(c, u(0.26, 0.33), paint=spend())
         if veil:
-            spot(_VEIL, u(0.30, 0.38))
-            n_colours += 1
+            size = u(0.30, 0.38)
+            n_colours += spot(_VEIL, ov.get("veil_size", size))
     else:
         t = u(0, 1)
         col = _LIGHT_BROWN + t * (_MID_BROWN - _LIGHT_BROWN) + rng.normal(0, 4, 3)
@@ -492,8 +504,10 @@ def _draw_derm(label: str, rng: np.random.Generator, res: int, ov: dict[str, flo
         # faint pigment network
         net = np.cos(gx * np.pi * res / 4.0 + phi) * np.cos(gy * np.pi * res / 4.0)
         field *= 1.0 - 0.03 * net[..., None]
+        if "n_colours" in ov:
+            raise CraftError("n_colours can be overridden for melanoma phantoms only")
         if veil:
-            a = _blob(gx, gy, cx, cy, 0.45 * r0, px)[..., None]
+            a = _blob(gx, gy, cx, cy, ov.get("veil_size", 0.45) * r0, px)[..., None]
             field = field + a * (_VEIL - field)
             n_colours += 1
     img += lesion[..., None] * (field - img)
@@ -534,7 +548,10 @@ def draw(
     Returns a uint8 array of shape (resolution, resolution, channels) and a dict of floats
     (booleans as 0.0/1.0) keyed by ``PHANTOMS[modality].findings``. ``overrides`` forces
     findings regardless of the label, e.g. ``{"effusion_left": 1, "effusion_right": 1}`` or
-    ``{"nodule_count": 2}`` for the chest phantom, ``{"blue_white_veil": 1}`` for dermoscopy.
+    ``{"nodule_count": 2}`` for the chest phantom, ``{"blue_white_veil": 1}`` for dermoscopy
+    (there also ``n_colours``, a cap on a melanoma's colours that keeps the veil, and
+    ``veil_size``, the veil's radius relative to the lesion's). Every random draw is made with
+    or without overrides, so what an override does not name stays as drawn.
     """
     spec = get_spec(modality)
     _check_label(spec, label)

@@ -270,6 +270,18 @@ def test_extra_findings_are_not_a_clean_label(resolution):
         "phantom-derm", ["nevus"] * n, 3, resolution, overrides={"diameter_fraction": 0.55}
     )
     assert (oracle.measure("phantom-derm", big).predicted != "nevus").mean() >= 0.95
+    # a melanoma whose oversized veil leaves two colours is not multicoloured, not a melanoma
+    veil_only, _ = draw_batch(
+        "phantom-derm",
+        ["melanoma"] * n,
+        3,
+        resolution,
+        overrides={"veil_size": 0.55, "n_colours": 2},
+    )
+    res = oracle.measure("phantom-derm", veil_only)
+    assert res.criteria["multicolour"].mean() <= 0.1
+    assert res.criteria["blue_white_veil"].mean() >= 0.95
+    assert (res.predicted != "melanoma").mean() >= 0.9
 
 
 # ----------------------------------------------------------------------------- API edges

@@ -132,8 +132,33 @@ def test_overrides_force_findings():
     one, _ = draw("phantom-cxr", "nodule", np.random.default_rng(9))
     two, _ = draw("phantom-cxr", "nodule", np.random.default_rng(9), overrides={"nodule_count": 2})
     assert not np.array_equal(one, two)
-    with pytest.raises(CraftError, match="cannot override 'n_colours'"):
-        draw("phantom-derm", "nevus", rng, overrides={"n_colours": 5})
+    with pytest.raises(CraftError, match="cannot override 'veil_size'"):
+        draw("phantom-cxr", "normal", rng, overrides={"veil_size": 0.5})
+    with pytest.raises(CraftError, match="n_colours.*melanoma phantoms only"):
+        draw("phantom-derm", "nevus", rng, overrides={"n_colours": 2})
+
+
+def test_melanoma_colour_overrides_keep_every_other_draw():
+    """``n_colours`` caps the colours painted (the veil kept first), ``veil_size`` sets the
+    veil's radius; both still make every random draw, so a cap no lower than the drawn colours
+    gives the very same image and the rest of the lesion is unchanged."""
+    labels = ["melanoma"] * 12
+    plain, f_plain = draw_batch("phantom-derm", labels, 4)
+    capped, f_capped = draw_batch("phantom-derm", labels, 4, overrides={"n_colours": 9})
+    assert np.array_equal(plain, capped) and f_plain == f_capped
+    two, f_two = draw_batch("phantom-derm", labels, 4, overrides={"n_colours": 2})
+    assert all(f["n_colours"] == 2 and f["blue_white_veil"] == 1 for f in f_two)
+    assert [f["diameter_fraction"] for f in f_two] == [f["diameter_fraction"] for f in f_plain]
+    assert not np.array_equal(plain, two)
+    big, f_big = draw_batch("phantom-derm", labels, 4, overrides={"veil_size": 0.55})
+    assert [f["n_colours"] for f in f_big] == [f["n_colours"] for f in f_plain]
+
+    # the veil's blue-grey: more of the lesion turns bluish with the bigger veil
+    def blue(images):
+        rgb = images.astype(float)
+        return (rgb[..., 2] - rgb[..., 0] > 0).mean()
+
+    assert blue(big) > blue(plain)
 
 
 def test_unknown_modality_label_resolution_raise_craft_error():

@@ -475,12 +475,27 @@ def phantom_accuracy(
     resolution: int,
     n_per_label: int = 50,
     seed: int = 777,
-) -> dict[str, float]:
-    """Zero-shot label accuracy (prompt ensembles) and checklist accuracy on fresh phantoms."""
+) -> dict[str, Any]:
+    """Zero-shot label accuracy (prompt ensembles) and checklist accuracy on fresh phantoms,
+    and on fresh hybrids (``HYBRIDS``) the checklist accuracy and its weakest (kind, item):
+    an item the evaluator gets wrong on one kind of contradictory phantom hides in the mean.
+    """
     labels = [lab for lab in label_names for _ in range(n_per_label)]
     images, _ = draw_batch(phantom, labels, seed, resolution)
     res = oracle.measure(phantom, images)
     emb = evaluator.encode_images(to_model_range(images))
+    items = [
+        (item, evaluator.encode_texts([item.statement]), evaluator.encode_texts([item.negation]))
+        for item in knowledge.checklist
+    ]
+
+    def item_accuracy(emb, criteria):
+        for item, statement, negation in items:
+            holds = statement_holds(item, criteria)
+            if holds is not None:
+                p = evaluator.statement_probability(emb, statement, negation)[:, 0].numpy()
+                yield item, (p > 0.5) == holds
+
     label_emb = torch.stack(
         [
             F.normalize(evaluator.encode_texts(prompt_texts(knowledge, lab)).mean(0), dim=-1)
@@ -489,20 +504,23 @@ def phantom_accuracy(
     )
     pred = (emb @ label_emb.T).argmax(1).numpy()
     truth = np.array([label_names.index(lab) for lab in labels])
-    hits, total = 0.0, 0
-    for item in knowledge.checklist:
-        holds = statement_holds(item, res.criteria)
-        if holds is None:
-            continue
-        p = evaluator.statement_probability(
-            emb, evaluator.encode_texts([item.statement]), evaluator.encode_texts([item.negation])
-        )[:, 0].numpy()
-        hits += float(((p > 0.5) == holds).sum())
-        total += len(holds)
-    return {
+    right = [r for _, r in item_accuracy(emb, res.criteria)]
+    out: dict[str, Any] = {
         "label_accuracy": float((pred == truth).mean()),
-        "checklist_accuracy": hits / max(total, 1),
+        "checklist_accuracy": float(np.concatenate(right).mean()) if right else 0.0,
     }
+    hybrid_right, weakest = [], (2.0, "")
+    for j, (lab, ov) in enumerate(h for h in HYBRIDS.get(phantom, []) if h[0] in label_names):
+        images, _ = draw_batch(phantom, [lab] * n_per_label, seed + 1 + j, resolution, overrides=ov)
+        emb = evaluator.encode_images(to_model_range(images))
+        for item, r in item_accuracy(emb, oracle.measure(phantom, images).criteria):
+            hybrid_right.append(r)
+            if r.mean() < weakest[0]:
+                weakest = (float(r.mean()), f"{lab} {ov}: {item.statement}")
+    if hybrid_right:
+        out["hybrid_checklist_accuracy"] = float(np.concatenate(hybrid_right).mean())
+        out["weakest_hybrid_item"] = {"accuracy": weakest[0], "kind_and_item": weakest[1]}
+    return out
 
 
 def train_evaluator(
@@ -515,7 +533,7 @@ def train_evaluator(
     knowledge: Any,
     out: Path,
     name: str | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Train one phantom evaluator, save it to ``out``, check it loads, return its accuracy."""
     recipe = EvaluatorRecipe(
         phantom, label_names, description, resolution, family, settings, knowledge, name
@@ -530,4 +548,10 @@ def train_evaluator(
         f"evaluator {recipe.name}: label accuracy {acc['label_accuracy']:.3f}, checklist "
         f"accuracy {acc['checklist_accuracy']:.3f} on fresh phantoms"
     )
+    if "weakest_hybrid_item" in acc:
+        weakest = acc["weakest_hybrid_item"]
+        log(
+            f"evaluator {recipe.name}: checklist accuracy {acc['hybrid_checklist_accuracy']:.3f}"
+            f" on fresh hybrids; weakest {weakest['accuracy']:.2f} on {weakest['kind_and_item']}"
+        )
     return {**acc, "train_seconds": recipe.seconds, "steps": recipe.steps_done}

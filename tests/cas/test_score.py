@@ -37,6 +37,11 @@ def test_trained_evaluator_knows_labels_and_checklist(trained_cxr):
     print(f"reduced-budget evaluator: {acc}")
     assert acc["label_accuracy"] >= 0.85
     assert acc["checklist_accuracy"] >= 0.9
+    # the contradictory phantoms it was trained on, fresh: mean and the weakest (kind, item)
+    weakest = acc["weakest_hybrid_item"]
+    assert 0.7 <= acc["hybrid_checklist_accuracy"] <= 1.0
+    assert 0.0 <= weakest["accuracy"] <= acc["hybrid_checklist_accuracy"]
+    assert weakest["kind_and_item"].split(" ")[0] in CXR_LABELS
 
 
 def test_cas_agrees_with_the_oracle(cxr_evaluator, cxr_reference, cxr_knowledge):

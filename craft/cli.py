@@ -206,9 +206,9 @@ def evaluate_oracle(
 def _knowledge_in(cfg, modality: str, path: Path | None) -> Path:
     path = path or _layout(cfg).knowledge(modality)
     if not Path(path).is_file():
-        raise CraftError(
-            f"{path}: no knowledge file; run `craft knowledge build -m {modality}` first"
-        )
+        from craft.knowledge.schema import missing_knowledge
+
+        raise missing_knowledge(path, modality)
     return Path(path)
 
 

@@ -17,9 +17,6 @@ def prompt_banks(knowledge, labels: list[str]) -> dict[str, list[str]]:
 
 def enriched_prompts(path: Path | str, modality: str, labels: list[str]) -> dict[str, list[str]]:
     """The prompt banks of the knowledge file ``path`` (methods with ``prompts: enriched``)."""
-    from craft.errors import CraftError
     from craft.knowledge.schema import load_knowledge
 
-    if not Path(path).is_file():
-        raise CraftError(f"{path}: no knowledge file; run `craft knowledge build -m {modality}`")
-    return prompt_banks(load_knowledge(path), labels)
+    return prompt_banks(load_knowledge(path, modality), labels)

@@ -165,11 +165,18 @@ def validation_message(err: ValidationError) -> str:
     return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
 
 
-def load_knowledge(path: Path | str) -> ModalityKnowledge:
-    """Read and validate a knowledge JSON file (CraftError on a missing or invalid file)."""
+def missing_knowledge(path: Path | str, modality: str | None = None) -> CraftError:
+    """The one error for a knowledge file that is not there, with the command that makes it."""
+    build = f"craft knowledge build -m {modality}" if modality else "craft knowledge build"
+    return CraftError(f"{path}: no knowledge file; run `{build}` first")
+
+
+def load_knowledge(path: Path | str, modality: str | None = None) -> ModalityKnowledge:
+    """Read and validate a knowledge JSON file (CraftError on a missing or invalid file;
+    ``modality`` names the build command in the missing-file error)."""
     path = Path(path)
     if not path.is_file():
-        raise CraftError(f"knowledge file {path} does not exist (run `craft knowledge build`)")
+        raise missing_knowledge(path, modality)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

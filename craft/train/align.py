@@ -154,7 +154,7 @@ def align(
     labels = list(data.label_names)
     if labels != list(m.labels):
         raise CraftError(f"{lay.data(modality)} has labels {labels}, the config {list(m.labels)}")
-    knowledge = load_knowledge(lay.knowledge(modality))
+    knowledge = load_knowledge(lay.knowledge(modality), modality)
     plain = {lab: label_prompt(m.description, lab) for lab in labels}
     use_enriched = k.kind == "craft" and k.prompts == "enriched"
     train_prompts, held = split_prompts(

@@ -125,7 +125,7 @@ def test_enriched_prompt_banks_of_a_knowledge_file(tmp_path):
 
 
 def test_load_errors_are_one_line(tmp_path):
-    with pytest.raises(CraftError, match="does not exist"):
+    with pytest.raises(CraftError, match="no knowledge file; run `craft knowledge build` first"):
         load_knowledge(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

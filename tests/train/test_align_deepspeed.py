@@ -95,17 +95,24 @@ def single(world, tmp_path_factory):  # noqa: F811
 
 def assert_close(a: dict, b: dict) -> None:
     """Equal up to float reduction order. Adam divides by sqrt(v), so an element with a
-    near-zero gradient turns a 1e-7 relative difference into one of up to ~lr per step: the
-    largest difference is bounded by 1% of lr * steps, the mean by 1e-3 of it. Splitting the
-    batch wrongly (a rank on the whole batch, or both on one half) moves weights by ~lr."""
+    near-zero gradient turns a 1e-7 relative difference into one of up to ~lr per step (CI
+    once saw one element at 1.2% of lr * steps, the mean at 4e-6 of it). So: the mean is
+    bounded by 1e-3 of lr * steps, at most 0.1% of elements may differ by more than 1% of it,
+    and none by more than a quarter. Splitting the batch wrongly (a rank on the whole batch,
+    or both on one half) moves most weights by ~lr."""
     assert a.keys() == b.keys()
     scale = settings().lr * STEPS
     diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
     moved = max(b[k].abs().max().item() for k in b if "lora_B" in k)
-    print(f"max |diff| {diff.max():.3g}, mean {diff.mean():.3g}, LoRA B max {moved:.3g}")
+    outliers = int((diff > 1e-2 * scale).sum())
+    print(
+        f"max |diff| {diff.max():.3g}, mean {diff.mean():.3g}, "
+        f"{outliers} of {diff.numel()} over 1% of lr*steps, LoRA B max {moved:.3g}"
+    )
     assert moved > 0.1 * scale, "the LoRA did not move: the comparison would prove nothing"
-    assert diff.max() <= 1e-2 * scale, f"max |difference| {diff.max():g}"
     assert diff.mean() <= 1e-3 * scale, f"mean |difference| {diff.mean():g}"
+    assert outliers <= 1e-3 * diff.numel(), f"{outliers} of {diff.numel()} elements differ"
+    assert diff.max() <= 0.25 * scale, f"max |difference| {diff.max():g}"
 
 
 def test_two_processes_zero2_match_the_single_process_run(world, single, tmp_path):  # noqa: F811

@@ -7,6 +7,7 @@ inside and outside Snakemake. Heavy imports (torch, diffusers) happen inside the
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -396,16 +397,25 @@ def claim(
     check: Annotated[
         bool, typer.Option(help="Exit with status 1 unless the method wins every row.")
     ] = False,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="With --check, a row is won only if its one-sided paired t-test over seeds "
+            "also gives p < ALPHA (e.g. 0.05)."
+        ),
+    ] = None,
 ) -> None:
     """Does a method beat the best other method, per modality and metric (mean ± sd over the
-    configured seeds, and on how many seeds)? Methods of kind craft are not counted as others.
-    Reads the runs' metric files; writes claim.csv."""
+    configured seeds, on how many seeds, and the paired margin with its p-value)? Methods of
+    kind craft are not counted as others. Reads the runs' metric files; writes claim.csv."""
     from rich.console import Console
     from rich.table import Table
 
     from craft.report.html import format_cell
     from craft.report.summary import claim_table, per_seed_table
 
+    if alpha is not None and not 0.0 < alpha < 1.0:
+        raise CraftError(f"--alpha must lie between 0 and 1 (e.g. 0.05), got {alpha}")
     cfg = _load(config)
     lay = _layout(cfg)
     if method is None:
@@ -430,7 +440,7 @@ def claim(
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False, float_format="%.6g")
     view = Table(title=f"{method} vs the best method not of kind craft (mean ± sd over seeds)")
-    for col in ("modality", "metric", method, "best other", "wins", "seeds won"):
+    for col in ("modality", "metric", method, "best other", "wins", "seeds won", "margin (p)"):
         view.add_column(col)
     for r in table.itertuples(index=False):
         view.add_row(
@@ -440,11 +450,20 @@ def claim(
             f"{r.best_other} {format_cell(r.other_mean, r.other_sd, r.n_seeds)}",
             "yes" if r.wins else "[bold red]no[/]",
             f"{r.seeds_won}/{r.n_seeds}",
+            _format_margin(r.margin, r.margin_se, r.p_paired),
         )
-    Console(width=max(Console().width, 120)).print(view)
+    Console(width=max(Console().width, 140)).print(view)
     print(f"claim table: {path}")
-    if check and not table["wins"].all():
+    won = table["wins"] & (table["p_paired"] < alpha if alpha is not None else True)
+    if check and not won.all():
         raise typer.Exit(1)
+
+
+def _format_margin(margin: float, se: float, p: float) -> str:
+    """'+0.012 ± 0.020 (p 0.31)': the paired per-seed margin, its standard error, p-value."""
+    if math.isnan(se):
+        return f"{margin:+.3g}"
+    return f"{margin:+.3f} ± {se:.3f} (p {p:.2g})"
 
 
 def _run_metric_files(cfg, lay) -> list[Path]:

@@ -327,6 +327,9 @@ CLAIM_COLUMNS = (
     "wins",
     "seeds_won",
     "n_seeds",
+    "margin",
+    "margin_se",
+    "p_paired",
 )
 
 
@@ -342,7 +345,12 @@ def claim_table(
     best mean over seeds (lowest for
     :func:`lower_is_better` metrics). ``wins``: ``method``'s mean is strictly better;
     ``seeds_won``: on how many of the seeds both have, ``method`` is strictly better than that
-    method. A metric the method has no value for in a modality is left out.
+    method. ``margin``: the mean over those seeds of how much better ``method`` is (positive =
+    better, in the metric's units), ``margin_se`` its standard error, and ``p_paired`` the
+    one-sided paired t-test's p-value for "``method`` is better" (NaN under two paired seeds):
+    with few seeds and reward finetuning's run-to-run spread, a mean that is better is not yet
+    a difference that is resolved. A metric the method has no value for in a modality is left
+    out.
     """
     summary = summarize_table(per_seed)
     rows = []
@@ -365,6 +373,8 @@ def claim_table(
                 index="seed", columns="method", values="value"
             )
             pair = by_seed[[method, best]].dropna()
+            gain = (pair[best] - pair[method]) if lower else (pair[method] - pair[best])
+            margin, margin_se, p_value = paired_margin(gain.to_numpy(dtype=float))
             rows.append(
                 (
                     modality,
@@ -378,6 +388,27 @@ def claim_table(
                     bool(better(own["mean"], ref["mean"])),
                     int(sum(better(a, b) for a, b in pair.itertuples(index=False))),
                     int(len(pair)),
+                    margin,
+                    margin_se,
+                    p_value,
                 )
             )
     return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+
+
+def paired_margin(gain: np.ndarray) -> tuple[float, float, float]:
+    """Mean of per-seed gains, its standard error, and the one-sided paired t-test p-value
+    for a mean gain above 0 (NaN for the last two under two seeds; a gain with no spread
+    gives p 0 when positive, 1 otherwise)."""
+    from scipy import stats
+
+    n = len(gain)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(gain.mean())
+    if n < 2:
+        return mean, math.nan, math.nan
+    se = float(gain.std(ddof=1) / math.sqrt(n))
+    if se == 0.0:
+        return mean, 0.0, 0.0 if mean > 0 else 1.0
+    return mean, se, float(stats.t.sf(mean / se, df=n - 1))

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 
 from craft.errors import CraftError
 from craft.report import report
@@ -511,8 +512,14 @@ def test_claim_table_names_the_best_other_method_and_counts_seeds():
     assert cas["mean"] == pytest.approx(np.mean([0.62, 0.50, 0.70]))
     assert cas["other_sd"] == pytest.approx(np.std([0.58, 0.52, 0.60], ddof=1))
     assert (cas["seeds_won"], cas["n_seeds"]) == (2, 3)
+    # the paired margin over seeds (+0.04, -0.02, +0.10) and scipy's one-sided paired t-test
+    assert cas["margin"] == pytest.approx(0.04)
+    assert cas["margin_se"] == pytest.approx(0.06 / np.sqrt(3))
+    ttest = stats.ttest_rel([0.62, 0.50, 0.70], [0.58, 0.52, 0.60], alternative="greater")
+    assert cas["p_paired"] == pytest.approx(ttest.pvalue) and 0.1 < cas["p_paired"] < 0.3
     # lower is better for the tail: lora (0.15) is the best other; craft's 0.1567 loses
     assert tail["best_other"] == "lora" and not tail["wins"] and tail["seeds_won"] == 1
+    assert tail["margin"] == pytest.approx(-0.02 / 3) and tail["p_paired"] > 0.5
     # without the pool, the other craft variant is the best other and craft loses
     t_all = claim_table(per_seed, "craft", ["cas_mean__clip"]).set_index("metric")
     assert t_all.loc["cas_mean__clip", "best_other"] == "craft-x"
@@ -554,6 +561,11 @@ def test_cli_claim_judges_craft_against_the_other_kinds_and_checks(tmp_path):
     assert rows[["metric", "best_other", "wins", "seeds_won"]].values.tolist() == [
         ["oracle_label_agreement", "full", True, 2]
     ]
+    # craft's margin over full (+0.05, +0.02) is not resolved at alpha 0.05 (p 0.13)
+    assert claim("--check", "--alpha", "0.05").returncode == 1
+    assert claim("--check", "--alpha", "0.2").returncode == 0
+    bad_alpha = claim("--alpha", "5")
+    assert bad_alpha.returncode == 2 and "--alpha must lie between 0 and 1" in bad_alpha.stderr
     lost = claim("--check", "--method", "lora", "--out", str(tmp_path / "lora.csv"))
     assert lost.returncode == 1 and "craft" not in pd.read_csv(tmp_path / "lora.csv")["best_other"]
     unknown = claim("--method", "nope")

@@ -35,6 +35,9 @@ class ModelCard(BaseModel):
     lora_scale: float | None = None
     config_digest: str
     craft_version: str
+    # what trained it: torch build, device, CPU kernel level (craft.train.common); None for
+    # cards without training and cards written before craft recorded it
+    machine: str | None = None
 
     def write(self, path: Path) -> None:
         path = Path(path)

@@ -18,7 +18,7 @@ from craft.models.generator import load_generator
 from craft.paths import Layout
 from craft.prompts import enriched_prompts, label_prompt
 from craft.store import read_split
-from craft.train.common import setup_torch
+from craft.train.common import machine_description, setup_torch
 from craft.train.diffusion import DiffusionFinetune, FinetuneSettings, TrainingData
 
 
@@ -91,7 +91,11 @@ def adapt(
         shutil.rmtree(run_dir / name, ignore_errors=True)
     weights = recipe.save_weights(run_dir)
     card = card.model_copy(
-        update={"steps": k.steps, "lora_dir" if weights == "lora" else "unet_dir": weights}
+        update={
+            "steps": k.steps,
+            "lora_dir" if weights == "lora" else "unet_dir": weights,
+            "machine": machine_description(device),
+        }
     )
     card.write(card_path)
     recipe.cleanup()

@@ -33,7 +33,7 @@ from craft.paths import Layout
 from craft.progress import log
 from craft.prompts import label_prompt, prompt_banks
 from craft.store import read_split
-from craft.train.common import setup_torch
+from craft.train.common import machine_description, setup_torch
 from craft.train.diffusion import FinetuneSettings, TrainingData
 from craft.train.distributed import Parallel
 from craft.train.reward import Evaluation, RewardFinetune, RewardFn, Rollout
@@ -235,6 +235,7 @@ def align(
         init=k.init,
         reward_lora_dir="reward-lora",
         lora_scale=a.lora_scale,
+        machine=machine_description(device),
     )
     card.write(card_path)
     recipe.cleanup()

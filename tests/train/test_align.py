@@ -475,10 +475,15 @@ def test_align_stage_writes_a_card_that_diffusers_loads(world, tmp_path):
     lay = Layout(cfg.results)
     with pytest.raises(CraftError, match="craft adapt -m phantom-cxr -k lora"):
         align(cfg, PHANTOM, "craft", 0, lay.card(PHANTOM, "craft", 0), threads=1)
-    adapt(cfg, PHANTOM, "lora", 0, lay.card(PHANTOM, "lora", 0), threads=1)
+    start_card = adapt(cfg, PHANTOM, "lora", 0, lay.card(PHANTOM, "lora", 0), threads=1)
     card = align(cfg, PHANTOM, "craft", 0, lay.card(PHANTOM, "craft", 0), threads=1)
     run = lay.run(PHANTOM, "craft", 0)
     assert card.kind == "lora" and card.init == "lora" and card.lora_scale == 0.5
+    # both cards name the torch build and CPU kernel level that trained them
+    kernels = f"{torch.backends.cpu.get_cpu_capability()}), 1 thread"
+    for trained in (start_card, card):
+        assert trained.machine.startswith(f"torch {torch.__version__}, cpu ")
+        assert trained.machine.endswith(kernels), trained.machine
     assert ModelCard.read(run / "model.json") == card
     assert not (run / "checkpoint").exists()
     assert "eval_cas__siglip" in (run / "curves.csv").read_text()

@@ -236,48 +236,32 @@ def test_wrong_label_requested_scores_low(modality, fresh32):
 @pytest.mark.parametrize("resolution", [32, 64])
 def test_extra_findings_are_not_a_clean_label(resolution):
     n = 60 if resolution == 32 else 30
-    both, _ = draw_batch(
-        "phantom-cxr",
-        ["effusion"] * n,
-        3,
-        resolution,
-        overrides={"effusion_left": 1, "effusion_right": 1},
-    )
+
+    def draw(phantom: str, label: str, **overrides) -> np.ndarray:
+        return draw_batch(phantom, [label] * n, 3, resolution, overrides=overrides)[0]
+
+    both = draw("phantom-cxr", "effusion", effusion_left=1, effusion_right=1)
     res = oracle.measure("phantom-cxr", both)
     assert res.criteria["bilateral_effusion"].mean() >= 0.95
     assert (res.predicted != "effusion").mean() >= 0.95
 
-    two, _ = draw_batch("phantom-cxr", ["nodule"] * n, 3, resolution, overrides={"nodule_count": 2})
-    res = oracle.measure("phantom-cxr", two)
+    res = oracle.measure("phantom-cxr", draw("phantom-cxr", "nodule", nodule_count=2))
     assert res.criteria["multiple_nodules"].mean() >= 0.95
     assert (res.predicted != "nodule").mean() >= 0.95
 
-    mixed, _ = draw_batch(
-        "phantom-cxr", ["cardiomegaly"] * n, 3, resolution, overrides={"nodule_count": 1}
-    )
+    mixed = draw("phantom-cxr", "cardiomegaly", nodule_count=1)
     res = oracle.measure("phantom-cxr", mixed)
     assert (res.predicted == "").mean() >= 0.95
     rate = oracle.criterion_pass_rate("phantom-cxr", mixed, ["cardiomegaly"] * n)
     assert rate.mean() < 0.9
 
-    veiled, _ = draw_batch(
-        "phantom-derm", ["nevus"] * n, 3, resolution, overrides={"blue_white_veil": 1}
-    )
-    res = oracle.measure("phantom-derm", veiled)
+    res = oracle.measure("phantom-derm", draw("phantom-derm", "nevus", blue_white_veil=1))
     assert res.criteria["blue_white_veil"].mean() >= 0.95
     assert (res.predicted != "nevus").mean() >= 0.95
-    big, _ = draw_batch(
-        "phantom-derm", ["nevus"] * n, 3, resolution, overrides={"diameter_fraction": 0.55}
-    )
+    big = draw("phantom-derm", "nevus", diameter_fraction=0.55)
     assert (oracle.measure("phantom-derm", big).predicted != "nevus").mean() >= 0.95
     # a melanoma whose oversized veil leaves two colours is not multicoloured, not a melanoma
-    veil_only, _ = draw_batch(
-        "phantom-derm",
-        ["melanoma"] * n,
-        3,
-        resolution,
-        overrides={"veil_size": 0.55, "n_colours": 2},
-    )
+    veil_only = draw("phantom-derm", "melanoma", veil_size=0.55, n_colours=2)
     res = oracle.measure("phantom-derm", veil_only)
     assert res.criteria["multicolour"].mean() <= 0.1
     assert res.criteria["blue_white_veil"].mean() >= 0.95

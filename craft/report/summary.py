@@ -303,7 +303,16 @@ MAIN_PER_EVALUATOR = frozenset(
     }
 )
 #: Metrics without a suffix that are context, not headline numbers (kept out of the main table).
-SECONDARY = ("_reference", "_std", "downstream_accuracy", "downstream_f1", "_ci_low", "_ci_high")
+SECONDARY = (
+    "_reference",
+    "_std",
+    "downstream_accuracy",
+    "downstream_f1",
+    "_ci_low",
+    "_ci_high",
+    "_plain_prompt",
+    "_enriched_prompts",
+)
 
 
 def is_main_metric(metric: str) -> bool:

@@ -454,9 +454,33 @@ def claim(
         )
     Console(width=max(Console().width, 140)).print(view)
     print(f"claim table: {path}")
+    machines = _training_machines(cfg, lay, table)
+    if len(machines) > 1:
+        print(
+            f"note: these runs were trained on {len(machines)} kinds of machine "
+            f"({'; '.join(sorted(machines))}): reward finetuning amplifies their rounding "
+            "differences, so part of the spread between runs is the machine's"
+        )
     won = table["wins"] & (table["p_paired"] < alpha if alpha is not None else True)
     if check and not won.all():
         raise typer.Exit(1)
+
+
+def _training_machines(cfg, lay, table) -> set[str]:
+    """The distinct ``machine`` of the model cards behind a claim table's runs (cards written
+    before craft recorded it, and runs without training, count as none)."""
+    from craft.models.card import ModelCard
+
+    machines = set()
+    for modality in set(table["modality"]):
+        for method in {*table["method"], *table["best_other"]}:
+            for seed in cfg.seeds:
+                card = lay.card(modality, method, seed)
+                if card.is_file():
+                    machine = ModelCard.read(card).machine
+                    if machine:
+                        machines.add(machine)
+    return machines
 
 
 def _format_margin(margin: float, se: float, p: float) -> str:

@@ -557,6 +557,25 @@ def test_cli_claim_judges_craft_against_the_other_kinds_and_checks(tmp_path):
             (run / "metrics-oracle.json").write_text(json.dumps(m))
     ok = claim("--check")
     assert ok.returncode == 0, ok.stderr
+    assert "kinds of machine" not in ok.stdout
+    # the runs' model cards name two machines: the claim says so
+    from craft.models.card import ModelCard
+
+    for method, machine in (("craft", "torch 2, cpu A (x86_64, AVX512), 1 thread"), ("full", None)):
+        for seed, cpu in enumerate(("A", "B")):
+            ModelCard(
+                modality="phantom-cxr",
+                method=method,
+                seed=seed,
+                kind="lora",
+                base="base",
+                config_digest="0",
+                craft_version="0",
+                machine=machine and machine.replace("cpu A", f"cpu {cpu}"),
+            ).write(tmp_path / "results/runs/phantom-cxr" / method / str(seed) / "model.json")
+    mixed = claim()
+    assert mixed.returncode == 0, mixed.stderr
+    assert "trained on 2 kinds of machine" in mixed.stdout and "cpu B" in mixed.stdout
     rows = pd.read_csv(tmp_path / "results/report/claim.csv")
     assert rows[["metric", "best_other", "wins", "seeds_won"]].values.tolist() == [
         ["oracle_label_agreement", "full", True, 2]

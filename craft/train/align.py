@@ -39,16 +39,23 @@ from craft.train.distributed import Parallel
 from craft.train.reward import Evaluation, RewardFinetune, RewardFn, Rollout
 
 
-def cas_reward_fn(evaluator, knowledge: Any, reference, label_names: list[str], log_form=True):
-    """CRAFT's reward: per-image (log) CAS of the evaluator for its label and prompt."""
+def cas_reward_fn(
+    evaluator,
+    knowledge: Any,
+    reference,
+    label_names: list[str],
+    log_form=True,
+    power: float = 1.0,
+):
+    """CRAFT's reward: per-image (log) CAS of the evaluator for its label and prompt, or
+    CAS ** power (without ``log_form``)."""
     from craft.cas.score import TextBank, cas_reward
 
     bank = TextBank.build(evaluator, knowledge, label_names)
 
     def reward(images: torch.Tensor, labels: np.ndarray, prompts: list[str]) -> torch.Tensor:
-        return cas_reward(
-            evaluator, images, labels, prompts, knowledge, reference, bank, log=log_form
-        )
+        r = cas_reward(evaluator, images, labels, prompts, knowledge, reference, bank, log=log_form)
+        return r if log_form or power == 1.0 else r.clamp_min(1e-6) ** power
 
     return reward
 
@@ -170,7 +177,9 @@ def align(
     evaluator = load_configured_evaluator(cfg.cas, reward_ev, lay, modality)
     reference = load_reference(lay.reference(modality, reward_ev))
     if k.kind == "craft":
-        reward = cas_reward_fn(evaluator, knowledge, reference, labels, a.reward == "log-cas")
+        reward = cas_reward_fn(
+            evaluator, knowledge, reference, labels, a.reward == "log-cas", a.reward_power
+        )
     else:
         reward = generic_reward_fn(evaluator, [plain[lab] for lab in labels])
     evaluation = None

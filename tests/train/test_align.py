@@ -181,6 +181,25 @@ def make_recipe(
     return r
 
 
+def test_reward_power_is_cas_to_that_power_with_more_gradient_for_failures(world):
+    from craft.train.align import cas_reward_fn
+
+    evaluator, reference, knowledge = loaded(world)
+    images = torch.rand(4, CH, RES, RES, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels, prompts = np.arange(4) % len(LABELS), [p[0] for p in prompts_by_label().values()]
+    cas = cas_reward_fn(evaluator, knowledge, reference, LABELS, False)
+    half = cas_reward_fn(evaluator, knowledge, reference, LABELS, False, power=0.5)
+    x = images.clone().requires_grad_()
+    r1 = cas(x, labels, prompts)
+    torch.testing.assert_close(half(images, labels, prompts), r1.detach().sqrt())
+    # d sqrt(c)/dx = dc/dx / (2 sqrt(c)): the lowest-CAS image gains the most gradient
+    (g1,) = torch.autograd.grad(r1.sum(), x)
+    x2 = images.clone().requires_grad_()
+    (g2,) = torch.autograd.grad(half(x2, labels, prompts).sum(), x2)
+    gain = g2.flatten(1).norm(dim=1) / g1.flatten(1).norm(dim=1)
+    torch.testing.assert_close(gain, 0.5 / r1.detach().sqrt(), rtol=1e-3, atol=0)
+
+
 def unet_state(r: RewardFinetune) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in r.gen.unet.state_dict().items()}
 
@@ -574,6 +593,10 @@ def test_config_errors_name_the_field(tmp_path):
     assert "methods.craft.align.patience" in msg and "eval_every" in msg
     msg = _error(w, lambda m: m["craft"]["align"].update(k=0))
     assert "methods.craft.align.k" in msg
+    msg = _error(w, lambda m: m["craft"]["align"].update(reward="log-cas", reward_power=0.5))
+    assert "methods.craft.align" in msg and "reward_power 0.5 applies to reward 'cas'" in msg
+    msg = _error(w, lambda m: m["craft"]["align"].update(reward_power=2))
+    assert "methods.craft.align.reward_power" in msg
 
 
 def test_align_slice_holds_init_knowledge_and_evaluators(tmp_path):

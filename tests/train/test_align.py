@@ -181,6 +181,12 @@ def make_recipe(
     return r
 
 
+def test_reward_power_at_its_default_leaves_run_digests_as_they_were():
+    # digests hash the dumped settings: a key added with its default must not rerun old runs
+    assert "reward_power" not in AlignSettings().model_dump()
+    assert AlignSettings(reward_power=0.5).model_dump()["reward_power"] == 0.5
+
+
 def test_reward_power_is_cas_to_that_power_with_more_gradient_for_failures(world):
     from craft.train.align import cas_reward_fn
 

@@ -471,16 +471,10 @@ def _training_machines(cfg, lay, table) -> set[str]:
     before craft recorded it, and runs without training, count as none)."""
     from craft.models.card import ModelCard
 
-    machines = set()
-    for modality in set(table["modality"]):
-        for method in {*table["method"], *table["best_other"]}:
-            for seed in cfg.seeds:
-                card = lay.card(modality, method, seed)
-                if card.is_file():
-                    machine = ModelCard.read(card).machine
-                    if machine:
-                        machines.add(machine)
-    return machines
+    rows = table.itertuples(index=False)
+    runs = {(r.modality, k) for r in rows for k in (r.method, r.best_other)}
+    cards = [lay.card(m, k, s) for m, k in runs for s in cfg.seeds]
+    return {c.machine for c in map(ModelCard.read, filter(Path.is_file, cards)) if c.machine}
 
 
 def _format_margin(margin: float, se: float, p: float) -> str:

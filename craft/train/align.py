@@ -93,6 +93,22 @@ def split_prompts(
     return train, held
 
 
+def prompt_weights(
+    train: dict[str, list[str]], plain: dict[str, str], share: float | None
+) -> dict[str, np.ndarray] | None:
+    """Each label's probabilities of drawing its training prompts: its plain prompt with
+    probability ``share``, the others uniformly with the rest (None: all uniformly)."""
+    if share is None:
+        return None
+    weights = {}
+    for lab, bank in train.items():
+        others = len(bank) - 1
+        w = np.full(len(bank), (1 - share) / others if others else 0.0)
+        w[bank.index(plain[lab])] = share if others else 1.0
+        weights[lab] = w
+    return weights
+
+
 def evaluation_set(
     held: dict[str, list[str]], label_names: list[str], per_label: int, seed: int
 ) -> tuple[list[str], np.ndarray, list[int]]:
@@ -168,9 +184,13 @@ def align(
         prompt_banks(knowledge, labels), plain, a.holdout_prompts, use_enriched
     )
     by_index = {i: train_prompts[lab] for i, lab in enumerate(labels)}
+    weights = prompt_weights(train_prompts, plain, a.label_prompt_share)
+    w_index = {i: weights[lab] for i, lab in enumerate(labels)} if weights else None
 
     def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
-        return [str(rng.choice(by_index[int(i)])) for i in label_idx]
+        if w_index is None:
+            return [str(rng.choice(by_index[int(i)])) for i in label_idx]
+        return [str(rng.choice(by_index[int(i)], p=w_index[int(i)])) for i in label_idx]
 
     # 3. The reward evaluator and the reward; the out-of-family evaluator for evaluations.
     reward_ev = cfg.cas.reward_evaluator
@@ -209,7 +229,9 @@ def align(
         a.sample_steps or cfg.sampling.steps, cfg.sampling.guidance_scale, m.resolution, m.channels
     )
     recipe = RewardFinetune(settings, a, rollout, run_dir / "checkpoint", parallel)
-    recipe.setup(gen, TrainingData(data.images, data.labels, caption), by_index, reward, evaluation)
+    recipe.setup(
+        gen, TrainingData(data.images, data.labels, caption), by_index, reward, evaluation, w_index
+    )
     recipe.train()
     if not parallel.is_main:  # rank 0 writes the outputs; the LoRA is whole on every rank
         parallel.barrier()

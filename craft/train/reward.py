@@ -118,15 +118,18 @@ class RewardFinetune(DiffusionFinetune):
         prompts: dict[int, list[str]],
         reward: RewardFn,
         evaluation: Evaluation | None = None,
+        prompt_weights: dict[int, np.ndarray] | None = None,
     ) -> None:
         """``gen`` is the starting model (its own LoRA already fused); ``data`` the real images
-        of the diffusion-loss term; ``prompts`` each label's training prompts."""
+        of the diffusion-loss term; ``prompts`` each label's training prompts, drawn uniformly
+        or with ``prompt_weights`` (each label's probabilities, in its prompts' order)."""
         missing = sorted(set(range(len(prompts))) - {i for i, p in prompts.items() if p})
         if missing:
             raise ValueError(f"labels {missing} have no training prompts")
         if self.a.patience is not None and evaluation is None:
             raise ValueError("patience needs an evaluation")
         self.prompts, self.reward_fn, self.evaluation = prompts, reward, evaluation
+        self.prompt_weights = prompt_weights
         super().setup(gen, data, self.rollout.channels)
         if self.parallel.zero_stage:  # after the optimizer exists; resume through the engine
             micro = self.s.batch_size // self.parallel.world
@@ -167,12 +170,16 @@ class RewardFinetune(DiffusionFinetune):
         """Label-balanced labels, one prompt of each image's label, a noise seed per image."""
         n_lab = len(self.prompts)
         labels = (int(rng.integers(n_lab)) + np.arange(self.s.batch_size)) % n_lab
-        prompts = [
-            self.prompts[int(y)][int(rng.integers(len(self.prompts[int(y)])))] for y in labels
-        ]
+        prompts = [self.prompts[int(y)][self._prompt_index(int(y), rng)] for y in labels]
         seeds = rng.integers(0, 2**62, size=len(labels)).tolist()
         mine = self.parallel.shard(len(labels))  # this rank's share of the global batch
         return labels[mine], prompts[mine], seeds[mine]
+
+    def _prompt_index(self, label: int, rng: np.random.Generator) -> int:
+        n = len(self.prompts[label])
+        if self.prompt_weights is None:
+            return int(rng.integers(n))
+        return int(rng.choice(n, p=self.prompt_weights[label]))
 
     def _batch(self, step: int):
         """The diffusion-loss batch of step ``step``, this rank's share."""

@@ -155,7 +155,13 @@ def settings(steps: int = STEPS, lr: float = 5e-3, batch: int = 4, every: int = 
 
 
 def make_recipe(
-    world: Path, align: AlignSettings, ckpt: Path, s=None, evaluation=False, parallel=None
+    world: Path,
+    align: AlignSettings,
+    ckpt: Path,
+    s=None,
+    evaluation=False,
+    parallel=None,
+    weights=None,
 ):
     """A set-up recipe on a freshly loaded base generator with the CAS reward."""
     from craft.train.align import cas_reward_fn
@@ -177,7 +183,8 @@ def make_recipe(
             stop_on="siglip",
         )
     r = RewardFinetune(s or settings(), align, Rollout(4, 2.0, RES, CH), ckpt, parallel)
-    r.setup(load_generator(world / "base"), real_data(world), prompts_by_label(), reward, ev)
+    gen = load_generator(world / "base")
+    r.setup(gen, real_data(world), prompts_by_label(), reward, ev, weights)
     return r
 
 
@@ -204,6 +211,40 @@ def test_reward_power_is_cas_to_that_power_with_more_gradient_for_failures(world
     (g2,) = torch.autograd.grad(half(x2, labels, prompts).sum(), x2)
     gain = g2.flatten(1).norm(dim=1) / g1.flatten(1).norm(dim=1)
     torch.testing.assert_close(gain, 0.5 / r1.detach().sqrt(), rtol=1e-3, atol=0)
+
+
+def test_label_prompt_share_weights_the_plain_prompt():
+    from craft.train.align import prompt_weights
+
+    train = {"a": ["a, x", "a", "a, y"], "b": ["b"]}
+    plain = {"a": "a", "b": "b"}
+    assert prompt_weights(train, plain, None) is None
+    w = prompt_weights(train, plain, 0.5)
+    np.testing.assert_allclose(w["a"], [0.25, 0.5, 0.25])
+    np.testing.assert_allclose(w["b"], [1.0])  # the plain prompt alone: always it
+    np.testing.assert_allclose(prompt_weights(train, plain, 0.0)["a"], [0.5, 0.0, 0.5])
+    # digests hash the dumped settings: left out at its default, old align runs keep theirs
+    assert "label_prompt_share" not in AlignSettings().model_dump()
+    assert AlignSettings(label_prompt_share=0.5).model_dump()["label_prompt_share"] == 0.5
+
+
+def test_reward_batches_draw_prompts_with_the_weights(world, tmp_path):
+    bank = prompts_by_label()
+    a = AlignSettings()
+    uniform = make_recipe(world, a, tmp_path / "u")
+    # without weights: the draws of a uniform index per image (as before weights existed)
+    rng, ref = np.random.default_rng(5), np.random.default_rng(5)
+    labels, prompts, _ = uniform._reward_batch(rng)
+    ref.integers(len(LABELS))
+    assert list(prompts) == [bank[int(y)][int(ref.integers(len(bank[int(y)])))] for y in labels]
+    # with weights: each label's first prompt half the time, never its last
+    weights = {i: np.r_[0.5, np.full(len(p) - 2, 0.5 / (len(p) - 2)), 0.0] for i, p in bank.items()}
+    weighted = make_recipe(world, a, tmp_path / "w", weights=weights)
+    rng = np.random.default_rng(0)
+    drawn = [weighted._reward_batch(rng) for _ in range(200)]
+    firsts = [p == bank[int(y)][0] for ys, ps, _ in drawn for y, p in zip(ys, ps, strict=True)]
+    lasts = [p == bank[int(y)][-1] for ys, ps, _ in drawn for y, p in zip(ys, ps, strict=True)]
+    assert abs(np.mean(firsts) - 0.5) < 0.05 and not any(lasts)
 
 
 def unet_state(r: RewardFinetune) -> dict[str, torch.Tensor]:
@@ -603,6 +644,12 @@ def test_config_errors_name_the_field(tmp_path):
     assert "methods.craft.align" in msg and "reward_power 0.5 applies to reward 'cas'" in msg
     msg = _error(w, lambda m: m["craft"]["align"].update(reward_power=2))
     assert "methods.craft.align.reward_power" in msg
+    msg = _error(
+        w, lambda m: m["generic-reward"].setdefault("align", {}).update(label_prompt_share=0.5)
+    )
+    assert "methods.generic-reward.align.label_prompt_share" in msg and "kind craft" in msg
+    msg = _error(w, lambda m: m["craft"]["align"].update(label_prompt_share=1.5))
+    assert "methods.craft.align.label_prompt_share" in msg
 
 
 def test_align_slice_holds_init_knowledge_and_evaluators(tmp_path):

@@ -216,23 +216,6 @@ class AlignSettings(Strict):
         "out-of-family CAS never rose above its start (step 0 kept; oracle 0.789 vs 0.898), "
         "so the benchmark keeps 1.",
     )
-    # left out of dumps at its default, like reward_power
-    label_prompt_share: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        exclude_if=lambda v: v is None,
-        description="Share of reward prompts and diffusion-loss captions that are the label's "
-        "plain prompt ('dermoscopy image, nevus'), the rest drawn uniformly from its enriched "
-        "training prompts (craft, prompts: enriched); None = the plain prompt is one of the "
-        "label's training prompts, drawn uniformly with them. lora-enriched, craft's start, "
-        "draws the wrong lesion for many plain dermoscopy prompts; the share trains that prompt "
-        "more. Phantom benchmark recipe, oracle agreement: on seed 3, 0.5 / 0.75 against "
-        "None gave dermoscopy 0.945 / 0.961 vs 0.898 (its plain prompts 0.875 / 0.906 vs "
-        "0.781), chest 0.867 / 0.836 vs 0.898, so 0.5 was chosen; seeds 0-2 then showed no "
-        "gain (dermoscopy 0.831 ± 0.012 vs 0.831 ± 0.027, plain prompts 0.52 vs 0.50; chest "
-        "0.885 vs 0.898), so the benchmark keeps None.",
-    )
     lv_draws: int = Field(2, ge=1, description="Noise draws of the last step (window draft-lv).")
     sample_steps: int | None = Field(
         None, ge=1, description="Denoising steps while training; default sampling.steps."
@@ -315,6 +298,23 @@ class MethodConfig(Strict):
     target_modules: list[str] = Field(
         ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2"],
         description="UNet module names that get LoRA layers (kind lora and align methods).",
+    )
+    # left out of dumps at its default, so that run digests from before it existed still hold
+    label_prompt_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        exclude_if=lambda v: v is None,
+        description="Methods with prompts: enriched: share of training captions (and, for "
+        "craft, reward prompts) that are the label's plain prompt ('dermoscopy image, "
+        "nevus'), the rest drawn uniformly from its enriched prompts; None = the plain prompt "
+        "is drawn uniformly with the others. lora-enriched, craft's start, draws the wrong "
+        "lesion for many plain dermoscopy prompts; the share trains that prompt more. Phantom "
+        "benchmark recipe, set on craft alone, oracle agreement: on seed 3, 0.5 / 0.75 against "
+        "None gave dermoscopy 0.945 / 0.961 vs 0.898 (its plain prompts 0.875 / 0.906 vs "
+        "0.781), chest 0.867 / 0.836 vs 0.898, so 0.5 was chosen; seeds 0-2 then showed no "
+        "gain (dermoscopy 0.831 ± 0.012 vs 0.831 ± 0.027, plain prompts 0.52 vs 0.50; chest "
+        "0.885 vs 0.898), so the benchmark keeps None there.",
     )
     checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
     weight_decay: float = 0.0
@@ -481,6 +481,14 @@ class CraftConfig(Strict):
         kinds = " or ".join(ALIGN_KINDS)
         for name, k in self.methods.items():
             where = f"methods.{name}"
+            if k.label_prompt_share is not None and (
+                k.prompts != "enriched" or k.kind in ("zero-shot", "generic-reward")
+            ):
+                raise ValueError(
+                    f"{where}.label_prompt_share: only for methods that train with prompts: "
+                    f"enriched (this kind {k.kind} one trains on the plain prompt alone or not "
+                    "at all); remove it"
+                )
             if not k.is_align:
                 if k.init is not None:
                     raise ValueError(
@@ -509,13 +517,6 @@ class CraftConfig(Strict):
                     "zero-shot, lora or full method"
                 )
             a = k.align_settings
-            if a.label_prompt_share is not None and not (
-                k.kind == "craft" and k.prompts == "enriched"
-            ):
-                raise ValueError(
-                    f"{where}.align.label_prompt_share: only for kind craft with prompts: "
-                    "enriched (the others train on the plain prompt alone); remove it"
-                )
             gpus = self.resources.align.gpu
             if gpus > 1 and a.zero_stage == 0:
                 raise ValueError(

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def label_prompt(description: str, label: str) -> str:
     """The plain label prompt: 'chest radiograph, cardiomegaly'."""
     return f"{description}, {label.replace('_', ' ')}"
+
+
+def plain_prompt_weights(bank: list[str], plain: str, share: float) -> np.ndarray:
+    """Probabilities of drawing each prompt of ``bank`` (which holds ``plain``): the plain
+    prompt with probability ``share``, the others uniformly with the rest."""
+    others = len(bank) - 1
+    weights = np.full(len(bank), (1 - share) / others if others else 0.0)
+    weights[bank.index(plain)] = share if others else 1.0
+    return weights
 
 
 def prompt_banks(knowledge, labels: list[str]) -> dict[str, list[str]]:

@@ -16,10 +16,10 @@ from craft.config import CraftConfig
 from craft.models.card import ModelCard
 from craft.models.generator import load_generator
 from craft.paths import Layout
-from craft.prompts import enriched_prompts, label_prompt
+from craft.prompts import enriched_prompts, label_prompt, plain_prompt_weights
 from craft.store import read_split
 from craft.train.common import machine_description, setup_torch
-from craft.train.diffusion import DiffusionFinetune, FinetuneSettings, TrainingData
+from craft.train.diffusion import CaptionFn, DiffusionFinetune, FinetuneSettings, TrainingData
 
 
 def base_source(cfg: CraftConfig, modality: str) -> str:
@@ -27,6 +27,35 @@ def base_source(cfg: CraftConfig, modality: str) -> str:
     if cfg.models.generator == "pretrain":
         return str(Layout(cfg.results).foundation(modality))
     return cfg.models.generator_for(modality)
+
+
+def training_captions(
+    cfg: CraftConfig, modality: str, method: str, label_names: list[str]
+) -> CaptionFn:
+    """The caption of each training image: its label prompt, or (prompts: enriched) one of its
+    label's enriched prompts, drawn uniformly or with the plain one at label_prompt_share."""
+    m, k = cfg.modality(modality), cfg.method(method)
+    if k.prompts != "enriched":
+
+        def plain(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
+            return [label_prompt(m.description, label_names[i]) for i in label_idx]
+
+        return plain
+    bank = enriched_prompts(Layout(cfg.results).knowledge(modality), modality, label_names)
+    weights = {}
+    if k.label_prompt_share is not None:  # the plain prompt drawn with this probability
+        for lab in label_names:
+            plain_prompt = label_prompt(m.description, lab)
+            bank[lab] = list(dict.fromkeys([*bank[lab], plain_prompt]))
+            weights[lab] = plain_prompt_weights(bank[lab], plain_prompt, k.label_prompt_share)
+
+    def enriched(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
+        names = [label_names[i] for i in label_idx]
+        if not weights:
+            return [str(rng.choice(bank[lab])) for lab in names]
+        return [str(rng.choice(bank[lab], p=weights[lab])) for lab in names]
+
+    return enriched
 
 
 def adapt(
@@ -60,16 +89,7 @@ def adapt(
     device = setup_torch(seed, threads)
     data = read_split(Layout(cfg.results).data(modality), "train")
 
-    if k.prompts == "enriched":
-        bank = enriched_prompts(Layout(cfg.results).knowledge(modality), modality, data.label_names)
-
-        def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
-            return [str(rng.choice(bank[data.label_names[i]])) for i in label_idx]
-    else:
-
-        def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
-            return [label_prompt(m.description, data.label_names[i]) for i in label_idx]
-
+    caption = training_captions(cfg, modality, method, data.label_names)
     gen = load_generator(card.base, card.revision, cfg.sampling.timestep_spacing).to(device)
     settings = FinetuneSettings(
         mode=k.kind,

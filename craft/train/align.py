@@ -31,7 +31,7 @@ from craft.models.card import ModelCard, load_card_generator
 from craft.models.lora import combine_loras, fuse_lora, read_lora, write_lora
 from craft.paths import Layout
 from craft.progress import log
-from craft.prompts import label_prompt, prompt_banks
+from craft.prompts import label_prompt, plain_prompt_weights, prompt_banks
 from craft.store import read_split
 from craft.train.common import machine_description, setup_torch
 from craft.train.diffusion import FinetuneSettings, TrainingData
@@ -91,22 +91,6 @@ def split_prompts(
         train[lab] = list(dict.fromkeys([*kept, plain[lab]])) if use_enriched else [plain[lab]]
         held[lab] = [*out, plain[lab]]
     return train, held
-
-
-def prompt_weights(
-    train: dict[str, list[str]], plain: dict[str, str], share: float | None
-) -> dict[str, np.ndarray] | None:
-    """Each label's probabilities of drawing its training prompts: its plain prompt with
-    probability ``share``, the others uniformly with the rest (None: all uniformly)."""
-    if share is None:
-        return None
-    weights = {}
-    for lab, bank in train.items():
-        others = len(bank) - 1
-        w = np.full(len(bank), (1 - share) / others if others else 0.0)
-        w[bank.index(plain[lab])] = share if others else 1.0
-        weights[lab] = w
-    return weights
 
 
 def evaluation_set(
@@ -184,8 +168,12 @@ def align(
         prompt_banks(knowledge, labels), plain, a.holdout_prompts, use_enriched
     )
     by_index = {i: train_prompts[lab] for i, lab in enumerate(labels)}
-    weights = prompt_weights(train_prompts, plain, a.label_prompt_share)
-    w_index = {i: weights[lab] for i, lab in enumerate(labels)} if weights else None
+    w_index = None
+    if k.label_prompt_share is not None:
+        w_index = {
+            i: plain_prompt_weights(train_prompts[lab], plain[lab], k.label_prompt_share)
+            for i, lab in enumerate(labels)
+        }
 
     def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
         if w_index is None:

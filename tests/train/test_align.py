@@ -214,18 +214,46 @@ def test_reward_power_is_cas_to_that_power_with_more_gradient_for_failures(world
 
 
 def test_label_prompt_share_weights_the_plain_prompt():
-    from craft.train.align import prompt_weights
+    from craft.config import MethodConfig
+    from craft.prompts import plain_prompt_weights
 
-    train = {"a": ["a, x", "a", "a, y"], "b": ["b"]}
-    plain = {"a": "a", "b": "b"}
-    assert prompt_weights(train, plain, None) is None
-    w = prompt_weights(train, plain, 0.5)
-    np.testing.assert_allclose(w["a"], [0.25, 0.5, 0.25])
-    np.testing.assert_allclose(w["b"], [1.0])  # the plain prompt alone: always it
-    np.testing.assert_allclose(prompt_weights(train, plain, 0.0)["a"], [0.5, 0.0, 0.5])
-    # digests hash the dumped settings: left out at its default, old align runs keep theirs
-    assert "label_prompt_share" not in AlignSettings().model_dump()
-    assert AlignSettings(label_prompt_share=0.5).model_dump()["label_prompt_share"] == 0.5
+    np.testing.assert_allclose(
+        plain_prompt_weights(["a, x", "a", "a, y"], "a", 0.5), [0.25, 0.5, 0.25]
+    )
+    np.testing.assert_allclose(plain_prompt_weights(["b"], "b", 0.5), [1.0])  # alone: always
+    np.testing.assert_allclose(plain_prompt_weights(["a, x", "a", "a, y"], "a", 0.0), [0.5, 0, 0.5])
+    # digests hash the dumped settings: left out at its default, old runs keep theirs
+    assert "label_prompt_share" not in MethodConfig(kind="lora").model_dump()
+    assert (
+        MethodConfig(kind="lora", label_prompt_share=0.5).model_dump()["label_prompt_share"] == 0.5
+    )
+
+
+def test_adapt_captions_draw_the_plain_prompt_at_its_share(world):
+    from craft.paths import Layout
+    from craft.prompts import enriched_prompts, label_prompt
+    from craft.train.adapt import training_captions
+
+    data = stage_config(world)
+    data["methods"]["lora"].update(prompts="enriched")
+    labels = np.arange(400) % len(LABELS)
+    bank = enriched_prompts(Layout(world / "results").knowledge(PHANTOM), PHANTOM, LABELS)
+    uniform = training_captions(validate_config(data), PHANTOM, "lora", LABELS)
+    ref = np.random.default_rng(1)  # as before the share existed: uniform over the bank
+    assert uniform(labels, np.random.default_rng(1)) == [
+        str(ref.choice(bank[LABELS[i]])) for i in labels
+    ]
+    data["methods"]["lora"].update(label_prompt_share=0.5)
+    shared = training_captions(validate_config(data), PHANTOM, "lora", LABELS)
+    drawn = shared(labels, np.random.default_rng(2))
+    plain = [
+        c == label_prompt("chest radiograph", LABELS[i]) for c, i in zip(drawn, labels, strict=True)
+    ]
+    assert abs(np.mean(plain) - 0.5) < 0.07
+    assert all(c in bank[LABELS[i]] or p for c, i, p in zip(drawn, labels, plain, strict=True))
+    assert {
+        c for c, p in zip(drawn, plain, strict=True) if not p
+    }  # the enriched ones are drawn too
 
 
 def test_reward_batches_draw_prompts_with_the_weights(world, tmp_path):
@@ -644,12 +672,10 @@ def test_config_errors_name_the_field(tmp_path):
     assert "methods.craft.align" in msg and "reward_power 0.5 applies to reward 'cas'" in msg
     msg = _error(w, lambda m: m["craft"]["align"].update(reward_power=2))
     assert "methods.craft.align.reward_power" in msg
-    msg = _error(
-        w, lambda m: m["generic-reward"].setdefault("align", {}).update(label_prompt_share=0.5)
-    )
-    assert "methods.generic-reward.align.label_prompt_share" in msg and "kind craft" in msg
-    msg = _error(w, lambda m: m["craft"]["align"].update(label_prompt_share=1.5))
-    assert "methods.craft.align.label_prompt_share" in msg
+    msg = _error(w, lambda m: m["generic-reward"].update(label_prompt_share=0.5))
+    assert "methods.generic-reward.label_prompt_share" in msg and "prompts: enriched" in msg
+    msg = _error(w, lambda m: m["craft"].update(label_prompt_share=1.5))
+    assert "methods.craft.label_prompt_share" in msg
 
 
 def test_align_slice_holds_init_knowledge_and_evaluators(tmp_path):

@@ -21,6 +21,13 @@ def plain_prompt_weights(bank: list[str], plain: str, share: float) -> np.ndarra
     return weights
 
 
+def draw_prompt(
+    bank: list[str], rng: np.random.Generator, weights: np.ndarray | None = None
+) -> str:
+    """One prompt of ``bank``: uniformly, or with ``weights`` (probabilities in its order)."""
+    return str(rng.choice(bank) if weights is None else rng.choice(bank, p=weights))
+
+
 def prompt_banks(knowledge, labels: list[str]) -> dict[str, list[str]]:
     """Each label's enriched prompt bank (its label prompt included) from loaded knowledge."""
     return {label: knowledge.prompts_for(label) for label in labels}

@@ -16,7 +16,7 @@ from craft.config import CraftConfig
 from craft.models.card import ModelCard
 from craft.models.generator import load_generator
 from craft.paths import Layout
-from craft.prompts import enriched_prompts, label_prompt, plain_prompt_weights
+from craft.prompts import draw_prompt, enriched_prompts, label_prompt, plain_prompt_weights
 from craft.store import read_split
 from craft.train.common import machine_description, setup_torch
 from craft.train.diffusion import CaptionFn, DiffusionFinetune, FinetuneSettings, TrainingData
@@ -51,9 +51,7 @@ def training_captions(
 
     def enriched(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
         names = [label_names[i] for i in label_idx]
-        if not weights:
-            return [str(rng.choice(bank[lab])) for lab in names]
-        return [str(rng.choice(bank[lab], p=weights[lab])) for lab in names]
+        return [draw_prompt(bank[lab], rng, weights.get(lab)) for lab in names]
 
     return enriched
 

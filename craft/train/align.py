@@ -31,7 +31,7 @@ from craft.models.card import ModelCard, load_card_generator
 from craft.models.lora import combine_loras, fuse_lora, read_lora, write_lora
 from craft.paths import Layout
 from craft.progress import log
-from craft.prompts import label_prompt, plain_prompt_weights, prompt_banks
+from craft.prompts import draw_prompt, label_prompt, plain_prompt_weights, prompt_banks
 from craft.store import read_split
 from craft.train.common import machine_description, setup_torch
 from craft.train.diffusion import FinetuneSettings, TrainingData
@@ -168,17 +168,15 @@ def align(
         prompt_banks(knowledge, labels), plain, a.holdout_prompts, use_enriched
     )
     by_index = {i: train_prompts[lab] for i, lab in enumerate(labels)}
-    w_index = None
+    weights = {}  # each label's prompt probabilities; none: uniform
     if k.label_prompt_share is not None:
-        w_index = {
+        weights = {
             i: plain_prompt_weights(train_prompts[lab], plain[lab], k.label_prompt_share)
             for i, lab in enumerate(labels)
         }
 
     def caption(label_idx: np.ndarray, rng: np.random.Generator) -> list[str]:
-        if w_index is None:
-            return [str(rng.choice(by_index[int(i)])) for i in label_idx]
-        return [str(rng.choice(by_index[int(i)], p=w_index[int(i)])) for i in label_idx]
+        return [draw_prompt(by_index[int(i)], rng, weights.get(int(i))) for i in label_idx]
 
     # 3. The reward evaluator and the reward; the out-of-family evaluator for evaluations.
     reward_ev = cfg.cas.reward_evaluator
@@ -218,7 +216,7 @@ def align(
     )
     recipe = RewardFinetune(settings, a, rollout, run_dir / "checkpoint", parallel)
     recipe.setup(
-        gen, TrainingData(data.images, data.labels, caption), by_index, reward, evaluation, w_index
+        gen, TrainingData(data.images, data.labels, caption), by_index, reward, evaluation, weights
     )
     recipe.train()
     if not parallel.is_main:  # rank 0 writes the outputs; the LoRA is whole on every rank

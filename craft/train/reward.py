@@ -49,6 +49,7 @@ from craft.models.generator import Generator
 from craft.models.lora import ADAPTER
 from craft.models.sampling import guided_eps, initial_noise, sample
 from craft.progress import log
+from craft.prompts import draw_prompt
 from craft.train.diffusion import DiffusionFinetune, TrainingData, replace_dir
 from craft.train.distributed import Parallel, deepspeed_engine
 
@@ -129,7 +130,7 @@ class RewardFinetune(DiffusionFinetune):
         if self.a.patience is not None and evaluation is None:
             raise ValueError("patience needs an evaluation")
         self.prompts, self.reward_fn, self.evaluation = prompts, reward, evaluation
-        self.prompt_weights = prompt_weights
+        self.prompt_weights = prompt_weights or {}
         super().setup(gen, data, self.rollout.channels)
         if self.parallel.zero_stage:  # after the optimizer exists; resume through the engine
             micro = self.s.batch_size // self.parallel.world
@@ -170,16 +171,11 @@ class RewardFinetune(DiffusionFinetune):
         """Label-balanced labels, one prompt of each image's label, a noise seed per image."""
         n_lab = len(self.prompts)
         labels = (int(rng.integers(n_lab)) + np.arange(self.s.batch_size)) % n_lab
-        prompts = [self.prompts[int(y)][self._prompt_index(int(y), rng)] for y in labels]
+        w = self.prompt_weights
+        prompts = [draw_prompt(self.prompts[int(y)], rng, w.get(int(y))) for y in labels]
         seeds = rng.integers(0, 2**62, size=len(labels)).tolist()
         mine = self.parallel.shard(len(labels))  # this rank's share of the global batch
         return labels[mine], prompts[mine], seeds[mine]
-
-    def _prompt_index(self, label: int, rng: np.random.Generator) -> int:
-        n = len(self.prompts[label])
-        if self.prompt_weights is None:
-            return int(rng.integers(n))
-        return int(rng.choice(n, p=self.prompt_weights[label]))
 
     def _batch(self, step: int):
         """The diffusion-loss batch of step ``step``, this rank's share."""

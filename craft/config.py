@@ -216,6 +216,18 @@ class AlignSettings(Strict):
         "out-of-family CAS never rose above its start (step 0 kept; oracle 0.789 vs 0.898), "
         "so the benchmark keeps 1.",
     )
+    # left out of dumps at its default, like reward_power
+    checklist_weight: float = Field(
+        0.0,
+        ge=0,
+        exclude_if=lambda v: v == 0.0,
+        description="Kind craft: add this times the checklist's log-likelihood (the mean over "
+        "the label's checklist items of log P(item as expected), from the reward evaluator) to "
+        "the reward. CAS is flat at 0 for an image that surely fails an item (a chest "
+        "'effusion' with fluid in both lungs scores CAS 0.00), so under 'cas' such images get "
+        "no gradient and reward finetuning leaves them as they are; this term gives each wrong "
+        "item a gradient near 1 and fades once the item is right (it is at most 0).",
+    )
     lv_draws: int = Field(2, ge=1, description="Noise draws of the last step (window draft-lv).")
     sample_steps: int | None = Field(
         None, ge=1, description="Denoising steps while training; default sampling.steps."
@@ -522,6 +534,11 @@ class CraftConfig(Strict):
                     "zero-shot, lora or full method"
                 )
             a = k.align_settings
+            if a.checklist_weight and k.kind != "craft":
+                raise ValueError(
+                    f"{where}.align.checklist_weight: only kind craft scores the checklist "
+                    f"(this kind {k.kind} method's reward knows no checklist); remove it"
+                )
             gpus = self.resources.align.gpu
             if gpus > 1 and a.zero_stage == 0:
                 raise ValueError(

@@ -208,6 +208,11 @@ def raw_dimensions(
     log_total = torch.log(w.sum(1).clamp_min(1e-12))
     out["checklist_adherence"] = torch.where(has, (log_ok - log_total).exp(), 0.5)
     out["checklist_adherence_log_odds"] = torch.where(has, log_ok - log_not, 0.0)
+    # the checklist's log-likelihood, sum_k w_k log P(item k as expected) / sum_k w_k: unlike
+    # the adherence (a mean of probabilities, flat once an item is surely wrong), each item's
+    # gradient is sigmoid(-a_k), near 1 for an item the evaluator sees wrong, near 0 once right
+    loglik = (F.logsigmoid(a) * w).sum(1) / w.sum(1).clamp_min(1e-12)
+    out["checklist_loglik"] = torch.where(has, loglik, 0.0)
     # 4. plausibility: closeness to real images of the label, in real-to-real units
     if reference is not None:
         out["plausibility"] = reference.plausibility(emb, y)
@@ -233,7 +238,8 @@ def cas_dimensions(
     linear_below: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """The four calibrated dimensions, their raw values (``{dim}_raw``), ``cas`` and
-    ``log_cas`` (sum_d w_d log dim / sum_d w_d, the reward's form), each (N,).
+    ``log_cas`` (sum_d w_d log dim / sum_d w_d, the reward's form), each (N,), and the raw
+    ``checklist_loglik`` (the mean log P(item as expected), a reward term; not calibrated).
     ``linear_below``: see :meth:`Reference.log_calibrate` (the reward sets it).
 
     ``images``: float NCHW in [-1, 1] (the sampler's output; differentiable) or uint8 NHWC.
@@ -258,6 +264,7 @@ def cas_dimensions(
         out[dim] = logs[dim].exp()
     out["cas"] = reference.combine(out)
     out["log_cas"] = reference.log_combine(logs)
+    out["checklist_loglik"] = raw["checklist_loglik"]
     return out
 
 
@@ -270,13 +277,17 @@ def cas_reward(
     reference: Reference,
     bank: TextBank | None = None,
     log: bool = True,
+    power: float = 1.0,
+    checklist_weight: float = 0.0,
 ) -> torch.Tensor:
     """(N,) differentiable CAS of sampler images (float NCHW in [-1, 1]): the CRAFT reward.
 
     ``log`` (default): the weighted mean log calibrated dimension (``log_cas``), whose gradient
     stays alive for images far outside the real distribution, each kernel's log CDF linear
     below :data:`REWARD_LINEAR_TAIL` so that no image's gradient grows with its distance;
-    else ``cas`` itself.
+    else ``cas`` itself, or ``cas ** power``. ``checklist_weight`` > 0 adds that times
+    ``checklist_loglik``: a gradient for each checklist item the evaluator sees wrong, where
+    ``cas`` is flat at 0.
     """
     from craft.cas.reference import REWARD_LINEAR_TAIL
 
@@ -284,7 +295,11 @@ def cas_reward(
     s = cas_dimensions(
         evaluator, images, labels, prompts, knowledge, reference, bank, linear_below=tail
     )
-    return s["log_cas"] if log else s["cas"]
+    if log:
+        r = s["log_cas"]
+    else:
+        r = s["cas"] if power == 1.0 else s["cas"].clamp_min(1e-6) ** power
+    return r + checklist_weight * s["checklist_loglik"] if checklist_weight else r
 
 
 # ----------------------------------------------------------------------------- the tail
@@ -416,7 +431,7 @@ def score_samples(
                         bank,
                         judge,
                     )
-                row = {k: v.float().cpu().numpy() for k, v in s.items()}
+                row = {k: s[k].float().cpu().numpy() for k in fields if k in s}
                 row["labels"] = labels
                 row["tail"] = (row["cas"] < reference.tau).astype(np.uint8)
                 writer.append(row)

@@ -46,16 +46,28 @@ def cas_reward_fn(
     label_names: list[str],
     log_form=True,
     power: float = 1.0,
+    checklist_weight: float = 0.0,
 ):
     """CRAFT's reward: per-image (log) CAS of the evaluator for its label and prompt, or
-    CAS ** power (without ``log_form``)."""
+    CAS ** power (without ``log_form``), plus ``checklist_weight`` times the checklist's
+    log-likelihood (craft.cas.score.cas_reward)."""
     from craft.cas.score import TextBank, cas_reward
 
     bank = TextBank.build(evaluator, knowledge, label_names)
 
     def reward(images: torch.Tensor, labels: np.ndarray, prompts: list[str]) -> torch.Tensor:
-        r = cas_reward(evaluator, images, labels, prompts, knowledge, reference, bank, log=log_form)
-        return r if log_form or power == 1.0 else r.clamp_min(1e-6) ** power
+        return cas_reward(
+            evaluator,
+            images,
+            labels,
+            prompts,
+            knowledge,
+            reference,
+            bank,
+            log=log_form,
+            power=power,
+            checklist_weight=checklist_weight,
+        )
 
     return reward
 
@@ -184,7 +196,13 @@ def align(
     reference = load_reference(lay.reference(modality, reward_ev))
     if k.kind == "craft":
         reward = cas_reward_fn(
-            evaluator, knowledge, reference, labels, a.reward == "log-cas", a.reward_power
+            evaluator,
+            knowledge,
+            reference,
+            labels,
+            a.reward == "log-cas",
+            a.reward_power,
+            a.checklist_weight,
         )
     else:
         reward = generic_reward_fn(evaluator, [plain[lab] for lab in labels])

@@ -357,3 +357,48 @@ def test_bootstrap_ci_and_bandwidth():
     assert silverman_bandwidth(np.random.default_rng(0).normal(size=1000)) == pytest.approx(
         0.9 * 1000**-0.2, rel=0.1
     )
+
+
+def test_checklist_loglik_gives_a_surely_failed_item_the_gradient_cas_lacks(
+    cxr_evaluator, cxr_reference, cxr_knowledge
+):
+    """Real effusions requested as 'effusion' and as 'normal' (whose clear-bases item they
+    surely fail): CAS is flat near 0 for the failures, so its gradient all but vanishes there;
+    the checklist log-likelihood (the mean log P(item as expected)) keeps one, is at most 0,
+    and matches its definition from the judge's item log-odds."""
+    from craft.cas.score import TextBank, VLMJudge, cas_reward, label_indices
+
+    images, _ = draw_batch(PHANTOM, ["effusion"] * 6, 6, 32)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = torch.cat([x, x]).requires_grad_()
+    labels = ["effusion"] * 6 + ["normal"] * 6
+    prompts = [f"chest radiograph, {lab}" for lab in labels]
+    bank = TextBank.build(cxr_evaluator, cxr_knowledge, cxr_reference.label_names)
+    args = (cxr_evaluator, x, labels, prompts, cxr_knowledge, cxr_reference, bank)
+    s = cas_dimensions(*args)
+    right, wrong = slice(0, 6), slice(6, 12)
+    ll, cas = s["checklist_loglik"], s["cas"]
+    assert (ll <= 0).all()
+    assert ll[wrong].max() < ll[right].min()
+    assert (cas[wrong] < cxr_reference.tau).all()
+    (g_cas,) = torch.autograd.grad(cas.sum(), x, retain_graph=True)
+    (g_ll,) = torch.autograd.grad(ll.sum(), x, retain_graph=True)
+    n_cas, n_ll = g_cas.flatten(1).norm(dim=1), g_ll.flatten(1).norm(dim=1)
+    print(f"|grad cas| {n_cas.tolist()}\n|grad loglik| {n_ll.tolist()}")
+    assert (n_ll[wrong] > 5 * n_cas[wrong]).all()
+    # the definition, from the judge's item log-odds
+    with torch.no_grad():
+        xd = x.detach()
+        y = label_indices(labels, cxr_reference.label_names)
+        emb = cxr_evaluator.encode_images(xd)
+        a = VLMJudge(cxr_evaluator).item_log_odds(xd, emb, bank.checklist)
+        a = torch.where(bank.item_expected[y], a, -a)
+        w = bank.item_weight[y]
+        want = (torch.nn.functional.logsigmoid(a) * w).sum(1) / w.sum(1)
+    torch.testing.assert_close(ll.detach(), want)
+    # the reward adds it at its weight; at weight 0 the reward is CAS itself
+    with torch.no_grad():
+        plain = cas_reward(*args, log=False)
+        added = cas_reward(*args, log=False, checklist_weight=0.5)
+    torch.testing.assert_close(plain, cas.detach())
+    torch.testing.assert_close(added, cas.detach() + 0.5 * ll.detach())

@@ -192,6 +192,8 @@ def test_reward_power_at_its_default_leaves_run_digests_as_they_were():
     # digests hash the dumped settings: a key added with its default must not rerun old runs
     assert "reward_power" not in AlignSettings().model_dump()
     assert AlignSettings(reward_power=0.5).model_dump()["reward_power"] == 0.5
+    assert "checklist_weight" not in AlignSettings().model_dump()
+    assert AlignSettings(checklist_weight=1.0).model_dump()["checklist_weight"] == 1.0
 
 
 def test_reward_power_is_cas_to_that_power_with_more_gradient_for_failures(world):
@@ -672,6 +674,10 @@ def test_config_errors_name_the_field(tmp_path):
     assert "methods.craft.align" in msg and "reward_power 0.5 applies to reward 'cas'" in msg
     msg = _error(w, lambda m: m["craft"]["align"].update(reward_power=2))
     assert "methods.craft.align.reward_power" in msg
+    msg = _error(w, lambda m: m["generic-reward"]["align"].update(checklist_weight=1.0))
+    assert "methods.generic-reward.align.checklist_weight" in msg and "kind craft" in msg
+    msg = _error(w, lambda m: m["craft"]["align"].update(checklist_weight=-1))
+    assert "methods.craft.align.checklist_weight" in msg
     msg = _error(w, lambda m: m["generic-reward"].update(label_prompt_share=0.5))
     assert "methods.generic-reward.label_prompt_share" in msg and "prompts: enriched" in msg
     msg = _error(w, lambda m: m["craft"].update(label_prompt_share=1.5))

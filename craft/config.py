@@ -272,7 +272,10 @@ class AlignSettings(Strict):
         "evaluations (at least one where a label has two or more).",
     )
     gradient_checkpointing: bool = Field(
-        False, description="Recompute UNet activations inside the window in the backward pass."
+        False,
+        description="Keep only each block's inputs of the UNet calls inside the window and of "
+        "the VAE decode, and recompute the rest in the backward pass: one more forward of "
+        "each for much less activation memory (the same gradients).",
     )
     zero_stage: Literal[0, 1, 2] = Field(
         0,

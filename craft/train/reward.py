@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.checkpoint import checkpoint
 
 from craft.config import AlignSettings
 from craft.models.generator import Generator
@@ -132,6 +131,10 @@ class RewardFinetune(DiffusionFinetune):
         self.prompts, self.reward_fn, self.evaluation = prompts, reward, evaluation
         self.prompt_weights = prompt_weights or {}
         super().setup(gen, data, self.rollout.channels)
+        if self.a.gradient_checkpointing:  # per block, and only where gradients are on
+            gen.unet.enable_gradient_checkpointing()
+            if gen.vae is not None:
+                gen.vae.enable_gradient_checkpointing()
         if self.parallel.zero_stage:  # after the optimizer exists; resume through the engine
             micro = self.s.batch_size // self.parallel.world
             self.engine = deepspeed_engine(
@@ -184,19 +187,15 @@ class RewardFinetune(DiffusionFinetune):
         return x0[mine], captions[mine], noise[mine], t[mine]
 
     def _eps(self, x, t, cond, uncond, grad: bool, kl_terms: list[torch.Tensor]):
-        """Guided noise prediction; inside the window with gradients (optionally recomputed
-        in the backward pass) and, with a KL weight, compared to the starting model's."""
+        """Guided noise prediction; inside the window with gradients (with
+        gradient_checkpointing, each UNet block's activations are recomputed in the backward
+        pass) and, with a KL weight, compared to the starting model's."""
         gen, g = self.gen, self.rollout.guidance
         x_in = gen.scheduler.scale_model_input(x, t)
         if not grad:
             with torch.no_grad():
                 return guided_eps(gen, x_in, t, cond, uncond, g)
-        if self.a.gradient_checkpointing:
-            eps = checkpoint(
-                lambda xi: guided_eps(gen, xi, t, cond, uncond, g), x_in, use_reentrant=False
-            )
-        else:
-            eps = guided_eps(gen, x_in, t, cond, uncond, g)
+        eps = guided_eps(gen, x_in, t, cond, uncond, g)
         if self.a.kl_weight:
             with torch.no_grad(), self.starting_model():
                 eps_start = guided_eps(gen, x_in, t, cond, uncond, g)

@@ -29,7 +29,10 @@ def add_lora(
     target_modules: list[str],
     seed: int = 0,
 ) -> list[torch.nn.Parameter]:
-    """Freeze the UNet, add LoRA layers, and return the trainable LoRA parameters."""
+    """Freeze the UNet, add LoRA layers, and return the trainable LoRA parameters.
+
+    The LoRA is float32 whatever the UNet's dtype (peft computes it in its own dtype and casts
+    the result back), so a bf16 frozen UNet still trains float32 weights and optimizer state."""
     unet.requires_grad_(False)
     present = {name.split(".")[-1] for name, _ in unet.named_modules()}
     leaf = {t.split(".")[-1] for t in target_modules}
@@ -46,7 +49,10 @@ def add_lora(
     )
     torch.manual_seed(seed)
     unet.add_adapter(config, adapter_name=ADAPTER)
-    return [p for p in unet.parameters() if p.requires_grad]
+    params = [p for p in unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
 
 
 def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:

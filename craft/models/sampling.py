@@ -16,14 +16,17 @@ from craft.models.generator import Generator
 
 
 def initial_noise(gen: Generator, seeds: Sequence[int], size: int) -> torch.Tensor:
-    """Per-image Gaussian noise (N, C, h, w) in the UNet's space, from each image's own seed."""
+    """Per-image Gaussian noise (N, C, h, w) in the UNet's space, from each image's own seed.
+
+    Float32 whatever the UNet's dtype: the latents of the chain stay float32, and a bf16 UNet
+    runs under autocast (reward finetuning on a GPU)."""
     side = size // gen.latent_scale
     channels = gen.unet.config.in_channels
     noise = [
         torch.randn((channels, side, side), generator=torch.Generator().manual_seed(int(s)))
         for s in seeds
     ]
-    return torch.stack(noise).to(gen.device, gen.unet.dtype)
+    return torch.stack(noise).to(gen.device, torch.float32)
 
 
 def guided_eps(

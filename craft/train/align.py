@@ -166,8 +166,11 @@ def align(
     init, gen = load_card_generator(init_card, cfg.sampling.timestep_spacing)
     if init.lora_dir:
         fuse_lora(gen.unet)
-    # frozen text encoder and VAE in bf16 on a GPU; the UNet (and the LoRA) stay float32
-    gen.to(device, torch.bfloat16 if device.type == "cuda" else None)
+    # on a GPU every frozen part in bf16 (the recipe then computes under bf16 autocast); the
+    # reward LoRA, added at setup, and its optimizer state stay float32
+    frozen = torch.bfloat16 if device.type == "cuda" else None
+    gen.to(device, frozen)
+    gen.unet.to(dtype=frozen)
     # 2. Data and prompts: real training images (diffusion loss), each label's prompt bank.
     data = read_split(lay.data(modality), "train")
     labels = list(data.label_names)

@@ -130,6 +130,9 @@ class RewardFinetune(DiffusionFinetune):
             raise ValueError("patience needs an evaluation")
         self.prompts, self.reward_fn, self.evaluation = prompts, reward, evaluation
         self.prompt_weights = prompt_weights or {}
+        # mixed precision when the frozen UNet comes in bf16 (craft align does that on a GPU):
+        # bf16 compute under autocast; the LoRA, its optimizer state and the latents float32
+        self.mixed = gen.unet.dtype == torch.bfloat16
         super().setup(gen, data, self.rollout.channels)
         if self.a.gradient_checkpointing:  # per block, and only where gradients are on
             gen.unet.enable_gradient_checkpointing()
@@ -249,7 +252,8 @@ class RewardFinetune(DiffusionFinetune):
         rng = np.random.default_rng([self.s.seed, step, 1])  # apart from the real-image batch
         labels, prompts, seeds = self._reward_batch(rng)
         images, draws, kl = self._rollout(prompts, seeds, rng)
-        reward = self.reward_fn(images, np.tile(labels, draws), prompts * draws)
+        with torch.autocast(images.device.type, enabled=False):  # the evaluator in float32
+            reward = self.reward_fn(images.float(), np.tile(labels, draws), prompts * draws)
         loss = -reward.float().mean()
         terms = {"reward": reward.mean().item()}
         if kl:
@@ -271,10 +275,9 @@ class RewardFinetune(DiffusionFinetune):
         self.engine.step()
 
     def _autocast(self):
-        """bf16 autocast on a GPU (the LoRA and its optimizer state stay float32); none on CPU,
-        where runs stay bit-exact."""
-        on_gpu = self.gen.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu)
+        """bf16 autocast when the frozen UNet is bf16; none for a float32 one (the CPU's, where
+        runs stay bit-exact)."""
+        return torch.autocast(self.gen.device.type, dtype=torch.bfloat16, enabled=self.mixed)
 
     # -- the starting model, the LoRA scale ----------------------------------------------
 

@@ -162,8 +162,10 @@ def make_recipe(
     evaluation=False,
     parallel=None,
     weights=None,
+    dtype=None,
 ):
-    """A set-up recipe on a freshly loaded base generator with the CAS reward."""
+    """A set-up recipe on a freshly loaded base generator with the CAS reward (its frozen
+    parts cast to ``dtype`` if given, as align does on a GPU)."""
     from craft.train.align import cas_reward_fn
 
     evaluator, reference, knowledge = loaded(world)
@@ -184,6 +186,9 @@ def make_recipe(
         )
     r = RewardFinetune(s or settings(), align, Rollout(4, 2.0, RES, CH), ckpt, parallel)
     gen = load_generator(world / "base")
+    if dtype is not None:
+        gen.unet.to(dtype=dtype)
+        gen.text_encoder.to(dtype=dtype)
     r.setup(gen, real_data(world), prompts_by_label(), reward, ev, weights)
     return r
 
@@ -347,6 +352,31 @@ def test_gradient_checkpointing_keeps_the_gradients_and_saves_activation_memory(
     assert any(g.abs().sum() > 0 for g in plain.values())
     print(f"bytes kept for backward: {plain_bytes} -> {ckpt_bytes}")
     assert ckpt_bytes < 0.5 * plain_bytes, (plain_bytes, ckpt_bytes)
+
+
+def test_a_bf16_frozen_unet_trains_a_float32_lora_under_autocast(world, tmp_path):
+    """align's GPU set-up, here on the CPU: frozen weights in bf16, computed under bf16
+    autocast, the evaluators in float32; the LoRA and its optimizer state stay float32, the
+    base weights untouched, and the step's reward is the float32 recipe's within rounding."""
+    align = AlignSettings(window="draft", k=1, eval_every=1)
+    full = make_recipe(world, align, tmp_path / "f32", settings(steps=2), evaluation=True)
+    r = make_recipe(
+        world, align, tmp_path / "bf16", settings(steps=2), evaluation=True, dtype=torch.bfloat16
+    )
+    assert r.mixed and not full.mixed
+    assert r.params and all(p.dtype == torch.float32 for p in r.params)
+    base = {k: v.clone() for k, v in r.gen.unet.state_dict().items() if "lora_" not in k}
+    with torch.no_grad():
+        assert abs(r.loss(0).item() - full.loss(0).item()) < 0.05
+    r.train()
+    state = r.gen.unet.state_dict()
+    assert all(state[k].dtype == torch.bfloat16 and torch.equal(state[k], base[k]) for k in base)
+    assert all(p.dtype == p.grad.dtype == torch.float32 for p in r.params)
+    moments = [s["exp_avg"] for s in r.optimizer.state.values()]
+    assert moments and all(m.dtype == torch.float32 for m in moments)
+    evals = [h for h in r.history if "eval_cas__siglip" in h]
+    assert len(evals) >= 2 and all(np.isfinite(h["eval_cas__siglip"]) for h in evals)
+    assert all(np.isfinite(h["loss"]) for h in r.history if "loss" in h)
 
 
 def test_gradients_flow_only_through_the_window(world, tmp_path):

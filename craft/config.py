@@ -277,6 +277,14 @@ class AlignSettings(Strict):
         "the VAE decode, and recompute the rest in the backward pass: one more forward of "
         "each for much less activation memory (the same gradients).",
     )
+    # left out of dumps at its default, like reward_power: it changes speed, not what is learnt
+    compile: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="torch.compile the UNet and the VAE with this mode (None = eager). For "
+        "GPUs: the first steps compile for minutes, and on a CPU compiling costs more than it "
+        "saves. bench/bench_reward_step.py measures it against eager.",
+    )
     zero_stage: Literal[0, 1, 2] = Field(
         0,
         description="DeepSpeed ZeRO stage of data-parallel training over resources.align.gpu "

@@ -170,7 +170,8 @@ def align(
     # reward LoRA, added at setup, and its optimizer state stay float32
     frozen = torch.bfloat16 if device.type == "cuda" else None
     gen.to(device, frozen)
-    gen.unet.to(dtype=frozen)
+    if frozen is not None:
+        gen.unet.to(dtype=frozen)
     # 2. Data and prompts: real training images (diffusion loss), each label's prompt bank.
     data = read_split(lay.data(modality), "train")
     labels = list(data.label_names)

@@ -138,6 +138,10 @@ class RewardFinetune(DiffusionFinetune):
             gen.unet.enable_gradient_checkpointing()
             if gen.vae is not None:
                 gen.vae.enable_gradient_checkpointing()
+        if self.a.compile:  # in place: parameter names, and so checkpoints, stay as they are
+            for module in (gen.unet, gen.vae):
+                if module is not None:
+                    module.compile(mode=self.a.compile)
         if self.parallel.zero_stage:  # after the optimizer exists; resume through the engine
             micro = self.s.batch_size // self.parallel.world
             self.engine = deepspeed_engine(

@@ -199,6 +199,8 @@ def test_reward_power_at_its_default_leaves_run_digests_as_they_were():
     assert AlignSettings(reward_power=0.5).model_dump()["reward_power"] == 0.5
     assert "checklist_weight" not in AlignSettings().model_dump()
     assert AlignSettings(checklist_weight=1.0).model_dump()["checklist_weight"] == 1.0
+    assert "compile" not in AlignSettings().model_dump()
+    assert AlignSettings(compile="default").model_dump()["compile"] == "default"
 
 
 def test_reward_power_is_cas_to_that_power_with_more_gradient_for_failures(world):

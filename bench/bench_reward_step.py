@@ -32,6 +32,7 @@ A variant that runs out of memory or fails is reported as such and the next one 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import sys
@@ -86,7 +87,17 @@ def sd15_generator(seed: int = 0) -> Generator:
         sample_size=512,
     )
     tokenizer = build_tokenizer(["a", "photo"], model_max_length=77)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77))
+    text = CLIPTextModel(  # SD-1.5's text encoder: CLIP ViT-L/14's (768 wide, 12 layers)
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            projection_dim=768,
+        )
+    )
     scheduler = DDIMScheduler(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
@@ -228,9 +239,11 @@ def measure(name: str, args, device) -> dict:
         with torch.device(device):  # random init on the device: seconds, not a minute
             gen = (sd15_generator if args.size == "sd15" else tiny_generator)()
         dtype = getattr(torch, args.dtype)
-        gen.to(device, dtype)
+        gen.to(device, dtype if dtype != torch.float32 else None)
         if dtype != torch.float32:  # craft's LoRA, added at setup, is float32 whatever this is
             gen.unet.to(dtype=dtype)
+        if device.type == "cuda":  # not the float32 build before the cast
+            torch.cuda.reset_peak_memory_stats()
         if path == "plain":
             step = plain_fn(gen, args, device, what, k, ckpt)
         else:
@@ -256,6 +269,7 @@ def measure(name: str, args, device) -> dict:
         out["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
     out["peak_gib"] = peak_memory(device)
     del gen, step
+    gc.collect()  # an in-place compile leaves a reference cycle that holds the model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if out["status"] == "ok":

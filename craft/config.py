@@ -281,9 +281,10 @@ class AlignSettings(Strict):
     compile: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] | None = Field(
         None,
         exclude_if=lambda v: v is None,
-        description="torch.compile the UNet and the VAE with this mode (None = eager). For "
-        "GPUs: the first steps compile for minutes, and on a CPU compiling costs more than it "
-        "saves. bench/bench_reward_step.py measures it against eager.",
+        description="torch.compile the UNet and the VAE's decoder with this mode (None = "
+        "eager); the first steps compile (minutes at Stable Diffusion size). On this project's "
+        "CPU, a tiny K=1 step took 0.18 s compiled against 0.32 s eager after 17 s of "
+        "compiling; bench/bench_reward_step.py measures it against eager on a GPU.",
     )
     zero_stage: Literal[0, 1, 2] = Field(
         0,

@@ -68,12 +68,16 @@ class Generator:
     def to_model_space(
         self, images: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Images in [-1, 1] (N, C, H, W) with the modality's channels -> UNet input space."""
+        """Images in [-1, 1] (N, C, H, W) with the modality's channels -> UNet input space.
+
+        Latents come back float32 whatever the VAE's and UNet's dtype: the noising
+        (``scheduler.add_noise``) and the target stay exact, and a bf16 UNet runs under
+        autocast (in bf16 the smallest timesteps' noise rounds away)."""
         images = match_channels(images, self.image_channels)
         if self.vae is None:
             return images
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return (dist.sample(generator) * self.vae.config.scaling_factor).to(self.unet.dtype)
+        return (dist.sample(generator) * self.vae.config.scaling_factor).float()
 
     def to_image_space(self, latents: torch.Tensor, channels: int) -> torch.Tensor:
         """UNet space -> images in [-1, 1] with ``channels`` channels (differentiable)."""

@@ -139,9 +139,9 @@ class RewardFinetune(DiffusionFinetune):
             if gen.vae is not None:
                 gen.vae.enable_gradient_checkpointing()
         if self.a.compile:  # in place: parameter names, and so checkpoints, stay as they are
-            for module in (gen.unet, gen.vae):
-                if module is not None:
-                    module.compile(mode=self.a.compile)
+            gen.unet.compile(mode=self.a.compile)
+            if gen.vae is not None:  # craft calls vae.decode, never vae(): its decoder
+                gen.vae.decoder.compile(mode=self.a.compile)
         if self.parallel.zero_stage:  # after the optimizer exists; resume through the engine
             micro = self.s.batch_size // self.parallel.world
             self.engine = deepspeed_engine(

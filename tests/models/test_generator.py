@@ -287,3 +287,25 @@ def test_lora_errors(pixel_dir, tmp_path):
         add_lora(gen.unet, 2, None, ["no_such_layer"])
     with pytest.raises(CraftError, match=LORA_FILE):
         load_lora(gen.unet, tmp_path)
+
+
+def test_bf16_frozen_parts_keep_latents_noise_and_lora_in_float32():
+    """A GPU's reward finetuning set-up (frozen parts bf16): the chain's noise, the encoded
+    latents of the diffusion loss and the LoRA stay float32, so the noising of the smallest
+    timesteps is not rounded away."""
+    gen = build_tiny_generator(TINY, 32, 3, ["chest"], with_vae=True, seed=0)
+    gen.unet.to(dtype=torch.bfloat16)
+    gen.vae.to(dtype=torch.bfloat16)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = gen.to_model_space(images, generator=torch.Generator().manual_seed(1))
+    assert z.dtype == torch.float32 and z.shape == (2, 4, 8, 8)
+    assert initial_noise(gen, [1, 2], 32).dtype == torch.float32
+    params = add_lora(gen.unet, 2, 2.0, ["to_q", "to_v"], seed=0)
+    assert params and all(p.dtype == torch.float32 and p.requires_grad for p in params)
+    assert all(
+        p.dtype == torch.bfloat16 for n, p in gen.unet.named_parameters() if "lora_" not in n
+    )
+    # the noising at t=1 survives in float32 (on bf16 latents it rounds to 0 here)
+    t = torch.tensor([1, 1])
+    noisy = gen.scheduler.add_noise(z, torch.randn_like(z), t)
+    assert (noisy - z).abs().max() > 0

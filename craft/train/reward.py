@@ -139,6 +139,11 @@ class RewardFinetune(DiffusionFinetune):
             if gen.vae is not None:
                 gen.vae.enable_gradient_checkpointing()
         if self.a.compile:  # in place: parameter names, and so checkpoints, stay as they are
+            # graphs per grad mode, batch shape (rollout, diffusion loss, evaluation), adapter
+            # state (KL) and LoRA scale: more than dynamo's default 8, past which it runs eager
+            from torch._dynamo import config as dynamo
+
+            dynamo.recompile_limit = max(dynamo.recompile_limit, 32)
             gen.unet.compile(mode=self.a.compile)
             if gen.vae is not None:  # craft calls vae.decode, never vae(): its decoder
                 gen.vae.decoder.compile(mode=self.a.compile)

@@ -381,6 +381,19 @@ def test_a_bf16_frozen_unet_trains_a_float32_lora_under_autocast(world, tmp_path
     assert all(np.isfinite(h["loss"]) for h in r.history if "loss" in h)
 
 
+def test_compile_wraps_the_unet_in_place_so_checkpoints_keep_their_names(world, tmp_path):
+    """align.compile compiles lazily (at the first call, which this test does not make: that
+    takes minutes on a CPU; bench/gpu.sh times it and compares its first loss with eager's)."""
+    from torch._dynamo import config as dynamo
+
+    eager = make_recipe(world, AlignSettings(), tmp_path / "e")
+    compiled = make_recipe(world, AlignSettings(compile="default"), tmp_path / "c")
+    assert getattr(eager.gen.unet, "_compiled_call_impl", None) is None
+    assert compiled.gen.unet._compiled_call_impl is not None
+    assert eager.gen.unet.state_dict().keys() == compiled.gen.unet.state_dict().keys()
+    assert dynamo.recompile_limit >= 32
+
+
 def test_gradients_flow_only_through_the_window(world, tmp_path):
     """DRaFT-1 keeps the graph of exactly one UNet call (two with CFG batched into one)."""
     r = make_recipe(world, AlignSettings(window="draft", k=1), tmp_path / "ckpt")

@@ -9,6 +9,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/craft-bench}
 mkdir -p "$OUT"
+if ! ls .whl/diffusers-*.whl >/dev/null 2>&1; then
+    echo "bench/gpu.sh: no wheels in .whl/; run bash bench/wheels.sh here and carry .whl" >&2
+    exit 2
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

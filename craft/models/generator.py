@@ -41,9 +41,13 @@ class Generator:
             return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Generator:
-        """Move every part (frozen parts to ``dtype`` if given; the UNet keeps its dtype)."""
-        self.unet.to(device)
+    def to(
+        self, device: torch.device | str, dtype: torch.dtype | None = None, unet_too: bool = False
+    ) -> Generator:
+        """Move every part; the frozen text encoder and VAE to ``dtype`` if given, the UNet
+        too with ``unet_too`` (reward finetuning freezes it and adds a float32 LoRA), else it
+        keeps its dtype."""
+        self.unet.to(device, dtype=dtype if unet_too else None)
         self.text_encoder.to(device, dtype=dtype)
         if self.vae is not None:
             self.vae.to(device, dtype=dtype)

@@ -168,10 +168,7 @@ def align(
         fuse_lora(gen.unet)
     # on a GPU every frozen part in bf16 (the recipe then computes under bf16 autocast); the
     # reward LoRA, added at setup, and its optimizer state stay float32
-    frozen = torch.bfloat16 if device.type == "cuda" else None
-    gen.to(device, frozen)
-    if frozen is not None:
-        gen.unet.to(dtype=frozen)
+    gen.to(device, torch.bfloat16 if device.type == "cuda" else None, unet_too=True)
     # 2. Data and prompts: real training images (diffusion loss), each label's prompt bank.
     data = read_split(lay.data(modality), "train")
     labels = list(data.label_names)

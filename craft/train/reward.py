@@ -253,16 +253,13 @@ class RewardFinetune(DiffusionFinetune):
         return gen.to_image_space(x, self.rollout.channels), draws, kl
 
     def loss(self, step: int) -> torch.Tensor:
-        """Minus the mean reward of step ``step``'s batch, plus the regularisers."""
-        with self._autocast():
-            return self._loss(step)
-
-    def _loss(self, step: int) -> torch.Tensor:
+        """Minus the mean reward of step ``step``'s batch, plus the regularisers. The generator
+        runs under the recipe's autocast, the reward evaluator in float32 outside it."""
         rng = np.random.default_rng([self.s.seed, step, 1])  # apart from the real-image batch
         labels, prompts, seeds = self._reward_batch(rng)
-        images, draws, kl = self._rollout(prompts, seeds, rng)
-        with torch.autocast(images.device.type, enabled=False):  # the evaluator in float32
-            reward = self.reward_fn(images.float(), np.tile(labels, draws), prompts * draws)
+        with self._autocast():
+            images, draws, kl = self._rollout(prompts, seeds, rng)
+        reward = self.reward_fn(images.float(), np.tile(labels, draws), prompts * draws)
         loss = -reward.float().mean()
         terms = {"reward": reward.mean().item()}
         if kl:
@@ -270,7 +267,8 @@ class RewardFinetune(DiffusionFinetune):
             loss = loss + self.a.kl_weight * kl_mean
             terms["kl"] = kl_mean.item()
         if self.a.diffusion_weight:
-            diffusion = super().loss(step)
+            with self._autocast():
+                diffusion = super().loss(step)
             loss = loss + self.a.diffusion_weight * diffusion
             terms["diffusion_loss"] = diffusion.item()
         terms["loss"] = loss.item()

@@ -294,8 +294,8 @@ def test_bf16_frozen_parts_keep_latents_noise_and_lora_in_float32():
     latents of the diffusion loss and the LoRA stay float32, so the noising of the smallest
     timesteps is not rounded away."""
     gen = build_tiny_generator(TINY, 32, 3, ["chest"], with_vae=True, seed=0)
-    gen.unet.to(dtype=torch.bfloat16)
-    gen.vae.to(dtype=torch.bfloat16)
+    gen.to("cpu", torch.bfloat16, unet_too=True)
+    assert gen.unet.dtype == gen.vae.dtype == gen.text_encoder.dtype == torch.bfloat16
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     z = gen.to_model_space(images, generator=torch.Generator().manual_seed(1))
     assert z.dtype == torch.float32 and z.shape == (2, 4, 8, 8)

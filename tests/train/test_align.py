@@ -186,9 +186,7 @@ def make_recipe(
         )
     r = RewardFinetune(s or settings(), align, Rollout(4, 2.0, RES, CH), ckpt, parallel)
     gen = load_generator(world / "base")
-    if dtype is not None:
-        gen.unet.to(dtype=dtype)
-        gen.text_encoder.to(dtype=dtype)
+    gen.to("cpu", dtype, unet_too=True)
     r.setup(gen, real_data(world), prompts_by_label(), reward, ev, weights)
     return r
 

@@ -213,7 +213,7 @@ def craft_fn(gen: Generator, args, device, what: str, k: int, ckpt: bool, compil
     def step(i: int) -> float | None:
         if what == "sample":  # what craft's evaluations and generate run
             seeds = list(range(i * args.batch, (i + 1) * args.batch))
-            with torch.no_grad(), recipe._autocast():
+            with torch.no_grad():  # in the generator's precision, as craft generate
                 sample(gen, prompts, seeds, r.resolution, r.channels, r.steps, r.guidance)
             return None
         loss = recipe.loss(i)

@@ -162,6 +162,15 @@ class ModelsConfig(Strict):
         "the shipped phantom foundations: assets/phantom-foundation/{modality}).",
     )
     revision: str | None = None
+    gpu_precision: Literal["bf16", "float32"] = Field(
+        "bf16",
+        exclude_if=lambda v: v == "bf16",
+        description="On a GPU, adapt, align and generate keep the generator's frozen parts "
+        "(text encoder, VAE, and the UNet under a LoRA) in bf16 and compute under bf16 "
+        "autocast; trained weights, their optimizer state, latents, losses and rewards stay "
+        "float32. 'float32' runs everything in float32 (twice the memory, slower). The CPU "
+        "always runs float32.",
+    )
 
     def generator_for(self, modality: str) -> str:
         """The generator source of one modality ('{modality}' filled in)."""
@@ -664,6 +673,7 @@ class CraftConfig(Strict):
             # The foundation draws its own phantoms: the prepared data set (n_per_label,
             # splits) does not reach it, so changing those must not retrain it.
             out["modality"] = self._drawn_modality(modality)
+            gen.pop("gpu_precision", None)  # pretrain trains in float32 everywhere
             return out
         if method is not None:
             out.update(self._method_slice(modality, method))

@@ -19,6 +19,7 @@ import torch
 
 from craft.config import CraftConfig
 from craft.models.card import load_card_generator
+from craft.models.generator import compute_dtype
 from craft.models.sampling import sample, to_uint8
 from craft.progress import log, progress
 from craft.prompts import label_prompt
@@ -61,7 +62,8 @@ def generate(
     s = cfg.sampling
     device = setup_torch(seed, threads)
     card, gen = load_card_generator(card_path, s.timestep_spacing)
-    gen.to(device)
+    # on a GPU in bf16, sampling under bf16 autocast (models.gpu_precision), as align does
+    gen.to(device, compute_dtype(device, cfg.models.gpu_precision), unet_too=True)
     gen.unet.eval()
     banks = None
     if cfg.method(method).prompts == "enriched":

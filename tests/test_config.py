@@ -207,6 +207,19 @@ def test_data_set_change_does_not_retrain_the_foundation():
     assert {k[1] for k in keys} == {"phantom-cxr"}
 
 
+def test_gpu_precision_reruns_the_generator_stages_only_when_changed():
+    base = validate_config(default_data())
+    assert "gpu_precision" not in base.slice("generate", "phantom-cxr", "lora")["models"]
+    mutate = lambda d: d.setdefault("models", {}).update(gpu_precision="float32")  # noqa: E731
+    keys = changed_keys(mutate)
+    assert {"adapt", "generate"} <= {k[0] for k in keys}
+    assert not {k[0] for k in keys} & {"prepare", "pretrain"}
+    f32 = validate_config(changed(mutate))
+    assert f32.digest("align", "phantom-cxr", "craft") != base.digest(
+        "align", "phantom-cxr", "craft"
+    )
+
+
 def test_resources_and_seeds_change_no_digest():
     assert changed_keys(lambda d: d.update(resources={"adapt": {"threads": 4}})) == set()
     assert changed_keys(lambda d: d.update(seeds=[0, 1, 2])) == set()

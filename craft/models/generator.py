@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -28,6 +29,8 @@ class Generator:
     tokenizer: CLIPTokenizer
     scheduler: DDIMScheduler
     vae: AutoencoderKL | None = None
+    #: compute under bf16 autocast (set by ``to(..., torch.bfloat16)``): see :meth:`autocast`
+    mixed: bool = False
 
     @property
     def image_channels(self) -> int:
@@ -45,13 +48,22 @@ class Generator:
         self, device: torch.device | str, dtype: torch.dtype | None = None, unet_too: bool = False
     ) -> Generator:
         """Move every part; the frozen text encoder and VAE to ``dtype`` if given, the UNet
-        too with ``unet_too`` (reward finetuning freezes it and adds a float32 LoRA), else it
-        keeps its dtype."""
-        self.unet.to(device, dtype=dtype if unet_too else None)
+        too with ``unet_too`` (it is frozen: adapt's and align's LoRA, added later, are float32),
+        else it keeps its dtype (a full finetune trains it in float32). ``dtype`` bf16 also
+        turns on :meth:`autocast`; float32 turns it off."""
+        _cast(self.unet, device, dtype if unet_too else None)
         self.text_encoder.to(device, dtype=dtype)
         if self.vae is not None:
-            self.vae.to(device, dtype=dtype)
+            _cast(self.vae, device, dtype)
+        if dtype is not None:
+            self.mixed = dtype == torch.bfloat16
         return self
+
+    def autocast(self):
+        """The context the generator's forward passes run in: bf16 autocast on its device when
+        its parts were cast to bf16 (on a GPU: :func:`compute_dtype`), else nothing, so that
+        float32 runs (the CPU's) stay bit-exact. Latents, losses, rewards stay float32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed)
 
     @property
     def device(self) -> torch.device:
@@ -89,6 +101,36 @@ class Generator:
             latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
             latents = self.vae.decode(latents).sample
         return match_channels(latents, channels).clamp(-1, 1)
+
+
+def _cast(model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype | None) -> None:
+    """``model.to(device, dtype)``, without the warning diffusers gives on every cast (even
+    ``dtype=None``) of a model whose list of modules to keep in float32 is empty
+    (UNet2DConditionModel's and AutoencoderKL's are)."""
+    if dtype is None:
+        model.to(device)
+        return
+    if getattr(model, "_keep_in_fp32_modules", None):
+        model.to(device, dtype=dtype)
+        return
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        model.to(device, dtype=dtype)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def compute_dtype(
+    device: torch.device, precision: Literal["bf16", "float32"] = "bf16"
+) -> torch.dtype | None:
+    """The dtype of a generator's frozen parts on ``device`` (``models.gpu_precision``): bf16
+    on a GPU unless float32 is asked for; on the CPU None (float32, bit-exact runs)."""
+    if device.type == "cuda" and precision == "bf16":
+        return torch.bfloat16
+    return None
 
 
 def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -58,21 +58,24 @@ def sample(
     """Draw images in [-1, 1], shape (N, channels, size, size).
 
     ``grad_last`` > 0 keeps autograd only for the last ``grad_last`` denoising steps and the
-    decode (DRaFT-K, Clark et al. 2023); 0 samples without any graph.
+    decode (DRaFT-K, Clark et al. 2023); 0 samples without any graph. Runs in the generator's
+    precision (:meth:`Generator.autocast`); the latents of the chain and the images returned
+    are float32.
     """
     scheduler = gen.scheduler
     scheduler.set_timesteps(steps, device=gen.device)
-    with torch.no_grad():
-        cond = gen.encode_prompts(list(prompts))
-        uncond = gen.encode_prompts([""] * len(prompts))
-    x = initial_noise(gen, seeds, size) * scheduler.init_noise_sigma
-    timesteps = scheduler.timesteps
-    for i, t in enumerate(timesteps):
-        with torch.set_grad_enabled(i >= len(timesteps) - grad_last):
-            eps = guided_eps(gen, scheduler.scale_model_input(x, t), t, cond, uncond, guidance)
-            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
-    with torch.set_grad_enabled(grad_last > 0):
-        return gen.to_image_space(x, channels)
+    with gen.autocast():
+        with torch.no_grad():
+            cond = gen.encode_prompts(list(prompts))
+            uncond = gen.encode_prompts([""] * len(prompts))
+        x = initial_noise(gen, seeds, size) * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            with torch.set_grad_enabled(i >= len(timesteps) - grad_last):
+                eps = guided_eps(gen, scheduler.scale_model_input(x, t), t, cond, uncond, guidance)
+                x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        with torch.set_grad_enabled(grad_last > 0):
+            return gen.to_image_space(x, channels).float()
 
 
 def to_uint8(images: torch.Tensor) -> numpy.ndarray:  # noqa: F821

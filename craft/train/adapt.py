@@ -14,7 +14,7 @@ import numpy as np
 from craft import __version__
 from craft.config import CraftConfig
 from craft.models.card import ModelCard
-from craft.models.generator import load_generator
+from craft.models.generator import compute_dtype, load_generator
 from craft.paths import Layout
 from craft.prompts import draw_prompt, enriched_prompts, label_prompt, plain_prompt_weights
 from craft.store import read_split
@@ -88,7 +88,12 @@ def adapt(
     data = read_split(Layout(cfg.results).data(modality), "train")
 
     caption = training_captions(cfg, modality, method, data.label_names)
-    gen = load_generator(card.base, card.revision, cfg.sampling.timestep_spacing).to(device)
+    gen = load_generator(card.base, card.revision, cfg.sampling.timestep_spacing)
+    # on a GPU the frozen parts in bf16, computing under bf16 autocast: the text encoder and
+    # VAE, and the UNet under a LoRA (add_lora makes the LoRA float32); a full finetune trains
+    # a float32 UNet
+    dtype = compute_dtype(device, cfg.models.gpu_precision)
+    gen.to(device, dtype, unet_too=k.kind == "lora")
     settings = FinetuneSettings(
         mode=k.kind,
         steps=k.steps,

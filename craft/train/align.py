@@ -28,6 +28,7 @@ from craft import __version__
 from craft.config import CraftConfig
 from craft.errors import CraftError
 from craft.models.card import ModelCard, load_card_generator
+from craft.models.generator import compute_dtype
 from craft.models.lora import combine_loras, fuse_lora, read_lora, write_lora
 from craft.paths import Layout
 from craft.progress import log
@@ -168,7 +169,7 @@ def align(
         fuse_lora(gen.unet)
     # on a GPU every frozen part in bf16 (the recipe then computes under bf16 autocast); the
     # reward LoRA, added at setup, and its optimizer state stay float32
-    gen.to(device, torch.bfloat16 if device.type == "cuda" else None, unet_too=True)
+    gen.to(device, compute_dtype(device, cfg.models.gpu_precision), unet_too=True)
     # 2. Data and prompts: real training images (diffusion loss), each label's prompt bank.
     data = read_split(lay.data(modality), "train")
     labels = list(data.label_names)

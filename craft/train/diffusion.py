@@ -116,6 +116,12 @@ class DiffusionFinetune:
             params = list(gen.unet.parameters())
         if self.s.train_text_encoder:
             params += list(gen.text_encoder.parameters())
+        low = {p.dtype for p in params} - {torch.float32}
+        if low:
+            raise ValueError(
+                f"trainable parameters in {sorted(map(str, low))}: train in float32 (cast only "
+                "frozen parts, Generator.to(device, dtype) without unet_too for a full finetune)"
+            )
         self.params = params
         self.modules = torch.nn.ModuleDict({"unet": gen.unet, "text_encoder": gen.text_encoder})
         self.optimizer = torch.optim.AdamW(params, lr=self.s.lr, weight_decay=self.s.weight_decay)
@@ -196,10 +202,13 @@ class DiffusionFinetune:
         return x0, captions, noise, t.to(self.gen.device)
 
     def loss(self, step: int) -> torch.Tensor:
+        """The diffusion loss of step ``step``'s batch; the generator's forward passes run in
+        its precision (bf16 autocast on a GPU), the noising, target and loss in float32."""
         x0, captions, noise, t = self._batch(step)
         xt = self.gen.scheduler.add_noise(x0, noise, t)
-        cond = self.gen.encode_prompts(captions)
-        pred = self.gen.unet(xt, t, encoder_hidden_states=cond).sample
+        with self.gen.autocast():
+            cond = self.gen.encode_prompts(captions)
+            pred = self.gen.unet(xt, t, encoder_hidden_states=cond).sample
         target = diffusion_target(self.gen.scheduler, x0, noise, t)
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 

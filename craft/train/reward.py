@@ -130,9 +130,6 @@ class RewardFinetune(DiffusionFinetune):
             raise ValueError("patience needs an evaluation")
         self.prompts, self.reward_fn, self.evaluation = prompts, reward, evaluation
         self.prompt_weights = prompt_weights or {}
-        # mixed precision when the frozen UNet comes in bf16 (craft align does that on a GPU):
-        # bf16 compute under autocast; the LoRA, its optimizer state and the latents float32
-        self.mixed = gen.unet.dtype == torch.bfloat16
         super().setup(gen, data, self.rollout.channels)
         if self.a.gradient_checkpointing:  # per block, and only where gradients are on
             gen.unet.enable_gradient_checkpointing()
@@ -254,10 +251,10 @@ class RewardFinetune(DiffusionFinetune):
 
     def loss(self, step: int) -> torch.Tensor:
         """Minus the mean reward of step ``step``'s batch, plus the regularisers. The generator
-        runs under the recipe's autocast, the reward evaluator in float32 outside it."""
+        runs in its precision (Generator.autocast), the reward evaluator in float32 outside it."""
         rng = np.random.default_rng([self.s.seed, step, 1])  # apart from the real-image batch
         labels, prompts, seeds = self._reward_batch(rng)
-        with self._autocast():
+        with self.gen.autocast():
             images, draws, kl = self._rollout(prompts, seeds, rng)
         reward = self.reward_fn(images.float(), np.tile(labels, draws), prompts * draws)
         loss = -reward.float().mean()
@@ -267,8 +264,7 @@ class RewardFinetune(DiffusionFinetune):
             loss = loss + self.a.kl_weight * kl_mean
             terms["kl"] = kl_mean.item()
         if self.a.diffusion_weight:
-            with self._autocast():
-                diffusion = super().loss(step)
+            diffusion = super().loss(step)
             loss = loss + self.a.diffusion_weight * diffusion
             terms["diffusion_loss"] = diffusion.item()
         terms["loss"] = loss.item()
@@ -280,11 +276,6 @@ class RewardFinetune(DiffusionFinetune):
             return super().optimizer_step(loss)
         self.engine.backward(loss)  # averages gradients over the ranks, clips at norm 1
         self.engine.step()
-
-    def _autocast(self):
-        """bf16 autocast when the frozen UNet is bf16; none for a float32 one (the CPU's, where
-        runs stay bit-exact)."""
-        return torch.autocast(self.gen.device.type, dtype=torch.bfloat16, enabled=self.mixed)
 
     # -- the starting model, the LoRA scale ----------------------------------------------
 
@@ -316,7 +307,7 @@ class RewardFinetune(DiffusionFinetune):
         """Mean score of each scorer on the held-out images, drawn at ``lora_scale``."""
         ev, r = self.evaluation, self.rollout
         images = []
-        with self.lora_scale(self.a.lora_scale), self._autocast():
+        with self.lora_scale(self.a.lora_scale):
             for i in range(0, len(ev.prompts), ev.batch_size):
                 j = i + ev.batch_size
                 images.append(

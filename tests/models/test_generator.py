@@ -309,3 +309,29 @@ def test_bf16_frozen_parts_keep_latents_noise_and_lora_in_float32():
     t = torch.tensor([1, 1])
     noisy = gen.scheduler.add_noise(z, torch.randn_like(z), t)
     assert (noisy - z).abs().max() > 0
+
+
+def test_compute_dtype_is_bf16_on_a_gpu_unless_float32_is_asked_for():
+    from craft.models.generator import compute_dtype
+
+    assert compute_dtype(torch.device("cuda", 0)) == torch.bfloat16
+    assert compute_dtype(torch.device("cuda"), "float32") is None
+    assert compute_dtype(torch.device("cpu")) is None
+
+
+def test_latent_sampling_in_bf16_returns_float32_images_near_float32_ones(caplog):
+    """craft generate on a GPU: every part bf16, computing under autocast (``Generator.mixed``,
+    set by the cast and unset by a float32 one); the images come back float32. The cast gives
+    no warning (diffusers warns on casting a model with no module to keep in float32)."""
+    gens = [build_tiny_generator(TINY, 32, 3, ["chest"], with_vae=True, seed=0) for _ in "ab"]
+    with caplog.at_level("WARNING"):
+        gens[0].to("cpu", None, unet_too=True)
+        gens[1].to("cpu", torch.bfloat16, unet_too=True)
+    assert "float32" not in caplog.text, caplog.text
+    assert gens[1].mixed and not gens[0].mixed
+    f32, bf16 = (sample(g, ["chest", ""], [3, 4], 32, 3, steps=3) for g in gens)
+    assert bf16.dtype == torch.float32 and bf16.shape == f32.shape == (2, 3, 32, 32)
+    err = (bf16 - f32).abs().mean().item()
+    assert 0 < err < 0.05, err
+    gens[1].to("cpu", torch.float32, unet_too=True)
+    assert not gens[1].mixed

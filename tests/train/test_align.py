@@ -363,7 +363,7 @@ def test_a_bf16_frozen_unet_trains_a_float32_lora_under_autocast(world, tmp_path
     r = make_recipe(
         world, align, tmp_path / "bf16", settings(steps=2), evaluation=True, dtype=torch.bfloat16
     )
-    assert r.mixed and not full.mixed
+    assert r.gen.mixed and not full.gen.mixed
     assert r.params and all(p.dtype == torch.float32 for p in r.params)
     base = {k: v.clone() for k, v in r.gen.unet.state_dict().items() if "lora_" not in k}
     with torch.no_grad():
@@ -713,6 +713,57 @@ def test_generic_reward_stage_from_zero_shot(world, tmp_path):
     adapt(cfg, PHANTOM, "zero-shot", 0, lay.card(PHANTOM, "zero-shot", 0))
     card = align(cfg, PHANTOM, "generic-reward", 0, lay.card(PHANTOM, "generic-reward", 0), 1)
     assert card.lora_dir == "lora" and card.unet_dir is None and card.steps == 2
+
+
+def test_every_generator_stage_runs_its_gpu_precision(world, monkeypatch):
+    """adapt (lora and full), align and generate as they run on a GPU (frozen parts bf16,
+    bf16 autocast; models.gpu_precision), here on the CPU by making ``compute_dtype`` answer as
+    it does for cuda: trained weights stay float32, and the bf16 images are the float32
+    images within rounding."""
+    import craft.sample
+    import craft.train.adapt
+    import craft.train.align
+    from craft.models.card import load_card_generator
+    from craft.paths import Layout
+    from craft.sample import generate
+    from craft.store import read_samples
+    from craft.train.adapt import adapt
+    from craft.train.align import align
+
+    data = stage_config(world)
+    data["methods"]["full"] = {"kind": "full", "steps": 2, "batch_size": 4}
+    cfg, seed = validate_config(data), 1  # seed 1: runs apart from the other stage tests
+    lay = Layout(cfg.results)
+    run = lay.run(PHANTOM, "craft", seed)
+    adapt(cfg, PHANTOM, "lora", seed, lay.card(PHANTOM, "lora", seed), threads=1)
+    align(cfg, PHANTOM, "craft", seed, lay.card(PHANTOM, "craft", seed), threads=1)
+    f32 = read_samples(generate(cfg, PHANTOM, "craft", seed, run / "model.json", run / "f32.h5"))
+
+    asked = []
+
+    def as_on_a_gpu(device, precision="bf16"):
+        asked.append(precision)
+        return torch.bfloat16
+
+    for module in (craft.sample, craft.train.adapt, craft.train.align):
+        monkeypatch.setattr(module, "compute_dtype", as_on_a_gpu)
+    for method in ("lora", "full"):
+        card = adapt(cfg, PHANTOM, method, seed, lay.card(PHANTOM, method, seed), threads=1)
+        _, gen = load_card_generator(lay.card(PHANTOM, method, seed))
+        assert gen.unet.dtype == torch.float32, method  # saved as trained: float32
+        assert card.steps == data["methods"][method]["steps"]
+    card = align(cfg, PHANTOM, "craft", seed, lay.card(PHANTOM, "craft", seed), threads=1)
+    assert card.steps == 3 and (run / "reward-lora").is_dir()
+    bf16 = read_samples(generate(cfg, PHANTOM, "craft", seed, run / "model.json", run / "b.h5"))
+    assert asked == ["bf16"] * 4  # adapt lora, adapt full, align, generate
+
+    # the bf16 run's reward LoRA differs from the float32 run's (another chain of roundings),
+    # so compare the two precisions on one card: the float32 run's images against this one's
+    assert bf16.images.shape == f32.images.shape and bf16.images.dtype == np.uint8
+    monkeypatch.setattr(craft.sample, "compute_dtype", lambda device, precision: None)
+    again = read_samples(generate(cfg, PHANTOM, "craft", seed, run / "model.json", run / "c.h5"))
+    diff = np.abs(bf16.images.astype(int) - again.images.astype(int))
+    assert 0 < diff.mean() < 8, diff.mean()  # bf16 did run, and rounding is all it changed
 
 
 # ----------------------------------------------------------------------------- config

@@ -312,3 +312,30 @@ def test_diffusion_loss_target_follows_the_prediction_type(kind, tmp_path):
     gen.scheduler.register_to_config(prediction_type="flow")
     with pytest.raises(CraftError, match="predicts 'flow'"):
         diffusion_target(gen.scheduler, x0, noise, t)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_bf16_frozen_parts_train_float32_weights(base, tmp_path, mode):
+    """adapt's GPU set-up, here on the CPU: the frozen parts in bf16 (the UNet too under a
+    LoRA), forward passes under bf16 autocast; the trained weights and their optimizer state
+    stay float32, and the loss is the float32 recipe's within rounding."""
+    f32 = recipe(base, settings(mode, steps=2), tmp_path / "f32")
+    r = DiffusionFinetune(settings(mode, steps=2), tmp_path / "bf16")
+    gen = load_generator(base).to("cpu", torch.bfloat16, unet_too=mode == "lora")
+    assert gen.mixed and gen.text_encoder.dtype == torch.bfloat16
+    r.setup(gen, training_data(), CH)
+    with torch.no_grad():
+        a, b = r.loss(0).item(), f32.loss(0).item()
+    assert a != b and abs(a - b) < 0.05 * abs(b), (a, b)
+    assert np.all(np.isfinite(r.train()))
+    assert r.params and all(p.dtype == p.grad.dtype == torch.float32 for p in r.params)
+    moments = [s["exp_avg"] for s in r.optimizer.state.values()]
+    assert moments and all(m.dtype == torch.float32 for m in moments)
+    frozen = [p for n, p in gen.unet.named_parameters() if mode == "lora" and "lora_" not in n]
+    assert all(p.dtype == torch.bfloat16 for p in frozen)
+
+
+def test_trainable_parameters_in_bf16_are_refused(base, tmp_path):
+    gen = load_generator(base).to("cpu", torch.bfloat16, unet_too=True)
+    with pytest.raises(ValueError, match=r"trainable parameters in \['torch.bfloat16'\]"):
+        DiffusionFinetune(settings("full"), tmp_path / "c").setup(gen, training_data(), CH)

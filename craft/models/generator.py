@@ -29,8 +29,6 @@ class Generator:
     tokenizer: CLIPTokenizer
     scheduler: DDIMScheduler
     vae: AutoencoderKL | None = None
-    #: compute under bf16 autocast (set by ``to(..., torch.bfloat16)``): see :meth:`autocast`
-    mixed: bool = False
 
     @property
     def image_channels(self) -> int:
@@ -50,14 +48,19 @@ class Generator:
         """Move every part; the frozen text encoder and VAE to ``dtype`` if given, the UNet
         too with ``unet_too`` (it is frozen: adapt's and align's LoRA, added later, are float32),
         else it keeps its dtype (a full finetune trains it in float32). ``dtype`` bf16 also
-        turns on :meth:`autocast`; float32 turns it off."""
+        turns on :meth:`autocast` (see :attr:`mixed`); float32 turns it off."""
         _cast(self.unet, device, dtype if unet_too else None)
         self.text_encoder.to(device, dtype=dtype)
         if self.vae is not None:
             _cast(self.vae, device, dtype)
-        if dtype is not None:
-            self.mixed = dtype == torch.bfloat16
         return self
+
+    @property
+    def mixed(self) -> bool:
+        """Compute under bf16 autocast: the frozen parts were cast to bf16. The text encoder
+        tells, since ``to`` always casts it (it is never trained in bf16: DiffusionFinetune
+        refuses that)."""
+        return self.text_encoder.dtype == torch.bfloat16
 
     def autocast(self):
         """The context the generator's forward passes run in: bf16 autocast on its device when

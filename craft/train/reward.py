@@ -321,7 +321,7 @@ class RewardFinetune(DiffusionFinetune):
                         r.guidance,
                     )
                 )
-        x = torch.cat(images).float()
+        x = torch.cat(images)  # sample() returns float32 images
         return {
             name: float(fn(x, ev.labels, ev.prompts).float().mean())
             for name, fn in ev.scorers.items()

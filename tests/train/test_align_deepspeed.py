@@ -100,6 +100,28 @@ def single(world, tmp_path_factory):  # noqa: F811
     return single_run(world, tmp_path_factory.mktemp("single") / "c")
 
 
+def differences(a: dict, b: dict) -> tuple[torch.Tensor, float]:
+    """|a - b| of every LoRA element, and lr * steps, the scale of how far training moves one;
+    asserts that b's LoRA moved (else no comparison would prove anything)."""
+    assert a.keys() == b.keys()
+    scale = settings().lr * STEPS
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    moved = max(b[k].abs().max().item() for k in b if "lora_B" in k)
+    print(f"max |diff| {diff.max():.3g}, mean {diff.mean():.3g}, LoRA B max {moved:.3g}")
+    assert moved > 0.1 * scale, "the LoRA did not move: the comparison would prove nothing"
+    return diff, scale
+
+
+def zero2(world: Path, tmp_path: Path, *dtype: str) -> dict:  # noqa: F811
+    """The LoRA of two ZeRO-2 processes under torchrun (frozen parts in ``dtype`` if given)."""
+    out = tmp_path / "lora.safetensors"
+    args = [str(world), str(tmp_path / "ckpt"), str(out), "2", "-1", *dtype]
+    p = run(["TORCHRUN", "--standalone", "--nproc_per_node=2", "SCRIPT", *args], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "DeepSpeed ZeRO-2: 2 processes x 2 images" in p.stderr
+    return load_file(out)
+
+
 def assert_close(a: dict, b: dict) -> None:
     """Equal up to float reduction order. Adam divides by sqrt(v), so an element with a
     near-zero gradient turns a 1e-7 relative difference into one of up to ~lr per step (CI
@@ -107,40 +129,16 @@ def assert_close(a: dict, b: dict) -> None:
     bounded by 1e-3 of lr * steps, at most 0.1% of elements may differ by more than 1% of it,
     and none by more than a quarter. Splitting the batch wrongly (a rank on the whole batch,
     or both on one half) moves most weights by ~lr."""
-    assert a.keys() == b.keys()
-    scale = settings().lr * STEPS
-    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
-    moved = max(b[k].abs().max().item() for k in b if "lora_B" in k)
+    diff, scale = differences(a, b)
     outliers = int((diff > 1e-2 * scale).sum())
-    print(
-        f"max |diff| {diff.max():.3g}, mean {diff.mean():.3g}, "
-        f"{outliers} of {diff.numel()} over 1% of lr*steps, LoRA B max {moved:.3g}"
-    )
-    assert moved > 0.1 * scale, "the LoRA did not move: the comparison would prove nothing"
+    print(f"{outliers} of {diff.numel()} over 1% of lr*steps")
     assert diff.mean() <= 1e-3 * scale, f"mean |difference| {diff.mean():g}"
     assert outliers <= 1e-3 * diff.numel(), f"{outliers} of {diff.numel()} elements differ"
     assert diff.max() <= 0.25 * scale, f"max |difference| {diff.max():g}"
 
 
 def test_two_processes_zero2_match_the_single_process_run(world, single, tmp_path):  # noqa: F811
-    out = tmp_path / "lora.safetensors"
-    p = run(
-        [
-            "TORCHRUN",
-            "--standalone",
-            "--nproc_per_node=2",
-            "SCRIPT",
-            str(world),
-            str(tmp_path / "ckpt"),
-            str(out),
-            "2",
-            "-1",
-        ],
-        tmp_path,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "DeepSpeed ZeRO-2: 2 processes x 2 images" in p.stderr
-    assert_close(load_file(out), single)
+    assert_close(zero2(world, tmp_path), single)
 
 
 def test_one_zero1_process_resumes_from_its_shards(world, single, tmp_path):  # noqa: F811
@@ -163,17 +161,7 @@ def test_two_processes_zero2_train_a_float32_lora_over_bf16_frozen_parts(world, 
     than float32's bound. Measured as a share of lr * steps, mean |difference|: 6% here, 12%
     between the bf16 and float32 single runs, 43% with both ranks on the same half batch."""
     single_bf16 = single_run(world, tmp_path / "single", torch.bfloat16)
-    out = tmp_path / "lora.safetensors"
-    args = [str(world), str(tmp_path / "ckpt"), str(out), "2", "-1", "bfloat16"]
-    p = run(["TORCHRUN", "--standalone", "--nproc_per_node=2", "SCRIPT", *args], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "DeepSpeed ZeRO-2: 2 processes x 2 images" in p.stderr
-    got = load_file(out)
-    assert got.keys() == single_bf16.keys()
+    got = zero2(world, tmp_path, "bfloat16")
     assert all(v.dtype == torch.float32 for v in got.values())
-    scale = settings().lr * STEPS
-    diff = torch.cat([(got[k] - single_bf16[k]).abs().flatten() for k in got])
-    moved = max(single_bf16[k].abs().max().item() for k in single_bf16 if "lora_B" in k)
-    print(f"mean |diff| {diff.mean():.3g}, max {diff.max():.3g}, lr*steps {scale:.3g}")
-    assert moved > 0.1 * scale, "the LoRA did not move: the comparison would prove nothing"
+    diff, scale = differences(got, single_bf16)
     assert diff.mean() <= 0.12 * scale, f"mean |difference| {diff.mean():g}"

@@ -273,6 +273,17 @@ class AlignSettings(Strict):
         description="Stop after this many evaluations without a better out-of-family CAS and "
         "keep the best evaluated weights (None = run all steps, keep the last).",
     )
+    # left out of dumps at its default, like compile: runs made before it keep their digests
+    tolerance_se: float | None = Field(
+        None,
+        ge=0,
+        exclude_if=lambda v: v is None,
+        description="Early stopping's allowance for evaluation noise, in paired standard "
+        "errors of the held-out out-of-family CAS (per-image differences from the best "
+        "evaluation, same prompts and seeds): a later evaluation within this many of the best "
+        "counts as good as it, so its weights are kept and patience starts again (None = only "
+        "a higher mean counts). For held-out sets too small to rank nearby steps.",
+    )
     holdout_prompts: float = Field(
         0.25,
         ge=0,
@@ -581,6 +592,11 @@ class CraftConfig(Strict):
                 raise ValueError(
                     f"{where}.align.patience: early stopping needs evaluations; set "
                     "align.eval_every > 0 or remove patience"
+                )
+            if a.tolerance_se is not None and a.patience is None:
+                raise ValueError(
+                    f"{where}.align.tolerance_se: it decides which evaluated weights early "
+                    "stopping keeps; set align.patience or remove tolerance_se"
                 )
             if a.eval_every and not self.out_of_family_evaluators:
                 raise ValueError(

@@ -25,7 +25,10 @@ the loss of a step differs. One step:
 Every ``eval_every`` steps (and once before the first), images of held-out prompts are drawn
 with fixed seeds at ``lora_scale`` and scored by each evaluation scorer; with ``patience``
 training stops after that many evaluations without a better out-of-family CAS and the best
-evaluated weights are kept. Both curves go to ``curves.csv``.
+evaluated weights are kept. With ``tolerance_se`` a later evaluation whose per-image scores
+are within that many paired standard errors of the best's counts as good as the best: the
+latest such weights are kept (held-out differences below the evaluation's own noise do not
+send training back to earlier weights). Both curves go to ``curves.csv``.
 """
 
 from __future__ import annotations
@@ -80,10 +83,24 @@ class Evaluation:
 
 @dataclass
 class _Best:
+    """What early stopping keeps: the weights of ``step``, and the best evaluation so far
+    (mean ``score`` at ``best_step``, per-image ``scores``) that later ones are judged by."""
+
     score: float = -math.inf
     step: int = 0
-    bad_evals: int = 0
+    bad_evals: int = 0  # evaluations since the kept one
     weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    best_step: int = 0
+    scores: np.ndarray | None = field(default=None, repr=False)
+
+    def within(self, scores: np.ndarray, tolerance_se: float | None) -> tuple[bool, float]:
+        """Whether ``scores`` (the same held-out images) are within ``tolerance_se`` paired
+        standard errors of the best's, and that standard error."""
+        if tolerance_se is None or self.scores is None or len(scores) < 2:
+            return False, math.nan
+        d = scores - self.scores
+        se = float(d.std(ddof=1) / math.sqrt(len(d)))
+        return float(-d.mean()) <= tolerance_se * se, se
 
 
 class RewardFinetune(DiffusionFinetune):
@@ -303,8 +320,8 @@ class RewardFinetune(DiffusionFinetune):
     # -- evaluation and early stopping ----------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean score of each scorer on the held-out images, drawn at ``lora_scale``."""
+    def evaluate(self) -> dict[str, np.ndarray]:
+        """Each scorer's per-image scores of the held-out images, drawn at ``lora_scale``."""
         ev, r = self.evaluation, self.rollout
         images = []
         with self.lora_scale(self.a.lora_scale):
@@ -323,28 +340,37 @@ class RewardFinetune(DiffusionFinetune):
                 )
         x = torch.cat(images)  # sample() returns float32 images
         return {
-            name: float(fn(x, ev.labels, ev.prompts).float().mean())
+            name: fn(x, ev.labels, ev.prompts).float().cpu().numpy()
             for name, fn in ev.scorers.items()
         }
 
     def _evaluate_and_track(self) -> bool:
         """Evaluate, log the scores in the history, keep the best weights; True = stop."""
-        scores = self.evaluate()
-        row = {"step": float(self.step), **{f"eval_cas__{k}": v for k, v in scores.items()}}
+        per_image = self.evaluate()
+        means = {k: float(np.mean(v)) for k, v in per_image.items()}
+        row = {"step": float(self.step), **{f"eval_cas__{k}": v for k, v in means.items()}}
         if self.history and self.history[-1]["step"] == self.step:
             self.history[-1].update(row)
         else:
             self.history.append(row)
-        score = scores[self.evaluation.stop_on]
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-        if score > self.best.score:
-            self.best = _Best(score, self.step, 0, self._trainable_state())
+        scores = np.asarray(per_image[self.evaluation.stop_on], dtype=np.float64)
+        score, b = means[self.evaluation.stop_on], self.best
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+        within, se = b.within(scores, self.a.tolerance_se)
+        if score > b.score:
+            self.best = _Best(score, self.step, 0, self._trainable_state(), self.step, scores)
             log(f"evaluation at step {self.step}: CAS {shown} (best so far)")
-        else:
-            self.best.bad_evals += 1
+        elif within:  # as good as the best within the evaluation's noise: keep the later one
+            b.step, b.bad_evals, b.weights = self.step, 0, self._trainable_state()
             log(
-                f"evaluation at step {self.step}: CAS {shown} (best {self.best.score:.4f} at "
-                f"step {self.best.step}; {self.best.bad_evals} without improvement)"
+                f"evaluation at step {self.step}: CAS {shown} (within {self.a.tolerance_se:g} "
+                f"paired SE {se:.4f} of the best {b.score:.4f} at step {b.best_step}; kept)"
+            )
+        else:
+            b.bad_evals += 1
+            log(
+                f"evaluation at step {self.step}: CAS {shown} (best {b.score:.4f} at step "
+                f"{b.best_step}, kept step {b.step}; {b.bad_evals} without improvement)"
             )
         return self.a.patience is not None and self.best.bad_evals >= self.a.patience
 
@@ -420,12 +446,13 @@ class RewardFinetune(DiffusionFinetune):
         p.barrier()
 
     def extra_state(self, directory: Path) -> dict:
-        if self.best.weights is not None:
-            save_file(self.best.weights, Path(directory) / "best.safetensors")
-        return {
-            "history": self.history,
-            "best": {"score": self.best.score, "step": self.best.step, "bad": self.best.bad_evals},
-        }
+        b = self.best
+        if b.weights is not None:
+            save_file(b.weights, Path(directory) / "best.safetensors")
+        best = {"score": b.score, "step": b.step, "bad": b.bad_evals, "best_step": b.best_step}
+        if b.scores is not None:
+            best["scores"] = b.scores.tolist()
+        return {"history": self.history, "best": best}
 
     def load_extra_state(self, state: dict, directory: Path) -> None:
         self.history = list(state.get("history", []))
@@ -433,18 +460,27 @@ class RewardFinetune(DiffusionFinetune):
         if b is not None:
             best_file = Path(directory) / "best.safetensors"
             weights = load_file(best_file) if best_file.is_file() else None
-            self.best = _Best(b["score"], b["step"], b["bad"], weights)
+            scores = b.get("scores")  # checkpoints from before tolerance_se have none
+            self.best = _Best(
+                b["score"],
+                b["step"],
+                b["bad"],
+                weights,
+                b.get("best_step", b["step"]),
+                None if scores is None else np.asarray(scores, dtype=np.float64),
+            )
 
     def keep_best(self) -> int:
         """With early stopping, load the best evaluated weights; returns their step."""
         if self.a.patience is None or self.best.weights is None:
             return self.step
-        self.modules.load_state_dict(self.best.weights, strict=False)
+        b = self.best
+        self.modules.load_state_dict(b.weights, strict=False)
         log(
-            f"keeping the weights of step {self.best.step} "
-            f"(best held-out CAS {self.best.score:.4f})"
+            f"keeping the weights of step {b.step} "
+            f"(best held-out CAS {b.score:.4f} at step {b.best_step})"
         )
-        return self.best.step
+        return b.step
 
     def write_curves(self, path: Path) -> Path:
         """The reward and evaluation curves, long format: step, metric, value."""

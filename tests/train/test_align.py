@@ -25,7 +25,7 @@ from craft.errors import CraftError
 from craft.models.generator import load_generator, save_generator
 from craft.models.tiny import build_tiny_generator
 from craft.train.diffusion import FinetuneSettings, TrainingData
-from craft.train.reward import Evaluation, RewardFinetune, Rollout
+from craft.train.reward import Evaluation, RewardFinetune, Rollout, _Best
 
 REPO = Path(__file__).resolve().parents[2]
 PHANTOM = "phantom-cxr"
@@ -198,6 +198,8 @@ def test_reward_power_at_its_default_leaves_run_digests_as_they_were():
     assert "checklist_weight" not in AlignSettings().model_dump()
     assert AlignSettings(checklist_weight=1.0).model_dump()["checklist_weight"] == 1.0
     assert "compile" not in AlignSettings().model_dump()
+    assert "tolerance_se" not in AlignSettings().model_dump()
+    assert AlignSettings(tolerance_se=1.0).model_dump()["tolerance_se"] == 1.0
     assert AlignSettings(compile="default").model_dump()["compile"] == "default"
 
 
@@ -469,7 +471,7 @@ def test_early_stopping_restores_the_weights_of_the_best_step(world, tmp_path):
 
     def scripted_evaluate():  # the out-of-family CAS peaks at step 1
         seen[r.step] = {k: v.clone() for k, v in r._trainable_state().items()}
-        return {"clip": 0.5, "siglip": next(scores)}
+        return {"clip": np.full(4, 0.5), "siglip": np.full(4, next(scores))}
 
     r.evaluate = scripted_evaluate
     r.train()
@@ -478,6 +480,79 @@ def test_early_stopping_restores_the_weights_of_the_best_step(world, tmp_path):
     kept = r._trainable_state()
     assert_same(kept, seen[1])
     assert any(not torch.equal(kept[k], seen[2][k]) for k in kept)
+
+
+def scripted(r: RewardFinetune, per_step: list[np.ndarray], seen: dict) -> None:
+    """Make ``r.evaluate`` return these out-of-family per-image scores, one array an
+    evaluation, and record the weights each evaluation saw in ``seen``."""
+    it = iter(per_step)
+
+    def evaluate():
+        seen[r.step] = {k: v.clone() for k, v in r._trainable_state().items()}
+        x = next(it)
+        return {"clip": np.full_like(x, 0.5), "siglip": x}
+
+    r.evaluate = evaluate
+
+
+# held-out scores of 8 images: the start, a best step, one as good within its noise (mean 0.02
+# lower, per-image differences of sd 0.1: a paired SE of 0.035), one clearly worse (0.3 lower)
+NOISE = np.array([0.1, -0.1, 0.15, -0.05, 0.0, -0.15, 0.05, 0.0]) - 0.02
+START = np.linspace(0.1, 0.3, 8)
+EVALS = [START, START + 0.5, START + 0.5 + NOISE, START + 0.2, START + 0.1]
+
+
+def test_tolerance_keeps_the_latest_weights_within_the_evaluation_noise(world, tmp_path):
+    align = AlignSettings(window="draft", eval_every=1, patience=1, tolerance_se=1.0)
+    r = make_recipe(world, align, tmp_path / "ckpt", settings(steps=4, lr=0.3), evaluation=True)
+    seen = {}
+    scripted(r, EVALS, seen)
+    r.train()
+    # step 2 is 0.02 below the best with a paired SE of 0.035: kept, and patience restarts,
+    # so training goes on to step 3 (0.3 below: one evaluation without improvement, stop)
+    assert r.step == 3
+    b = r.best
+    assert (b.step, b.best_step, b.bad_evals) == (2, 1, 1)
+    assert b.score == pytest.approx(EVALS[1].mean())
+    assert_same(r._trainable_state(), seen[3])
+    assert r.keep_best() == 2
+    assert_same(r._trainable_state(), seen[2])
+    # without the tolerance the same scores stop at step 2 and keep step 1
+    align = align.model_copy(update={"tolerance_se": None})
+    r = make_recipe(world, align, tmp_path / "ckpt2", settings(steps=4, lr=0.3), evaluation=True)
+    scripted(r, EVALS, seen := {})
+    r.train()
+    assert (r.step, r.best.step) == (2, 1)
+    assert r.keep_best() == 1
+
+
+def test_tolerance_is_counted_in_paired_standard_errors():
+    b = _Best(score=float(EVALS[1].mean()), scores=EVALS[1])
+    d = NOISE  # the per-image differences of EVALS[2] from the best
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    assert b.within(EVALS[2], 1.0) == (True, pytest.approx(se))
+    assert 0.02 / se == pytest.approx(0.57, abs=0.01)
+    assert not b.within(EVALS[2], 0.5)[0]  # 0.57 SE below the best: outside half an SE
+    assert not b.within(EVALS[3], 5.0)[0]  # the same shift on every image: SE 0, not within
+    assert b.within(EVALS[1], 0.0)[0]  # equal scores
+    assert not b.within(EVALS[2], None)[0] and not _Best().within(EVALS[2], 1.0)[0]
+
+
+def test_the_kept_and_the_best_evaluation_survive_a_checkpoint(world, tmp_path):
+    align = AlignSettings(window="draft", eval_every=1, patience=2, tolerance_se=1.0)
+    r = make_recipe(world, align, tmp_path / "ckpt", settings(steps=4, lr=0.3), evaluation=True)
+    r.best = _Best(0.7, 2, 1, r._trainable_state(), 1, EVALS[1])
+    state = r.extra_state(tmp_path)
+    fresh = make_recipe(world, align, tmp_path / "c2", settings(steps=4, lr=0.3), evaluation=True)
+    fresh.load_extra_state(state, tmp_path)
+    f = fresh.best
+    assert (f.score, f.step, f.bad_evals, f.best_step) == (0.7, 2, 1, 1)
+    np.testing.assert_array_equal(f.scores, EVALS[1])
+    assert_same(f.weights, r.best.weights)
+    # a checkpoint written before tolerance_se (no per-image scores) still resumes
+    old = {"history": [], "best": {"score": 0.7, "step": 2, "bad": 1}}
+    fresh.load_extra_state(old, tmp_path)
+    assert (fresh.best.best_step, fresh.best.scores) == (2, None)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -795,6 +870,10 @@ def test_config_errors_name_the_field(tmp_path):
     assert "methods.craft.align.window" in msg and "draft" in msg
     msg = _error(w, lambda m: m["craft"]["align"].update(eval_every=0, patience=2))
     assert "methods.craft.align.patience" in msg and "eval_every" in msg
+    msg = _error(w, lambda m: m["craft"]["align"].update(patience=None, tolerance_se=1.0))
+    assert "methods.craft.align.tolerance_se" in msg and "patience" in msg
+    msg = _error(w, lambda m: m["craft"]["align"].update(tolerance_se=-1))
+    assert "methods.craft.align.tolerance_se" in msg
     msg = _error(w, lambda m: m["craft"]["align"].update(k=0))
     assert "methods.craft.align.k" in msg
     msg = _error(w, lambda m: m["craft"]["align"].update(reward="log-cas", reward_power=0.5))

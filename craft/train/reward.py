@@ -93,14 +93,19 @@ class _Best:
     best_step: int = 0
     scores: np.ndarray | None = field(default=None, repr=False)
 
-    def within(self, scores: np.ndarray, tolerance_se: float | None) -> tuple[bool, float]:
-        """Whether ``scores`` (the same held-out images) are within ``tolerance_se`` paired
-        standard errors of the best's, and that standard error."""
-        if tolerance_se is None or self.scores is None or len(scores) < 2:
-            return False, math.nan
-        d = scores - self.scores
-        se = float(d.std(ddof=1) / math.sqrt(len(d)))
-        return float(-d.mean()) <= tolerance_se * se, se
+    def gap(self, scores: np.ndarray) -> tuple[float, float]:
+        """How far the mean of ``scores`` (the same held-out images, prompts and seeds) lies
+        below the best evaluation's, and the paired standard error of that difference (NaN
+        before a best or under two images)."""
+        if self.scores is None or len(scores) < 2:
+            return math.nan, math.nan
+        d = self.scores - scores
+        return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+    def within(self, scores: np.ndarray, tolerance_se: float | None) -> bool:
+        """Whether ``scores`` are within ``tolerance_se`` paired standard errors of the best's."""
+        below, se = self.gap(scores)
+        return tolerance_se is not None and below <= tolerance_se * se  # False for NaN
 
 
 class RewardFinetune(DiffusionFinetune):
@@ -356,21 +361,21 @@ class RewardFinetune(DiffusionFinetune):
         scores = np.asarray(per_image[self.evaluation.stop_on], dtype=np.float64)
         score, b = means[self.evaluation.stop_on], self.best
         shown = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-        within, se = b.within(scores, self.a.tolerance_se)
         if score > b.score:
             self.best = _Best(score, self.step, 0, self._trainable_state(), self.step, scores)
             log(f"evaluation at step {self.step}: CAS {shown} (best so far)")
-        elif within:  # as good as the best within the evaluation's noise: keep the later one
+            return False
+        below, se = b.gap(scores)
+        noise = f", {below / se:.1f} paired SE" if se > 0 else ""  # NaN: no per-image scores
+        gap = f"{below:.4f} below the best {b.score:.4f} at step {b.best_step}{noise}"
+        if b.within(scores, self.a.tolerance_se):  # as good as the best within the noise
             b.step, b.bad_evals, b.weights = self.step, 0, self._trainable_state()
-            log(
-                f"evaluation at step {self.step}: CAS {shown} (within {self.a.tolerance_se:g} "
-                f"paired SE {se:.4f} of the best {b.score:.4f} at step {b.best_step}; kept)"
-            )
+            log(f"evaluation at step {self.step}: CAS {shown} ({gap}: kept)")
         else:
             b.bad_evals += 1
             log(
-                f"evaluation at step {self.step}: CAS {shown} (best {b.score:.4f} at step "
-                f"{b.best_step}, kept step {b.step}; {b.bad_evals} without improvement)"
+                f"evaluation at step {self.step}: CAS {shown} ({gap}; kept step {b.step}, "
+                f"{b.bad_evals} without improvement)"
             )
         return self.a.patience is not None and self.best.bad_evals >= self.a.patience
 

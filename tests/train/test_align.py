@@ -545,15 +545,20 @@ def scripted(r: RewardFinetune, per_step: list[np.ndarray], seen: dict) -> None:
 # lower, per-image differences of sd 0.1: a paired SE of 0.035), one clearly worse (0.3 lower)
 NOISE = np.array([0.1, -0.1, 0.15, -0.05, 0.0, -0.15, 0.05, 0.0]) - 0.02
 START = np.linspace(0.1, 0.3, 8)
-EVALS = [START, START + 0.5, START + 0.5 + NOISE, START + 0.2, START + 0.1]
+EVALS = [START, START + 0.5, START + 0.5 + NOISE, START + 0.2 + NOISE / 2, START + 0.1]
 
 
-def test_tolerance_keeps_the_latest_weights_within_the_evaluation_noise(world, tmp_path):
+def test_tolerance_keeps_the_latest_weights_within_the_evaluation_noise(world, tmp_path, capsys):
     align = AlignSettings(window="draft", eval_every=1, patience=1, tolerance_se=1.0)
     r = make_recipe(world, align, tmp_path / "ckpt", settings(steps=4, lr=0.3), evaluation=True)
     seen = {}
     scripted(r, EVALS, seen)
+    capsys.readouterr()
     r.train()
+    logged = capsys.readouterr().err
+    best = "below the best 0.7000 at step 1"
+    assert f"step 2: CAS clip 0.5000, siglip 0.6800 (0.0200 {best}, 0.6 paired SE: kept)" in logged
+    assert f"(0.3100 {best}, 17.5 paired SE; kept step 2, 1 without improvement)" in logged
     # step 2 is 0.02 below the best with a paired SE of 0.035: kept, and patience restarts,
     # so training goes on to step 3 (0.3 below: one evaluation without improvement, stop)
     assert r.step == 3
@@ -576,12 +581,14 @@ def test_tolerance_is_counted_in_paired_standard_errors():
     b = _Best(score=float(EVALS[1].mean()), scores=EVALS[1])
     d = NOISE  # the per-image differences of EVALS[2] from the best
     se = d.std(ddof=1) / np.sqrt(len(d))
-    assert b.within(EVALS[2], 1.0) == (True, pytest.approx(se))
+    assert b.gap(EVALS[2]) == (pytest.approx(0.02), pytest.approx(se))
+    assert b.within(EVALS[2], 1.0)
     assert 0.02 / se == pytest.approx(0.57, abs=0.01)
-    assert not b.within(EVALS[2], 0.5)[0]  # 0.57 SE below the best: outside half an SE
-    assert not b.within(EVALS[3], 5.0)[0]  # the same shift on every image: SE 0, not within
-    assert b.within(EVALS[1], 0.0)[0]  # equal scores
-    assert not b.within(EVALS[2], None)[0] and not _Best().within(EVALS[2], 1.0)[0]
+    assert not b.within(EVALS[2], 0.5)  # 0.57 SE below the best: outside half an SE
+    assert not b.within(EVALS[3], 5.0)  # 17.5 SE below
+    assert not b.within(EVALS[1] - 0.3, 5.0)  # the same shift on every image: SE 0
+    assert b.within(EVALS[1], 0.0)  # equal scores
+    assert not b.within(EVALS[2], None) and not _Best().within(EVALS[2], 1.0)
 
 
 def test_the_kept_and_the_best_evaluation_survive_a_checkpoint(world, tmp_path):

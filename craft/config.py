@@ -282,7 +282,8 @@ class AlignSettings(Strict):
         "errors of the held-out out-of-family CAS (per-image differences from the best "
         "evaluation, same prompts and seeds): a later evaluation within this many of the best "
         "counts as good as it, so its weights are kept and patience starts again (None = only "
-        "a higher mean counts). For held-out sets too small to rank nearby steps.",
+        "a higher mean counts). On the phantom benchmark's seven seeds, 1 kept later weights "
+        "in 10 of 28 reward runs and the oracle fell in 7 of them (README).",
     )
     holdout_prompts: float = Field(
         0.25,

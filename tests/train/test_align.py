@@ -486,6 +486,19 @@ def test_reward_goes_up(world, tmp_path):
 # ----------------------------------------------------------------------------- early stopping
 
 
+def scripted(r: RewardFinetune, per_step: list[np.ndarray], seen: dict) -> None:
+    """Make ``r.evaluate`` return these out-of-family per-image scores, one array an
+    evaluation, and record the weights each evaluation saw in ``seen``."""
+    it = iter(per_step)
+
+    def evaluate():
+        seen[r.step] = {k: v.clone() for k, v in r._trainable_state().items()}
+        x = next(it)
+        return {"clip": np.full_like(x, 0.5), "siglip": x}
+
+    r.evaluate = evaluate
+
+
 def test_early_stopping_keeps_the_best_weights_and_logs_curves(world, tmp_path):
     align = AlignSettings(window="draft", eval_every=1, patience=1)
     r = make_recipe(world, align, tmp_path / "ckpt", settings(steps=4, lr=0.3), evaluation=True)
@@ -513,32 +526,14 @@ def test_early_stopping_restores_the_weights_of_the_best_step(world, tmp_path):
     that aliased the live parameters once kept the last weights, on CPU)."""
     align = AlignSettings(window="draft", eval_every=1, patience=1)
     r = make_recipe(world, align, tmp_path / "ckpt", settings(steps=4, lr=0.3), evaluation=True)
-    scores, seen = iter([0.1, 0.9, 0.2, 0.3, 0.4]), {}
-
-    def scripted_evaluate():  # the out-of-family CAS peaks at step 1
-        seen[r.step] = {k: v.clone() for k, v in r._trainable_state().items()}
-        return {"clip": np.full(4, 0.5), "siglip": np.full(4, next(scores))}
-
-    r.evaluate = scripted_evaluate
+    seen = {}  # the out-of-family CAS peaks at step 1
+    scripted(r, [np.full(4, v) for v in (0.1, 0.9, 0.2, 0.3, 0.4)], seen)
     r.train()
     assert r.step == 2 and r.best.step == 1  # stopped after one evaluation without improvement
     assert r.keep_best() == 1
     kept = r._trainable_state()
     assert_same(kept, seen[1])
     assert any(not torch.equal(kept[k], seen[2][k]) for k in kept)
-
-
-def scripted(r: RewardFinetune, per_step: list[np.ndarray], seen: dict) -> None:
-    """Make ``r.evaluate`` return these out-of-family per-image scores, one array an
-    evaluation, and record the weights each evaluation saw in ``seen``."""
-    it = iter(per_step)
-
-    def evaluate():
-        seen[r.step] = {k: v.clone() for k, v in r._trainable_state().items()}
-        x = next(it)
-        return {"clip": np.full_like(x, 0.5), "siglip": x}
-
-    r.evaluate = evaluate
 
 
 # held-out scores of 8 images: the start, a best step, one as good within its noise (mean 0.02

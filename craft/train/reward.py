@@ -96,9 +96,10 @@ class _Best:
     def gap(self, scores: np.ndarray) -> tuple[float, float]:
         """How far the mean of ``scores`` (the same held-out images, prompts and seeds) lies
         below the best evaluation's, and the paired standard error of that difference (NaN
-        before a best or under two images)."""
+        without the best's per-image scores, as in checkpoints from before them, or under two
+        images)."""
         if self.scores is None or len(scores) < 2:
-            return math.nan, math.nan
+            return self.score - float(np.mean(scores)), math.nan
         d = self.scores - scores
         return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 

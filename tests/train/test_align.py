@@ -601,6 +601,9 @@ def test_the_kept_and_the_best_evaluation_survive_a_checkpoint(world, tmp_path):
     old = {"history": [], "best": {"score": 0.7, "step": 2, "bad": 1}}
     fresh.load_extra_state(old, tmp_path)
     assert (fresh.best.best_step, fresh.best.scores) == (2, None)
+    below, se = fresh.best.gap(EVALS[2])  # logged without a standard error, never within
+    assert below == pytest.approx(0.7 - EVALS[2].mean()) and np.isnan(se)
+    assert not fresh.best.within(EVALS[2], 1.0)
 
 
 # ----------------------------------------------------------------------------- resume

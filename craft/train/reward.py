@@ -378,7 +378,7 @@ class RewardFinetune(DiffusionFinetune):
                 f"evaluation at step {self.step}: CAS {shown} ({gap}; kept step {b.step}, "
                 f"{b.bad_evals} without improvement)"
             )
-        return self.a.patience is not None and self.best.bad_evals >= self.a.patience
+        return self.a.patience is not None and b.bad_evals >= self.a.patience
 
     def after_step(self) -> bool:
         self.history.append({"step": float(self.step), **self._terms})

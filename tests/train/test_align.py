@@ -597,7 +597,7 @@ def test_the_kept_and_the_best_evaluation_survive_a_checkpoint(world, tmp_path):
     assert (f.score, f.step, f.bad_evals, f.best_step) == (0.7, 2, 1, 1)
     np.testing.assert_array_equal(f.scores, EVALS[1])
     assert_same(f.weights, r.best.weights)
-    # a checkpoint written before tolerance_se (no per-image scores) still resumes
+    # a checkpoint written before tolerance_se (no per-image scores) still loads
     old = {"history": [], "best": {"score": 0.7, "step": 2, "bad": 1}}
     fresh.load_extra_state(old, tmp_path)
     assert (fresh.best.best_step, fresh.best.scores) == (2, None)

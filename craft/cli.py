@@ -45,6 +45,7 @@ OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Output path (default: results layout).")
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")]
+DataOpt = Annotated[Path | None, typer.Option(help="Prepared data .h5 (default: layout).")]
 
 
 def _load(path: Path):
@@ -187,9 +188,11 @@ def evaluate_oracle(
     method: MethodOpt = ...,
     seed: SeedOpt = 0,
     samples: Annotated[Path | None, typer.Option(help="samples.h5 (default: layout).")] = None,
+    data: DataOpt = None,
     out: OutOpt = None,
 ) -> None:
-    """Measure generated phantoms with the oracle: label agreement, criterion pass rate."""
+    """Measure generated phantoms with the oracle: label agreement, criterion pass rate, and
+    the distribution shift of the right images from the real test split's."""
     from craft.evaluate.oracle import evaluate_oracle as run
 
     cfg = _load(config)
@@ -201,6 +204,7 @@ def evaluate_oracle(
         seed,
         samples or lay.samples(modality, method, seed),
         out or lay.metrics(modality, method, seed, "oracle"),
+        data or lay.data(modality),
     )
 
 
@@ -512,7 +516,6 @@ def _report_figure_inputs(cfg, lay) -> dict:
 # ----------------------------------------------------------------------------- evaluation stages
 
 SamplesOpt = Annotated[Path | None, typer.Option(help="samples.h5 (default: layout).")]
-DataOpt = Annotated[Path | None, typer.Option(help="Prepared data .h5 (default: layout).")]
 
 
 def _evaluation_paths(cfg, modality, method, seed, stage, samples, data, out):

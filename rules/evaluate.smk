@@ -1,6 +1,7 @@
 rule evaluate_oracle:
     input:
         samples=rules.generate.output.samples,
+        data=rules.prepare.output.h5,
     output:
         metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "oracle")),
     log:
@@ -17,7 +18,7 @@ rule evaluate_oracle:
     shell:
         "craft evaluate oracle --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
-        " --out {output.metrics} > {log} 2>&1"
+        " --data {input.data} --out {output.metrics} > {log} 2>&1"
 
 
 rule downstream:

@@ -266,6 +266,7 @@ LOWER_IS_BETTER = frozenset(
         "tail_rate",
         "fd",
         "fid",
+        "distribution_shift",
         "kid",
         "kid_std",
         "memorization_rate",

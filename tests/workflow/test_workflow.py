@@ -131,6 +131,7 @@ def test_tiny_workflow_runs_and_reruns_only_what_a_change_touches(workdir, env):
         "fd",
         "kid",
         "audit_pass_rate",
+        "oracle_distribution_shift",
     ]
     missing = [
         (m, k, metric)

@@ -526,6 +526,17 @@ def test_claim_table_names_the_best_other_method_and_counts_seeds():
     assert not t_all.loc["cas_mean__clip", "wins"]
 
 
+def test_the_oracle_distribution_shift_is_judged_lower_is_better_and_its_reference_is_context():
+    from craft.report.summary import is_main_metric, lower_is_better
+
+    for metric in ("oracle_distribution_shift", "oracle_distribution_shift__effusion"):
+        assert lower_is_better(metric), metric
+    assert is_main_metric("oracle_distribution_shift")
+    assert not is_main_metric("oracle_distribution_shift_reference")
+    assert not is_main_metric("oracle_distribution_shift__effusion__effusion_left")
+    assert not lower_is_better("oracle_label_agreement")
+
+
 def test_cli_claim_judges_craft_against_the_other_kinds_and_checks(tmp_path):
     import subprocess
 

@@ -8,7 +8,7 @@ import pytest
 
 from craft.data.phantoms import draw_batch
 from craft.errors import CraftError
-from craft.evaluate.oracle import distribution_shift, oracle_metrics
+from craft.evaluate.oracle import _shift, distribution_shift, oracle_metrics
 
 
 def test_agreement_is_split_by_plain_and_enriched_prompts():
@@ -83,3 +83,14 @@ def test_a_real_split_without_the_requested_labels_is_refused():
     images, _ = draw_batch("phantom-cxr", ["nodule"] * 4, seed=32)
     with pytest.raises(CraftError, match="real test split has no image"):
         distribution_shift("phantom-cxr", images, ["nodule"] * 4, test)
+
+
+def test_less_variety_than_real_is_a_shift_even_where_the_mean_matches():
+    # Lost variety (every image alike) keeps the mean: the shift compares whole distributions.
+    rng = np.random.default_rng(0)
+    real = {"effusion": {"width": rng.normal(0.0, 1.0, 200)}}
+    alike = {"effusion": {"width": rng.normal(0.0, 0.2, 200)}}
+    varied = {"effusion": {"width": rng.normal(0.0, 1.0, 200)}}
+    assert abs(alike["effusion"]["width"].mean() - real["effusion"]["width"].mean()) < 0.15
+    assert _shift(alike, real, "s", per_measurement=True)["s"] >= 0.25
+    assert _shift(varied, real, "s", per_measurement=True)["s"] <= 0.15

@@ -52,6 +52,7 @@ __all__ = [
     "label_agreement",
     "criterion_pass_rate",
     "pass_rate_from_criteria",
+    "check_requested",
     "CXR_THRESHOLDS",
     "DERM_THRESHOLDS",
 ]
@@ -623,8 +624,9 @@ def measure(modality: str, images: np.ndarray) -> OracleResult:
     )
 
 
-def _requested(modality: str, requested_labels: Sequence[str] | str, n: int) -> np.ndarray:
-    """One requested label per image (a single string applies to all of them)."""
+def check_requested(modality: str, requested_labels: Sequence[str] | str, n: int) -> np.ndarray:
+    """One requested label per image (a single string applies to all of them); a one-line
+    error for a count that is not ``n`` or a label the modality does not have."""
     spec = get_spec(modality)
     if isinstance(requested_labels, str):
         requested_labels = [requested_labels] * n
@@ -644,7 +646,7 @@ def label_agreement(
 ) -> np.ndarray:
     """1.0 where the oracle's predicted label equals the requested one, else 0.0."""
     images = _check_images(modality, images)
-    req = _requested(modality, requested_labels, images.shape[0])
+    req = check_requested(modality, requested_labels, images.shape[0])
     res = measure(modality, images)
     return (res.predicted == req).astype(np.float64)
 
@@ -655,7 +657,7 @@ def criterion_pass_rate(
     """Share (0..1) of the requested label's criteria that each image meets; 0 where the image
     is not valid for the modality at all (noise, blank)."""
     images = _check_images(modality, images)
-    req = _requested(modality, requested_labels, images.shape[0])
+    req = check_requested(modality, requested_labels, images.shape[0])
     res = measure(modality, images)
     return pass_rate_from_criteria(modality, res, req)
 
@@ -665,7 +667,7 @@ def pass_rate_from_criteria(
 ) -> np.ndarray:
     """``criterion_pass_rate`` from an existing ``OracleResult`` (no re-measuring)."""
     n = result.valid.shape[0]
-    req = _requested(modality, requested_labels, n)
+    req = check_requested(modality, requested_labels, n)
     expected = label_criteria(modality)
     rate = np.zeros(n)
     for lab, exp in expected.items():

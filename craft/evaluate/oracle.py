@@ -37,17 +37,20 @@ def oracle_metrics(
     images: np.ndarray,
     requested: list[str],
     plain_prompt: np.ndarray | None = None,
+    result: oracle.OracleResult | None = None,
 ) -> dict[str, float]:
-    """Label agreement and criterion pass rate, overall and per requested label.
+    """Label agreement and criterion pass rate, overall and per requested label; ``result``:
+    the oracle's measurement of ``images`` where the caller already has it.
 
     With ``plain_prompt`` (per image: drawn from its plain label prompt?), also the label
     agreement on plain-prompt images and on the others (enriched prompts), where both kinds
     were drawn: a method sampling from an enriched bank can be right on its enriched prompts
     and wrong on the plain one, which the overall number hides.
     """
-    agree = oracle.label_agreement(phantom, images, requested)
-    passed = oracle.criterion_pass_rate(phantom, images, requested)
-    requested_arr = np.array(requested)
+    result = result or oracle.measure(phantom, images)
+    requested_arr = oracle.check_requested(phantom, requested, len(images))
+    agree = (result.predicted == requested_arr).astype(np.float64)
+    passed = oracle.pass_rate_from_criteria(phantom, result, requested)
     metrics = {
         "oracle_label_agreement": float(agree.mean()),
         "oracle_criterion_pass_rate": float(passed.mean()),
@@ -63,11 +66,14 @@ def oracle_metrics(
 
 
 def _right_measurements(
-    phantom: str, images: np.ndarray, labels: list[str]
+    phantom: str,
+    images: np.ndarray,
+    labels: list[str],
+    result: oracle.OracleResult | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per label, the oracle's measurements (one row per image, NaN where undefined) of the
-    images it calls that label."""
-    result = oracle.measure(phantom, images)
+    images it calls that label (``result``: their measurement, if the caller has it)."""
+    result = result or oracle.measure(phantom, images)
     labels_arr = np.asarray(labels)
     out: dict[str, dict[str, np.ndarray]] = {}
     for label in sorted(set(labels)):
@@ -118,6 +124,7 @@ def distribution_shift(
     test: tuple[np.ndarray, list[str]],
     reference: tuple[np.ndarray, list[str]] | None = None,
     draws: int = 20,
+    result: oracle.OracleResult | None = None,
 ) -> dict[str, float]:
     """How far the oracle's measurements of the right images of each requested label lie from
     those of the real ``test`` images (images, label names) the oracle also calls that label.
@@ -142,7 +149,7 @@ def distribution_shift(
             f"distribution shift: {', '.join(sorted(set(wanted) - set(real)))} left out, "
             "the real test split has fewer than two images the oracle calls it"
         )
-    generated = _right_measurements(phantom, images, requested)
+    generated = _right_measurements(phantom, images, requested, result)
     name = "oracle_distribution_shift"
     metrics: dict[str, float] = {}
     for label, real_label in real.items():
@@ -212,10 +219,13 @@ def evaluate_oracle(
     requested = [samples.label_names[i] for i in samples.labels]
     pairs = zip(samples.prompts, requested, strict=True)
     plain = np.array([p == label_prompt(m.description, r) for p, r in pairs])
-    metrics = oracle_metrics(m.source.phantom, samples.images, requested, plain)
+    phantom = m.source.phantom
+    result = oracle.measure(phantom, samples.images)  # once, for every metric below
+    metrics = oracle_metrics(phantom, samples.images, requested, plain, result)
     if data_h5 is not None:
         test, val = _split_images(data_h5, "test"), _split_images(data_h5, "val")
-        metrics.update(distribution_shift(m.source.phantom, samples.images, requested, test, val))
+        shift = distribution_shift(phantom, samples.images, requested, test, val, result=result)
+        metrics.update(shift)
     write_metrics(
         out, modality, method, seed, "oracle", metrics, cfg.digest("evaluate", modality, method)
     )

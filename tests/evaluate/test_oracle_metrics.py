@@ -128,3 +128,31 @@ def test_less_variety_than_real_is_a_shift_even_where_the_mean_matches():
     assert _label_shift({"fluid": np.r_[np.zeros(20), np.ones(10)]}, fixed)["fluid"] == (
         pytest.approx(1 / 3)
     )
+
+
+def test_a_given_measurement_is_used_as_is_and_gives_the_same_metrics(monkeypatch):
+    # evaluate_oracle measures the samples once and hands the result to both metrics.
+    from craft.data import oracle
+
+    test = _real(20, seed=21)
+    images, _ = draw_batch("phantom-cxr", ["effusion"] * 12 + ["normal"] * 12, seed=22)
+    requested = ["effusion"] * 12 + ["normal"] * 12
+    result = oracle.measure("phantom-cxr", images)
+    expected = {
+        **oracle_metrics("phantom-cxr", images, requested),
+        **distribution_shift("phantom-cxr", images, requested, test),
+    }
+    real_measure = oracle.measure
+
+    def measure(phantom, batch):
+        assert batch is not images, "the samples were measured again"
+        return real_measure(phantom, batch)
+
+    monkeypatch.setattr(oracle, "measure", measure)
+    given = {
+        **oracle_metrics("phantom-cxr", images, requested, result=result),
+        **distribution_shift("phantom-cxr", images, requested, test, result=result),
+    }
+    assert given == expected
+    with pytest.raises(CraftError, match="unknown label 'melanoma'"):
+        oracle_metrics("phantom-cxr", images, ["melanoma"] * 24, result=result)

@@ -242,6 +242,24 @@ class AlignSettings(Strict):
         "0.928 ± 0.029 vs 0.883 ± 0.048 without it (dermoscopy 0.961 vs 0.956); on seed 3 "
         "from the start without the share, chest 0.844 vs 0.898 (dermoscopy 0.914 vs 0.898).",
     )
+    # left out of dumps at their defaults, like reward_power
+    realism_weight: float = Field(
+        0.0,
+        ge=0,
+        exclude_if=lambda v: v == 0.0,
+        description="Weight of a realism term: the squared maximum mean discrepancy (Gaussian "
+        "kernel, per label) between the reward evaluator's embeddings of the batch's images "
+        "and of realism_real real training images of each of its labels. Its cross term pulls "
+        "each image towards real ones of its label, its self term pushes images of one label "
+        "apart: a reward that cannot be raised by drawing every finding the same way. One more "
+        "image forward of the reward evaluator per step.",
+    )
+    realism_real: int = Field(
+        16,
+        ge=2,
+        exclude_if=lambda v: v == 16,
+        description="Real training images per label drawn each step for the realism term.",
+    )
     lv_draws: int = Field(2, ge=1, description="Noise draws of the last step (window draft-lv).")
     sample_steps: int | None = Field(
         None, ge=1, description="Denoising steps while training; default sampling.steps."

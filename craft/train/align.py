@@ -37,7 +37,7 @@ from craft.store import read_split
 from craft.train.common import machine_description, setup_torch
 from craft.train.diffusion import FinetuneSettings, TrainingData
 from craft.train.distributed import Parallel
-from craft.train.reward import Evaluation, RewardFinetune, RewardFn, Rollout
+from craft.train.reward import Evaluation, RealismFn, RewardFinetune, RewardFn, Rollout
 
 
 def cas_reward_fn(
@@ -82,6 +82,64 @@ def generic_reward_fn(evaluator, label_prompts: list[str]) -> RewardFn:
         return (emb * text).sum(1)
 
     return reward
+
+
+def embedding_mmd_fn(
+    evaluator, images: np.ndarray, labels: np.ndarray, n_real: int, chunk: int = 256
+) -> RealismFn:
+    """The realism term: per label in the batch, the squared maximum mean discrepancy (MMD,
+    Gretton et al. 2012, unbiased form) between the evaluator's embeddings of the batch's
+    images of that label and of ``n_real`` real ``images`` (uint8 NHWC) of it drawn afresh,
+    averaged over the batch's labels. Kernel exp(-|a - b|^2 / (2 s^2)) with s the median
+    distance between real embeddings of the label (embeddings are unit vectors, so
+    |a - b|^2 = 2 - 2 a.b). With a single image of a label its self term is left out (only
+    the pull towards real images remains).
+    """
+    from craft.cas.evaluators import to_model_range
+
+    real: dict[int, torch.Tensor] = {}
+    bandwidth: dict[int, float] = {}
+    with torch.no_grad():
+        for y in np.unique(labels).tolist():
+            x = images[labels == y]
+            emb = torch.cat(
+                [
+                    evaluator.encode_images(to_model_range(x[i : i + chunk]))
+                    for i in range(0, len(x), chunk)
+                ]
+            )
+            sq = (2 - 2 * emb[:512] @ emb[:512].T).clamp_min(0)
+            off = sq[~torch.eye(len(sq), dtype=torch.bool, device=sq.device)]
+            if len(emb) < 2 or not (off > 0).any():
+                raise CraftError(
+                    f"the realism term needs two different real training images of label "
+                    f"index {y}: give the modality more training images or set realism_weight 0"
+                )
+            real[int(y)], bandwidth[int(y)] = emb, float(off[off > 0].median().sqrt())
+
+    def mean_kernel(a: torch.Tensor, b: torch.Tensor, s: float, same: bool) -> torch.Tensor:
+        k = torch.exp(-(2 - 2 * a @ b.T).clamp_min(0) / (2 * s * s))
+        if not same:
+            return k.mean()
+        n = len(a)
+        return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
+
+    def realism(gen: torch.Tensor, gen_labels: np.ndarray, rng: np.random.Generator):
+        emb = evaluator.encode_images(gen)
+        terms = []
+        for y in np.unique(gen_labels).tolist():
+            if int(y) not in real:
+                raise CraftError(f"no real training images of label index {y} for the realism term")
+            g = emb[torch.as_tensor(gen_labels == y, device=emb.device)]
+            pool, s = real[int(y)], bandwidth[int(y)]
+            r = pool[torch.as_tensor(rng.choice(len(pool), min(n_real, len(pool)), replace=False))]
+            mmd = mean_kernel(r, r, s, True) - 2 * mean_kernel(g, r, s, False)
+            if len(g) >= 2:
+                mmd = mmd + mean_kernel(g, g, s, True)
+            terms.append(mmd)
+        return torch.stack(terms).mean()
+
+    return realism
 
 
 def split_prompts(
@@ -235,8 +293,17 @@ def align(
         a.sample_steps or cfg.sampling.steps, cfg.sampling.guidance_scale, m.resolution, m.channels
     )
     recipe = RewardFinetune(settings, a, rollout, run_dir / "checkpoint", parallel)
+    realism = None
+    if a.realism_weight:
+        realism = embedding_mmd_fn(evaluator, data.images, data.labels, a.realism_real)
     recipe.setup(
-        gen, TrainingData(data.images, data.labels, caption), by_index, reward, evaluation, weights
+        gen,
+        TrainingData(data.images, data.labels, caption),
+        by_index,
+        reward,
+        evaluation,
+        weights,
+        realism,
     )
     recipe.train()
     if not parallel.is_main:  # rank 0 writes the outputs; the LoRA is whole on every rank

@@ -19,7 +19,9 @@ the loss of a step differs. One step:
    reward function (the differentiable CAS of the reward evaluator for CRAFT);
 4. loss = -mean reward + diffusion_weight * diffusion loss on real labelled images
    + kl_weight * mean_window ||eps_theta - eps_start||^2 (the KL between the Gaussian
-   transitions of the two models up to a constant, DPOK, Fan et al. 2023, eq. 8), then one
+   transitions of the two models up to a constant, DPOK, Fan et al. 2023, eq. 8)
+   + realism_weight * MMD^2 between the batch and real images of its labels in the reward
+   evaluator's embedding space (per label, Gaussian kernel; Gretton et al. 2012), then one
    optimizer step on the LoRA.
 
 Every ``eval_every`` steps (and once before the first), images of held-out prompts are drawn
@@ -57,6 +59,8 @@ from craft.train.distributed import Parallel, deepspeed_engine
 
 #: (images float NCHW in [-1, 1], label indices (N,), prompts) -> (N,) reward or score.
 RewardFn = Callable[[torch.Tensor, np.ndarray, list[str]], torch.Tensor]
+#: (images float NCHW in [-1, 1], label indices (N,), rng) -> scalar distance from real images.
+RealismFn = Callable[[torch.Tensor, np.ndarray, np.random.Generator], torch.Tensor]
 
 
 @dataclass
@@ -142,15 +146,20 @@ class RewardFinetune(DiffusionFinetune):
         reward: RewardFn,
         evaluation: Evaluation | None = None,
         prompt_weights: dict[int, np.ndarray] | None = None,
+        realism: RealismFn | None = None,
     ) -> None:
         """``gen`` is the starting model (its own LoRA already fused); ``data`` the real images
         of the diffusion-loss term; ``prompts`` each label's training prompts, drawn uniformly
-        or with ``prompt_weights`` (each label's probabilities, in its prompts' order)."""
+        or with ``prompt_weights`` (each label's probabilities, in its prompts' order);
+        ``realism`` the realism term (needed with a realism weight)."""
         missing = sorted(set(range(len(prompts))) - {i for i, p in prompts.items() if p})
         if missing:
             raise ValueError(f"labels {missing} have no training prompts")
         if self.a.patience is not None and evaluation is None:
             raise ValueError("patience needs an evaluation")
+        if self.a.realism_weight and realism is None:
+            raise ValueError("realism_weight needs a realism function")
+        self.realism = realism
         self.prompts, self.reward_fn, self.evaluation = prompts, reward, evaluation
         self.prompt_weights = prompt_weights or {}
         super().setup(gen, data, self.rollout.channels)
@@ -189,6 +198,8 @@ class RewardFinetune(DiffusionFinetune):
             extra.append("+1 no-grad KL call per grad step")
         if self.a.diffusion_weight:
             extra.append(f"+1 diffusion-loss call on {b} real images")
+        if self.a.realism_weight:
+            extra.append(f"+1 evaluator call (realism, {self.a.realism_real} real per label)")
         n_eval = len(self.evaluation.prompts) if self.evaluation else 0
         p = self.parallel
         if p.world > 1 or p.zero_stage:
@@ -282,6 +293,10 @@ class RewardFinetune(DiffusionFinetune):
         reward = self.reward_fn(images.float(), np.tile(labels, draws), prompts * draws)
         loss = -reward.float().mean()
         terms = {"reward": reward.mean().item()}
+        if self.a.realism_weight:
+            realism = self.realism(images.float(), np.tile(labels, draws), rng)
+            loss = loss + self.a.realism_weight * realism
+            terms["realism_mmd"] = realism.item()
         if kl:
             kl_mean = torch.stack(kl).mean()
             loss = loss + self.a.kl_weight * kl_mean

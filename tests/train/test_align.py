@@ -163,6 +163,7 @@ def make_recipe(
     parallel=None,
     weights=None,
     dtype=None,
+    realism=None,
 ):
     """A set-up recipe on a freshly loaded base generator with the CAS reward (its frozen
     parts cast to ``dtype`` if given, as align does on a GPU)."""
@@ -187,7 +188,7 @@ def make_recipe(
     r = RewardFinetune(s or settings(), align, Rollout(4, 2.0, RES, CH), ckpt, parallel)
     gen = load_generator(world / "base")
     gen.to("cpu", dtype, unet_too=True)
-    r.setup(gen, real_data(world), prompts_by_label(), reward, ev, weights)
+    r.setup(gen, real_data(world), prompts_by_label(), reward, ev, weights, realism)
     return r
 
 
@@ -201,6 +202,56 @@ def test_reward_power_at_its_default_leaves_run_digests_as_they_were():
     assert "tolerance_se" not in AlignSettings().model_dump()
     assert AlignSettings(tolerance_se=1.0).model_dump()["tolerance_se"] == 1.0
     assert AlignSettings(compile="default").model_dump()["compile"] == "default"
+    assert not {"realism_weight", "realism_real"} & set(AlignSettings().model_dump())
+    assert AlignSettings(realism_weight=1.0).model_dump()["realism_weight"] == 1.0
+
+
+def _realism(world: Path, n_real: int = 16):
+    """The realism term of the world's reward evaluator over its real training images, and
+    the data's splits."""
+    from craft.paths import Layout
+    from craft.store import read_split
+    from craft.train.align import embedding_mmd_fn
+
+    evaluator = loaded(world)[0]
+    data = Layout(world / "results").data(PHANTOM)
+    train, held = read_split(data, "train"), read_split(data, "test")
+    return embedding_mmd_fn(evaluator, train.images, train.labels, n_real), evaluator, held
+
+
+def test_realism_term_scores_copies_of_one_image_far_from_real_images(world):
+    from craft.cas.evaluators import to_model_range
+
+    realism, _, held = _realism(world, n_real=8)
+    # held-out real images of each label against the same number of copies of one of them
+    pick = np.concatenate([np.flatnonzero(held.labels == y)[:3] for y in range(len(LABELS))])
+    real = to_model_range(held.images[pick])
+    labels = held.labels[pick]
+    copies = real.clone()
+    for y in range(len(LABELS)):
+        rows = np.flatnonzero(labels == y)
+        copies[rows] = real[rows[0]]
+    rng = lambda: np.random.default_rng(0)  # noqa: E731  the same real draws for both
+    varied, collapsed = realism(real, labels, rng()), realism(copies, labels, rng())
+    assert collapsed > varied + 0.05, (float(collapsed), float(varied))
+    # the self term pushes near-copies apart: one gradient step away from the collapse
+    # lowers the term (and finite: no square root of a zero distance)
+    x = copies + 0.01 * torch.randn(copies.shape, generator=torch.Generator().manual_seed(1))
+    x = x.clamp(-1, 1).requires_grad_()
+    before = realism(x, labels, rng())
+    (grad,) = torch.autograd.grad(before, x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    after = realism((x - 0.02 * grad / grad.abs().max()).detach(), labels, rng())
+    assert after < before
+
+
+def test_realism_term_needs_two_different_real_images_per_label(world):
+    from craft.train.align import embedding_mmd_fn
+
+    evaluator = loaded(world)[0]
+    one = np.zeros((3, RES, RES, CH), np.uint8)
+    with pytest.raises(CraftError, match="two different real training images of label"):
+        embedding_mmd_fn(evaluator, one, np.array([0, 0, 1]), 4)
 
 
 def test_reward_power_is_cas_to_that_power_with_more_gradient_for_failures(world):
@@ -321,6 +372,21 @@ def test_each_window_trains_only_the_lora(world, tmp_path, align):
     assert any("lora_B" in k for k in changed)
     if align.kl_weight:
         assert r.history[-1]["kl"] >= 0 and "diffusion_loss" in r.history[-1]
+
+
+def test_the_realism_term_joins_the_loss_of_every_draw(world, tmp_path):
+    realism = _realism(world, n_real=4)[0]
+    with_term = AlignSettings(window="draft-lv", lv_draws=2, realism_weight=5.0, realism_real=4)
+    r = make_recipe(world, with_term, tmp_path / "a", settings(steps=2), realism=realism)
+    r.train()
+    assert np.isfinite(r.history[-1]["realism_mmd"])
+    plain = make_recipe(world, AlignSettings(window="draft-lv"), tmp_path / "b", settings(steps=2))
+    plain.train()
+    assert "realism_mmd" not in plain.history[-1]
+    a, b = unet_state(r), unet_state(plain)
+    assert any(not torch.equal(a[k], b[k]) for k in a if "lora_B" in k), "the term did nothing"
+    with pytest.raises(ValueError, match="realism_weight needs a realism function"):
+        make_recipe(world, with_term, tmp_path / "c", settings(steps=2))
 
 
 def test_gradient_checkpointing_keeps_the_gradients_and_saves_activation_memory(tmp_path):

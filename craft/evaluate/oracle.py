@@ -32,6 +32,20 @@ from craft.prompts import label_prompt
 from craft.store import read_samples, read_split
 
 
+def _measured(
+    phantom: str, images: np.ndarray, result: oracle.OracleResult | None
+) -> oracle.OracleResult:
+    """``result`` where given (checked to have a row per image), else a fresh measurement."""
+    if result is None:
+        return oracle.measure(phantom, images)
+    if len(result.valid) != len(images):
+        raise CraftError(
+            f"the oracle result has {len(result.valid)} rows for {len(images)} images: pass "
+            "the measurement of these images (oracle.measure) or none"
+        )
+    return result
+
+
 def oracle_metrics(
     phantom: str,
     images: np.ndarray,
@@ -47,7 +61,7 @@ def oracle_metrics(
     were drawn: a method sampling from an enriched bank can be right on its enriched prompts
     and wrong on the plain one, which the overall number hides.
     """
-    result = result or oracle.measure(phantom, images)
+    result = _measured(phantom, images, result)
     requested_arr = oracle.check_requested(phantom, requested, len(images))
     agree = (result.predicted == requested_arr).astype(np.float64)
     passed = oracle.pass_rate_from_criteria(phantom, result, requested)
@@ -73,7 +87,7 @@ def _right_measurements(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per label, the oracle's measurements (one row per image, NaN where undefined) of the
     images it calls that label (``result``: their measurement, if the caller has it)."""
-    result = result or oracle.measure(phantom, images)
+    result = _measured(phantom, images, result)
     labels_arr = np.asarray(labels)
     out: dict[str, dict[str, np.ndarray]] = {}
     for label in sorted(set(labels)):

@@ -85,57 +85,78 @@ def generic_reward_fn(evaluator, label_prompts: list[str]) -> RewardFn:
 
 
 def embedding_mmd_fn(
-    evaluator, images: np.ndarray, labels: np.ndarray, n_real: int, chunk: int = 256
+    evaluator,
+    images: np.ndarray,
+    labels: np.ndarray,
+    label_names: list[str],
+    n_real: int,
+    chunk: int = 256,
 ) -> RealismFn:
     """The realism term: per label in the batch, the squared maximum mean discrepancy (MMD,
     Gretton et al. 2012, unbiased form) between the evaluator's embeddings of the batch's
-    images of that label and of ``n_real`` real ``images`` (uint8 NHWC) of it drawn afresh,
-    averaged over the batch's labels. Kernel exp(-|a - b|^2 / (2 s^2)) with s the median
-    distance between real embeddings of the label (embeddings are unit vectors, so
-    |a - b|^2 = 2 - 2 a.b). With a single image of a label its self term is left out (only
-    the pull towards real images remains).
+    images of that label and of ``n_real`` real ``images`` (uint8 NHWC, label indices
+    ``labels``) of it drawn afresh, averaged over the batch's labels. Kernel
+    exp(-|a - b|^2 / (2 s^2)) with s the median distance between different real embeddings
+    of the label (embeddings are unit vectors, so |a - b|^2 = 2 - 2 a.b).
+
+    The returned function takes ``sources`` besides the images and labels: which independent
+    sample each row is (draft-lv's re-noisings of one sample share one). The self term, which
+    pushes images of a label apart, pairs rows of different sources only; a label with a single
+    source has none, and its value is then the pull towards real images alone (no longer an
+    MMD). :class:`~craft.train.reward.RewardFinetune` refuses batches that give a process
+    fewer than two sources of a label.
     """
     from craft.cas.evaluators import to_model_range
 
     real: dict[int, torch.Tensor] = {}
     bandwidth: dict[int, float] = {}
+    subset = np.random.default_rng(0)  # the bandwidth's images: not the file's first ones
     with torch.no_grad():
-        for y in np.unique(labels).tolist():
+        for y, name in enumerate(label_names):
             x = images[labels == y]
+            fix = "give the modality more training images or set align.realism_weight 0"
+            if len(x) < 2:
+                raise CraftError(
+                    f"the realism term needs real training images of every label, and "
+                    f"'{name}' has {len(x)}: {fix}"
+                )
             emb = torch.cat(
                 [
                     evaluator.encode_images(to_model_range(x[i : i + chunk]))
                     for i in range(0, len(x), chunk)
                 ]
             )
-            sq = (2 - 2 * emb[:512] @ emb[:512].T).clamp_min(0)
-            off = sq[~torch.eye(len(sq), dtype=torch.bool, device=sq.device)]
-            if len(emb) < 2 or not (off > 0).any():
+            pick = np.sort(subset.permutation(len(emb))[:512])
+            sub = emb[torch.as_tensor(pick, device=emb.device)]
+            sq = (2 - 2 * sub @ sub.T)[~torch.eye(len(sub), dtype=torch.bool, device=emb.device)]
+            apart = sq[sq > 1e-4]  # float32 rounding leaves equal embeddings ~1e-7 apart
+            if not len(apart):
                 raise CraftError(
-                    f"the realism term needs two different real training images of label "
-                    f"index {y}: give the modality more training images or set realism_weight 0"
+                    f"the realism term needs two different real training images of each "
+                    f"label, and all of '{name}' look the same to the reward evaluator: {fix}"
                 )
-            real[int(y)], bandwidth[int(y)] = emb, float(off[off > 0].median().sqrt())
+            real[y], bandwidth[y] = emb, float(apart.median().sqrt())
 
-    def mean_kernel(a: torch.Tensor, b: torch.Tensor, s: float, same: bool) -> torch.Tensor:
-        k = torch.exp(-(2 - 2 * a @ b.T).clamp_min(0) / (2 * s * s))
-        if not same:
-            return k.mean()
-        n = len(a)
-        return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
+    def kernel(a: torch.Tensor, b: torch.Tensor, s: float) -> torch.Tensor:
+        return torch.exp(-(2 - 2 * a @ b.T).clamp_min(0) / (2 * s * s))
 
-    def realism(gen: torch.Tensor, gen_labels: np.ndarray, rng: np.random.Generator):
+    def realism(
+        gen: torch.Tensor, gen_labels: np.ndarray, sources: np.ndarray, rng: np.random.Generator
+    ) -> torch.Tensor:
         emb = evaluator.encode_images(gen)
         terms = []
         for y in np.unique(gen_labels).tolist():
-            if int(y) not in real:
-                raise CraftError(f"no real training images of label index {y} for the realism term")
-            g = emb[torch.as_tensor(gen_labels == y, device=emb.device)]
-            pool, s = real[int(y)], bandwidth[int(y)]
-            r = pool[torch.as_tensor(rng.choice(len(pool), min(n_real, len(pool)), replace=False))]
-            mmd = mean_kernel(r, r, s, True) - 2 * mean_kernel(g, r, s, False)
-            if len(g) >= 2:
-                mmd = mmd + mean_kernel(g, g, s, True)
+            rows = np.flatnonzero(gen_labels == y)
+            g = emb[torch.as_tensor(rows, device=emb.device)]
+            pool, s = real[y], bandwidth[y]
+            draw = rng.choice(len(pool), min(n_real, len(pool)), replace=False)
+            r = pool[torch.as_tensor(draw, device=pool.device)]
+            k_rr, m = kernel(r, r, s), len(r)
+            mmd = (k_rr.sum() - k_rr.diagonal().sum()) / (m * (m - 1)) - 2 * kernel(g, r, s).mean()
+            src = sources[rows]
+            apart = torch.as_tensor(src[:, None] != src[None, :], device=emb.device)
+            if apart.any():
+                mmd = mmd + kernel(g, g, s)[apart].mean()
             terms.append(mmd)
         return torch.stack(terms).mean()
 
@@ -295,7 +316,7 @@ def align(
     recipe = RewardFinetune(settings, a, rollout, run_dir / "checkpoint", parallel)
     realism = None
     if a.realism_weight:
-        realism = embedding_mmd_fn(evaluator, data.images, data.labels, a.realism_real)
+        realism = embedding_mmd_fn(evaluator, data.images, data.labels, labels, a.realism_real)
     recipe.setup(
         gen,
         TrainingData(data.images, data.labels, caption),

@@ -49,6 +49,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from craft.config import AlignSettings
+from craft.errors import CraftError
 from craft.models.generator import Generator
 from craft.models.lora import ADAPTER
 from craft.models.sampling import guided_eps, initial_noise, sample
@@ -59,8 +60,9 @@ from craft.train.distributed import Parallel, deepspeed_engine
 
 #: (images float NCHW in [-1, 1], label indices (N,), prompts) -> (N,) reward or score.
 RewardFn = Callable[[torch.Tensor, np.ndarray, list[str]], torch.Tensor]
-#: (images float NCHW in [-1, 1], label indices (N,), rng) -> scalar distance from real images.
-RealismFn = Callable[[torch.Tensor, np.ndarray, np.random.Generator], torch.Tensor]
+#: (images float NCHW in [-1, 1], label indices (N,), source sample of each row (N,), rng) ->
+#: scalar distance from real images (craft.train.align.embedding_mmd_fn).
+RealismFn = Callable[[torch.Tensor, np.ndarray, np.ndarray, np.random.Generator], torch.Tensor]
 
 
 @dataclass
@@ -159,6 +161,8 @@ class RewardFinetune(DiffusionFinetune):
             raise ValueError("patience needs an evaluation")
         if self.a.realism_weight and realism is None:
             raise ValueError("realism_weight needs a realism function")
+        if self.a.realism_weight:
+            self._check_realism_batch(len(prompts))
         self.realism = realism
         self.prompts, self.reward_fn, self.evaluation = prompts, reward, evaluation
         self.prompt_weights = prompt_weights or {}
@@ -183,6 +187,22 @@ class RewardFinetune(DiffusionFinetune):
             )
             self._resume_zero()
         self._print_arithmetic()
+
+    def _check_realism_batch(self, n_lab: int) -> None:
+        """The realism term's self term needs two samples of each label a process draws (the
+        batch cycles through the labels; each process takes every world-th image)."""
+        b, world = self.s.batch_size, self.parallel.world
+        cycle = np.arange(b) % n_lab
+        fewest = min(
+            int(counts[counts > 0].min())
+            for counts in (np.bincount(cycle[r::world], minlength=n_lab) for r in range(world))
+        )
+        if fewest < 2:
+            raise CraftError(
+                f"align.realism_weight needs two images of each label on each process, and a "
+                f"batch of {b} over {world} process(es) gives {fewest} for {n_lab} labels: set "
+                f"batch_size to a multiple of {2 * n_lab * world}"
+            )
 
     def _print_arithmetic(self) -> None:
         b, t, n_lab = self.s.batch_size, self.rollout.steps, len(self.prompts)
@@ -294,7 +314,8 @@ class RewardFinetune(DiffusionFinetune):
         loss = -reward.float().mean()
         terms = {"reward": reward.mean().item()}
         if self.a.realism_weight:
-            realism = self.realism(images.float(), np.tile(labels, draws), rng)
+            sources = np.tile(np.arange(len(labels)), draws)  # draft-lv: draws of one sample
+            realism = self.realism(images.float(), np.tile(labels, draws), sources, rng)
             loss = loss + self.a.realism_weight * realism
             terms["realism_mmd"] = realism.item()
         if kl:

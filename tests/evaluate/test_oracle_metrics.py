@@ -156,3 +156,5 @@ def test_a_given_measurement_is_used_as_is_and_gives_the_same_metrics(monkeypatc
     assert given == expected
     with pytest.raises(CraftError, match="unknown label 'melanoma'"):
         oracle_metrics("phantom-cxr", images, ["melanoma"] * 24, result=result)
+    with pytest.raises(CraftError, match="the oracle result has 24 rows for 12 images"):
+        distribution_shift("phantom-cxr", images[:12], requested[:12], test, result=result)

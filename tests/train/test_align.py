@@ -216,7 +216,8 @@ def _realism(world: Path, n_real: int = 16):
     evaluator = loaded(world)[0]
     data = Layout(world / "results").data(PHANTOM)
     train, held = read_split(data, "train"), read_split(data, "test")
-    return embedding_mmd_fn(evaluator, train.images, train.labels, n_real), evaluator, held
+    realism = embedding_mmd_fn(evaluator, train.images, train.labels, LABELS, n_real)
+    return realism, evaluator, held
 
 
 def test_realism_term_scores_copies_of_one_image_far_from_real_images(world):
@@ -232,26 +233,72 @@ def test_realism_term_scores_copies_of_one_image_far_from_real_images(world):
         rows = np.flatnonzero(labels == y)
         copies[rows] = real[rows[0]]
     rng = lambda: np.random.default_rng(0)  # noqa: E731  the same real draws for both
-    varied, collapsed = realism(real, labels, rng()), realism(copies, labels, rng())
+    one_each = np.arange(len(labels))  # every row its own sample
+    varied = realism(real, labels, one_each, rng())
+    collapsed = realism(copies, labels, one_each, rng())
     assert collapsed > varied + 0.05, (float(collapsed), float(varied))
     # the self term pushes near-copies apart: one gradient step away from the collapse
     # lowers the term (and finite: no square root of a zero distance)
     x = copies + 0.01 * torch.randn(copies.shape, generator=torch.Generator().manual_seed(1))
     x = x.clamp(-1, 1).requires_grad_()
-    before = realism(x, labels, rng())
+    before = realism(x, labels, one_each, rng())
     (grad,) = torch.autograd.grad(before, x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
-    after = realism((x - 0.02 * grad / grad.abs().max()).detach(), labels, rng())
+    after = realism((x - 0.02 * grad / grad.abs().max()).detach(), labels, one_each, rng())
     assert after < before
 
 
-def test_realism_term_needs_two_different_real_images_per_label(world):
+class _FlatEvaluator:
+    """Embeds an image as its unit-length pixel vector."""
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x.flatten(1).double(), dim=-1)
+
+
+def test_realism_term_is_the_unbiased_mmd_with_pairs_of_one_sample_left_out():
+    from craft.train.align import embedding_mmd_fn
+
+    rng = np.random.default_rng(5)
+    real = rng.integers(0, 256, (30, 2, 2, 1), dtype=np.uint8)
+    real_labels = np.repeat([0, 1], 15)
+    realism = embedding_mmd_fn(_FlatEvaluator(), real, real_labels, ["a", "b"], n_real=6)
+    # by hand: the same embeddings, bandwidth and real draws
+    emb = _FlatEvaluator().encode_images(torch.as_tensor(real).permute(0, 3, 1, 2) / 127.5 - 1)
+    emb = emb.numpy()
+    gen = torch.rand(5, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gen_labels, sources = np.array([0, 0, 0, 1, 1]), np.array([0, 1, 0, 2, 2])
+    g = _FlatEvaluator().encode_images(gen).numpy()
+    draws = np.random.default_rng(9)
+    expected = []
+    for y in (0, 1):
+        e = emb[real_labels == y]
+        sq = 2 - 2 * e @ e.T
+        s = np.sqrt(np.median(sq[~np.eye(15, dtype=bool)]))
+        k = lambda a, b, s=s: np.exp(-(2 - 2 * a @ b.T).clip(0) / (2 * s * s))  # noqa: E731
+        r = e[draws.choice(15, 6, replace=False)]
+        gy, src = g[gen_labels == y], sources[gen_labels == y]
+        mmd = (k(r, r).sum() - 6) / 30 - 2 * k(gy, r).mean()
+        apart = src[:, None] != src[None, :]
+        if apart.any():  # label 0: rows 0 and 2 are draws of one sample, only 0-1 and 1-2 pair
+            mmd += k(gy, gy)[apart].mean()
+        expected.append(mmd)
+    got = realism(gen, gen_labels, sources, np.random.default_rng(9))
+    assert float(got) == pytest.approx(np.mean(expected), rel=1e-9)
+    # pairing the draws of one sample would change it
+    every = realism(gen, gen_labels, np.arange(5), np.random.default_rng(9))
+    assert abs(float(every) - float(got)) > 1e-3
+
+
+def test_realism_term_needs_two_different_real_images_of_every_label(world):
     from craft.train.align import embedding_mmd_fn
 
     evaluator = loaded(world)[0]
-    one = np.zeros((3, RES, RES, CH), np.uint8)
-    with pytest.raises(CraftError, match="two different real training images of label"):
-        embedding_mmd_fn(evaluator, one, np.array([0, 0, 1]), 4)
+    same = np.zeros((3, RES, RES, CH), np.uint8)
+    with pytest.raises(CraftError, match="all of 'normal' look the same to the reward evaluator"):
+        embedding_mmd_fn(evaluator, same, np.array([0, 0, 1]), LABELS, 4)
+    varied = np.random.default_rng(0).integers(0, 256, (4, RES, RES, CH), dtype=np.uint8)
+    with pytest.raises(CraftError, match="and 'effusion' has 0: give the modality more"):
+        embedding_mmd_fn(evaluator, varied, np.array([0, 0, 1, 1]), LABELS, 4)
 
 
 def test_reward_power_is_cas_to_that_power_with_more_gradient_for_failures(world):
@@ -375,18 +422,33 @@ def test_each_window_trains_only_the_lora(world, tmp_path, align):
 
 
 def test_the_realism_term_joins_the_loss_of_every_draw(world, tmp_path):
-    realism = _realism(world, n_real=4)[0]
+    term = _realism(world, n_real=4)[0]
+    seen = []
+
+    def realism(images, labels, sources, rng):
+        seen.append((len(images), labels, sources))
+        return term(images, labels, sources, rng)
+
     with_term = AlignSettings(window="draft-lv", lv_draws=2, realism_weight=5.0, realism_real=4)
-    r = make_recipe(world, with_term, tmp_path / "a", settings(steps=2), realism=realism)
+    r = make_recipe(world, with_term, tmp_path / "a", settings(steps=2, batch=8), realism=realism)
     r.train()
     assert np.isfinite(r.history[-1]["realism_mmd"])
-    plain = make_recipe(world, AlignSettings(window="draft-lv"), tmp_path / "b", settings(steps=2))
+    # both draws of each of the 8 samples, each draw pair under one source
+    n, labels, sources = seen[-1]
+    assert n == 16 and np.array_equal(sources, np.tile(np.arange(8), 2))
+    assert np.bincount(labels).tolist() == [4, 4, 4, 4]
+    plain = make_recipe(
+        world, AlignSettings(window="draft-lv"), tmp_path / "b", settings(steps=2, batch=8)
+    )
     plain.train()
     assert "realism_mmd" not in plain.history[-1]
     a, b = unet_state(r), unet_state(plain)
     assert any(not torch.equal(a[k], b[k]) for k in a if "lora_B" in k), "the term did nothing"
     with pytest.raises(ValueError, match="realism_weight needs a realism function"):
-        make_recipe(world, with_term, tmp_path / "c", settings(steps=2))
+        make_recipe(world, with_term, tmp_path / "c", settings(steps=2, batch=8))
+    # one image of a label per step: the self term would never run
+    with pytest.raises(CraftError, match="batch of 4 over 1 process.*multiple of 8"):
+        make_recipe(world, with_term, tmp_path / "d", settings(steps=2), realism=realism)
 
 
 def test_gradient_checkpointing_keeps_the_gradients_and_saves_activation_memory(tmp_path):

@@ -310,12 +310,12 @@ class RewardFinetune(DiffusionFinetune):
         labels, prompts, seeds = self._reward_batch(rng)
         with self.gen.autocast():
             images, draws, kl = self._rollout(prompts, seeds, rng)
-        reward = self.reward_fn(images.float(), np.tile(labels, draws), prompts * draws)
+        rows = np.tile(np.arange(len(labels)), draws)  # draft-lv: each sample's draws
+        reward = self.reward_fn(images.float(), labels[rows], prompts * draws)
         loss = -reward.float().mean()
         terms = {"reward": reward.mean().item()}
         if self.a.realism_weight:
-            sources = np.tile(np.arange(len(labels)), draws)  # draft-lv: draws of one sample
-            realism = self.realism(images.float(), np.tile(labels, draws), sources, rng)
+            realism = self.realism(images.float(), labels[rows], rows, rng)
             loss = loss + self.a.realism_weight * realism
             terms["realism_mmd"] = realism.item()
         if kl:

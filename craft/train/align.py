@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,28 @@ from craft.train.common import machine_description, setup_torch
 from craft.train.diffusion import FinetuneSettings, TrainingData
 from craft.train.distributed import Parallel
 from craft.train.reward import Evaluation, RealismFn, RewardFinetune, RewardFn, Rollout
+
+
+class SharedImageEmbeddings:
+    """The reward evaluator as the reward and the realism term of one step see it: embedding
+    the very tensor it embedded last (same object, unchanged, same grad mode) returns the same
+    embeddings, so the step runs one forward and one backward through the evaluator, not one
+    per term. Everything else is the evaluator's own."""
+
+    def __init__(self, evaluator):
+        self._evaluator = evaluator
+        self._last: tuple[weakref.ref, int, bool, torch.Tensor] | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self._evaluator, name)
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x._version, torch.is_grad_enabled())
+        if self._last is not None and self._last[0]() is x and self._last[1:3] == key:
+            return self._last[3]
+        emb = self._evaluator.encode_images(x)
+        self._last = (weakref.ref(x), *key, emb)
+        return emb
 
 
 def cas_reward_fn(
@@ -275,9 +298,11 @@ def align(
     reward_ev = cfg.cas.reward_evaluator
     evaluator = load_configured_evaluator(cfg.cas, reward_ev, lay, modality)
     reference = load_reference(lay.reference(modality, reward_ev))
+    # with the realism term, the reward and the term embed each step's images once, together
+    shared = SharedImageEmbeddings(evaluator) if a.realism_weight else evaluator
     if k.kind == "craft":
         reward = cas_reward_fn(
-            evaluator,
+            shared,
             knowledge,
             reference,
             labels,
@@ -286,7 +311,7 @@ def align(
             a.checklist_weight,
         )
     else:
-        reward = generic_reward_fn(evaluator, [plain[lab] for lab in labels])
+        reward = generic_reward_fn(shared, [plain[lab] for lab in labels])
     evaluation = None
     if a.eval_every:
         scorers = {reward_ev: cas_reward_fn(evaluator, knowledge, reference, labels, False)}
@@ -316,7 +341,7 @@ def align(
     recipe = RewardFinetune(settings, a, rollout, run_dir / "checkpoint", parallel)
     realism = None
     if a.realism_weight:
-        realism = embedding_mmd_fn(evaluator, data.images, data.labels, labels, a.realism_real)
+        realism = embedding_mmd_fn(shared, data.images, data.labels, labels, a.realism_real)
     recipe.setup(
         gen,
         TrainingData(data.images, data.labels, caption),

@@ -69,13 +69,13 @@ class Parallel:
         torch.cuda.set_device(self.local_rank)
         return torch.device("cuda", self.local_rank)
 
-    def shard(self, n: int) -> slice:
-        """This rank's rows of a global batch of ``n``."""
+    def shard(self, n: int, rank: int | None = None) -> slice:
+        """This rank's (or ``rank``'s) rows of a global batch of ``n``."""
         if n % self.world:
             raise CraftError(
                 f"batch_size {n} does not split over {self.world} processes; use a multiple"
             )
-        return slice(self.rank, None, self.world)
+        return slice(self.rank if rank is None else rank, None, self.world)
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """Mean of per-rank scalars over the ranks (for logging)."""

@@ -189,13 +189,17 @@ class RewardFinetune(DiffusionFinetune):
         self._print_arithmetic()
 
     def _check_realism_batch(self, n_lab: int) -> None:
-        """The realism term's self term needs two samples of each label a process draws (the
-        batch cycles through the labels; each process takes every world-th image)."""
+        """The realism term's self term needs two samples of each label a process draws. Every
+        batch is a cyclic shift of the labels of :meth:`_batch_labels` (0), so its counts per
+        process are those of offset 0, relabelled: checking offset 0 on every rank covers all."""
         b, world = self.s.batch_size, self.parallel.world
-        cycle = np.arange(b) % n_lab
+        labels = self._batch_labels(0, n_lab)
         fewest = min(
             int(counts[counts > 0].min())
-            for counts in (np.bincount(cycle[r::world], minlength=n_lab) for r in range(world))
+            for counts in (
+                np.bincount(labels[self.parallel.shard(b, r)], minlength=n_lab)
+                for r in range(world)
+            )
         )
         if fewest < 2:
             raise CraftError(
@@ -233,10 +237,14 @@ class RewardFinetune(DiffusionFinetune):
 
     # -- one step -------------------------------------------------------------------------
 
+    def _batch_labels(self, first: int, n_lab: int) -> np.ndarray:
+        """The global batch's labels: cycling through all labels from label ``first``."""
+        return (first + np.arange(self.s.batch_size)) % n_lab
+
     def _reward_batch(self, rng: np.random.Generator):
         """Label-balanced labels, one prompt of each image's label, a noise seed per image."""
         n_lab = len(self.prompts)
-        labels = (int(rng.integers(n_lab)) + np.arange(self.s.batch_size)) % n_lab
+        labels = self._batch_labels(int(rng.integers(n_lab)), n_lab)
         w = self.prompt_weights
         prompts = [draw_prompt(self.prompts[int(y)], rng, w.get(int(y))) for y in labels]
         seeds = rng.integers(0, 2**62, size=len(labels)).tolist()
@@ -311,11 +319,12 @@ class RewardFinetune(DiffusionFinetune):
         with self.gen.autocast():
             images, draws, kl = self._rollout(prompts, seeds, rng)
         rows = np.tile(np.arange(len(labels)), draws)  # draft-lv: each sample's draws
-        reward = self.reward_fn(images.float(), labels[rows], prompts * draws)
+        images = images.float()  # one tensor for every term (align.SharedImageEmbeddings)
+        reward = self.reward_fn(images, labels[rows], prompts * draws)
         loss = -reward.float().mean()
         terms = {"reward": reward.mean().item()}
         if self.a.realism_weight:
-            realism = self.realism(images.float(), labels[rows], rows, rng)
+            realism = self.realism(images, labels[rows], rows, rng)
             loss = loss + self.a.realism_weight * realism
             terms["realism_mmd"] = realism.item()
         if kl:

@@ -164,12 +164,15 @@ def make_recipe(
     weights=None,
     dtype=None,
     realism=None,
+    evaluator=None,
 ):
     """A set-up recipe on a freshly loaded base generator with the CAS reward (its frozen
-    parts cast to ``dtype`` if given, as align does on a GPU)."""
+    parts cast to ``dtype`` if given, as align does on a GPU; ``evaluator``: the reward's
+    evaluator in place of the world's)."""
     from craft.train.align import cas_reward_fn
 
-    evaluator, reference, knowledge = loaded(world)
+    own, reference, knowledge = loaded(world)
+    evaluator = evaluator or own
     reward = cas_reward_fn(evaluator, knowledge, reference, LABELS)
     ev = None
     if evaluation:
@@ -449,6 +452,87 @@ def test_the_realism_term_joins_the_loss_of_every_draw(world, tmp_path):
     # one image of a label per step: the self term would never run
     with pytest.raises(CraftError, match="batch of 4 over 1 process.*multiple of 8"):
         make_recipe(world, with_term, tmp_path / "d", settings(steps=2), realism=realism)
+
+
+class _Counting:
+    """An evaluator that counts its image embeddings."""
+
+    def __init__(self, evaluator):
+        self.evaluator, self.calls = evaluator, 0
+
+    def __getattr__(self, name):
+        return getattr(self.evaluator, name)
+
+    def encode_images(self, x):
+        self.calls += 1
+        return self.evaluator.encode_images(x)
+
+
+def test_shared_embeddings_return_the_last_ones_for_the_same_unchanged_tensor(world):
+    from craft.train.align import SharedImageEmbeddings
+
+    counting = _Counting(loaded(world)[0])
+    shared = SharedImageEmbeddings(counting)
+    x = torch.rand(3, CH, RES, RES) * 2 - 1
+    first = shared.encode_images(x)
+    assert shared.encode_images(x) is first and counting.calls == 1
+    assert shared.name == counting.evaluator.name  # the rest is the evaluator's
+    assert torch.equal(shared.encode_images(x.clone()), first) and counting.calls == 2
+    x.mul_(0.5)  # changed in place: embedded again
+    assert not torch.equal(shared.encode_images(x), first) and counting.calls == 3
+    with torch.no_grad():  # another grad mode: embedded again, without a graph
+        assert shared.encode_images(x).grad_fn is None and counting.calls == 4
+
+
+def test_reward_and_realism_term_embed_each_step_once_and_train_as_apart(world, tmp_path):
+    from craft.train.align import SharedImageEmbeddings, embedding_mmd_fn
+
+    def run(shared: bool, name: str):
+        from craft.paths import Layout
+        from craft.store import read_split
+
+        counting = _Counting(loaded(world)[0])
+        ev = SharedImageEmbeddings(counting) if shared else counting
+        train = read_split(Layout(world / "results").data(PHANTOM), "train")
+        term = embedding_mmd_fn(ev, train.images, train.labels, LABELS, 4)
+        a = AlignSettings(realism_weight=2.0, realism_real=4)
+        s = settings(steps=2, batch=8)
+        r = make_recipe(world, a, tmp_path / name, s, realism=term, evaluator=ev)
+        counting.calls = 0
+        r.train()
+        return r, counting.calls
+
+    r_shared, calls_shared = run(True, "shared")
+    r_apart, calls_apart = run(False, "apart")
+    assert (calls_shared, calls_apart) == (2, 4)  # one embedding per step, not one per term
+    a, b = unet_state(r_shared), unet_state(r_apart)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k), "nothing trained"
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)  # adam: ~5e-3 a step
+    assert r_shared.history[-1]["realism_mmd"] == pytest.approx(
+        r_apart.history[-1]["realism_mmd"], rel=1e-5
+    )
+
+
+def test_the_realism_batch_check_sees_every_process_share(tmp_path):
+    from craft.train.distributed import Parallel
+
+    def check(batch: int, world: int) -> None:
+        a = AlignSettings(realism_weight=1.0)
+        for rank in range(world):  # every rank fails alike
+            r = RewardFinetune(
+                settings(batch=batch), a, Rollout(4, 2.0, RES, CH), tmp_path, Parallel(rank, world)
+            )
+            r._check_realism_batch(len(LABELS))
+
+    check(8, 1)
+    check(16, 2)
+    # 8 over 2 processes: each process draws two labels, each twice: enough
+    check(8, 2)
+    with pytest.raises(CraftError, match="batch of 4 over 2 process.*gives 1 .*multiple of 16"):
+        check(4, 2)
+    with pytest.raises(CraftError, match="batch of 6 over 2 process.*gives 1"):
+        check(6, 2)
 
 
 def test_gradient_checkpointing_keeps_the_gradients_and_saves_activation_memory(tmp_path):

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from craft.cas.settings import CasConfig
 from craft.errors import CraftError
@@ -334,6 +342,15 @@ class AlignSettings(Strict):
         description="DeepSpeed ZeRO stage of data-parallel training over resources.align.gpu "
         "processes (torchrun); 0 = plain PyTorch in one process.",
     )
+
+    @model_serializer(mode="wrap")
+    def _drop_inert(self, handler) -> dict[str, Any]:
+        """Dumps (and so run digests) leave out realism_real where no realism term runs:
+        changing it alone reruns nothing."""
+        out = handler(self)
+        if not self.realism_weight:
+            out.pop("realism_real", None)
+        return out
 
     @model_validator(mode="after")
     def _power_needs_cas(self) -> AlignSettings:

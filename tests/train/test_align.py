@@ -1185,6 +1185,14 @@ def test_align_slice_holds_init_knowledge_and_evaluators(tmp_path):
     assert ev_changed[0] != base[0] and ev_changed[1] == base[1]
     other = digest_after(lambda d: d["methods"]["generic-reward"].update(steps=5))
     assert other == base
+    # the realism term's draw size is inert without the term: changing it alone reruns nothing
+    inert = digest_after(lambda d: d["methods"]["craft"]["align"].update(realism_real=32))
+    assert inert == base
+
+    def realism(n: int):
+        return lambda d: d["methods"]["craft"]["align"].update(realism_weight=1, realism_real=n)
+
+    assert digest_after(realism(32))[0] not in (base[0], digest_after(realism(16))[0])
 
 
 def test_default_config_methods():

@@ -81,6 +81,36 @@ def test_dry_run_expands_modalities_methods_seeds(env):
     assert seeds == {"0", "1", "2"}
 
 
+def test_the_paper_config_plans_every_method_of_the_study(env):
+    """configs/craft-paper.yaml (real models, four modalities) plans all six methods, the
+    evaluations with real models and the study; no file it names needs to exist for the plan."""
+    out = snakemake(
+        REPO,
+        env,
+        "-n",
+        "--configfile",
+        str(REPO / "configs" / "craft-paper.yaml"),
+        "--replace-workflow-config",
+        "--config",
+        "results=/tmp/craft-dryrun-paper",
+    ).stdout
+    cfg = yaml.safe_load((REPO / "configs" / "craft-paper.yaml").read_text())
+    assert list(cfg["methods"]) == [
+        "zero-shot", "lora", "lora-enriched", "full", "generic-reward", "craft"
+    ]  # fmt: skip
+    runs = len(cfg["modalities"]) * len(cfg["methods"]) * len(cfg["seeds"])
+    counts = job_counts(out)
+    assert counts["align"] == len(cfg["modalities"]) * 2 * len(cfg["seeds"])
+    assert counts["adapt"] + counts["align"] == runs
+    for rule in ("generate", "downstream", "memorization", "audit", "fidelity"):
+        assert counts[rule] == runs, rule
+    assert counts["study_export"] == len(cfg["modalities"]) and "evaluate_oracle" not in counts
+    # every align job asks for the paper config's GPU and memory
+    asked = re.findall(r"rule align:\n(?:    .*\n)*?    resources: (.*)", out)
+    assert len(asked) == counts["align"]
+    assert all("gpu=1" in r.split(", ") and "mem_mb=48000" in r.split(", ") for r in asked), asked
+
+
 def test_lint_is_clean(env):
     proc = snakemake(REPO, env, "--lint", "--config", "results=/tmp/craft-dryrun-results")
     assert "Congratulations" in proc.stdout + proc.stderr

@@ -15,15 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from craft.cas.settings import CasConfig
 from craft.errors import CraftError
@@ -343,14 +335,26 @@ class AlignSettings(Strict):
         "processes (torchrun); 0 = plain PyTorch in one process.",
     )
 
-    @model_serializer(mode="wrap")
-    def _drop_inert(self, handler) -> dict[str, Any]:
-        """Dumps (and so run digests) leave out realism_real where no realism term runs:
-        changing it alone reruns nothing."""
-        out = handler(self)
+    def in_effect(self, kind: str) -> AlignSettings:
+        """These settings with the ones that do nothing for a method of ``kind`` at their
+        defaults: ``k`` outside window 'draft', ``lv_draws`` outside 'draft-lv',
+        ``eval_per_label`` without evaluations, ``realism_real`` without the realism term, and
+        the CAS reward's settings for generic-reward. Run digests hash this, so changing one of
+        them alone reruns nothing (and a run that left them at their defaults keeps its
+        digest)."""
+        inert = []
+        if self.window != "draft":
+            inert.append("k")
+        if self.window != "draft-lv":
+            inert.append("lv_draws")
+        if not self.eval_every:
+            inert.append("eval_per_label")
         if not self.realism_weight:
-            out.pop("realism_real", None)
-        return out
+            inert.append("realism_real")
+        if kind != "craft":
+            inert += ["reward", "reward_power", "checklist_weight"]
+        fields = type(self).model_fields
+        return self.model_copy(update={name: fields[name].default for name in inert})
 
     @model_validator(mode="after")
     def _power_needs_cas(self) -> AlignSettings:
@@ -761,7 +765,7 @@ class CraftConfig(Strict):
             if k.prompts == "enriched":
                 out["knowledge"] = self.knowledge_slice(modality)
             return out
-        d["align"] = k.align_settings.model_dump(mode="json")
+        d["align"] = k.align_settings.in_effect(k.kind).model_dump(mode="json")
         out["knowledge"] = self.knowledge_slice(modality)
         out["init"] = self.slice("adapt", modality, k.init)
         out["sampling"] = self.sampling.model_dump(mode="json")

@@ -1185,14 +1185,29 @@ def test_align_slice_holds_init_knowledge_and_evaluators(tmp_path):
     assert ev_changed[0] != base[0] and ev_changed[1] == base[1]
     other = digest_after(lambda d: d["methods"]["generic-reward"].update(steps=5))
     assert other == base
-    # the realism term's draw size is inert without the term: changing it alone reruns nothing
-    inert = digest_after(lambda d: d["methods"]["craft"]["align"].update(realism_real=32))
-    assert inert == base
 
-    def realism(n: int):
-        return lambda d: d["methods"]["craft"]["align"].update(realism_weight=1, realism_real=n)
+    # a setting that does nothing in its method's recipe reruns nothing when changed alone
+    def align_of(method: str, **values):
+        return lambda d: d["methods"][method].setdefault("align", {}).update(values)
 
-    assert digest_after(realism(32))[0] not in (base[0], digest_after(realism(16))[0])
+    def reruns(before: dict, after: dict, method: str = "craft") -> bool:
+        d0, d1 = digest_after(align_of(method, **before)), digest_after(align_of(method, **after))
+        assert d0[1] == d1[1]  # never the init run
+        return d0[0] != d1[0]
+
+    assert not reruns({}, {"realism_real": 32})
+    assert reruns({"realism_weight": 1}, {"realism_weight": 1, "realism_real": 32})
+    assert not reruns({"window": "alignprop"}, {"window": "alignprop", "k": 3})
+    assert reruns({}, {"k": 3})  # window draft
+    assert not reruns({}, {"lv_draws": 4})
+    assert reruns({"window": "draft-lv"}, {"window": "draft-lv", "lv_draws": 4})
+    quiet = {"eval_every": 0, "patience": None}
+    assert not reruns(quiet, {**quiet, "eval_per_label": 8})
+    assert reruns({}, {"eval_per_label": 8})
+    assert not reruns({}, {"reward": "log-cas"}, "generic-reward")  # its reward is not CAS
+    assert reruns({}, {"checklist_weight": 1.0})  # craft's CAS reward
+    # dumps (craft config show) keep what the file says
+    assert AlignSettings(window="alignprop", k=3).model_dump()["k"] == 3
 
 
 def test_default_config_methods():

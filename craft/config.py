@@ -426,6 +426,25 @@ class MethodConfig(Strict):
         """Reward finetuning of another method's result (the ``align`` stage)."""
         return self.kind in ALIGN_KINDS
 
+    def in_effect(self) -> MethodConfig:
+        """This method with the settings that change nothing it makes at their defaults:
+        ``checkpoint_every`` always (where a resumed run restarts, not what it learns: resume
+        is bit-exact), every training setting of zero-shot and the LoRA shape of full
+        (``label_prompt_share`` where it changes nothing is refused at validation). Run digests
+        hash this (with :meth:`AlignSettings.in_effect`), so changing one alone reruns
+        nothing, a preempted run resumes after it, and a run that left them at their defaults
+        keeps its digest."""
+        inert = ["checkpoint_every"]
+        if self.kind == "zero-shot":
+            inert += ["steps", "batch_size", "lr", "weight_decay"]
+        if self.kind in ("zero-shot", "full"):
+            inert += ["rank", "alpha", "target_modules"]
+        fields = type(self).model_fields
+        update = {name: fields[name].get_default(call_default_factory=True) for name in inert}
+        if self.is_align:
+            update["align"] = self.align_settings.in_effect(self.kind)
+        return self.model_copy(update=update)
+
     @property
     def align_settings(self) -> AlignSettings:
         return self.align if self.align is not None else AlignSettings()
@@ -758,14 +777,13 @@ class CraftConfig(Strict):
         made with (the init method's adapt slice), the knowledge, the sampling settings and the
         CAS slices (evaluator, reference) of the evaluators it uses."""
         k = self.method(method)
-        d = k.model_dump(mode="json")
+        d = k.in_effect().model_dump(mode="json")  # settings that change nothing: at defaults
         out: dict[str, Any] = {"method": d}
         if not k.is_align:
             d.pop("init"), d.pop("align")  # absent before align methods existed: same digests
             if k.prompts == "enriched":
                 out["knowledge"] = self.knowledge_slice(modality)
             return out
-        d["align"] = k.align_settings.in_effect(k.kind).model_dump(mode="json")
         out["knowledge"] = self.knowledge_slice(modality)
         out["init"] = self.slice("adapt", modality, k.init)
         out["sampling"] = self.sampling.model_dump(mode="json")

@@ -220,6 +220,29 @@ def test_gpu_precision_reruns_the_generator_stages_only_when_changed():
     )
 
 
+def test_method_settings_that_change_nothing_rerun_nothing():
+    def method(name: str, **values):
+        return lambda d: d["methods"][name].update(values)
+
+    # where a preempted run restarts is not what it learns: no method reruns, on any stage
+    for name in ("lora", "full", "craft"):
+        assert changed_keys(method(name, checkpoint_every=7)) == set(), name
+    assert changed_keys(method("zero-shot", steps=9, lr=0.1, rank=2)) == set()
+    assert changed_keys(method("full", rank=2, target_modules=["to_q"])) == set()
+    # what they do change still reruns
+    assert {k[2] for k in changed_keys(method("lora", rank=2))} == {"lora"}
+    assert {k[2] for k in changed_keys(method("lora-enriched", label_prompt_share=0.5))} == {
+        "lora-enriched",
+        "generic-reward",
+        "craft",
+    }
+    assert {k[2] for k in changed_keys(method("full", lr=0.1))} == {"full"}
+    # dumps (craft config show) keep what the file says
+    data = default_data()
+    method("full", rank=2)(data)
+    assert validate_config(data).method("full").model_dump()["rank"] == 2
+
+
 def test_resources_and_seeds_change_no_digest():
     assert changed_keys(lambda d: d.update(resources={"adapt": {"threads": 4}})) == set()
     assert changed_keys(lambda d: d.update(seeds=[0, 1, 2])) == set()

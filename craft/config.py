@@ -415,7 +415,12 @@ class MethodConfig(Strict):
         "align.checklist_weight 1.0 added, the chest's rose to 0.928 ± 0.029 and every row "
         "was won on the mean, so the benchmark sets 0.5 on lora-enriched.",
     )
-    checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
+    checkpoint_every: int = Field(
+        50,
+        ge=1,
+        description="Steps between resumable checkpoints. Not part of run digests: changing "
+        "it reruns nothing, and a preempted run resumes from its last checkpoint.",
+    )
     weight_decay: float = 0.0
     align: AlignSettings | None = Field(
         None, description="Reward finetuning settings (align methods only; defaults if omitted)."

@@ -86,7 +86,9 @@ class TinyCNN(nn.Module):
 
 
 class _Resized(nn.Module):
-    """Resize float NCHW images to a square side, then call the wrapped classifier."""
+    """Resize float NCHW images to a square side, then call the wrapped classifier; with
+    ``mean`` and ``std`` (a pretrained model's input statistics, on a 0..1 scale) the [-1, 1]
+    images are first mapped to what its weights were trained on."""
 
     def __init__(
         self,
@@ -94,16 +96,24 @@ class _Resized(nn.Module):
         size: int | None,
         channels_to: int | None = None,
         transformers_model: bool = False,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
     ):
         super().__init__()
         self.model, self.size, self.channels_to = model, size, channels_to
         self.transformers_model = transformers_model
+        self.stats = None if mean is None or std is None else (tuple(mean), tuple(std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.size is not None and x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
         if self.channels_to == 3 and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        if self.stats is not None:
+            mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in self.stats)
+            if x.shape[1] != len(mean):  # e.g. grey images into an RGB-trained model's stem
+                mean, std = mean.mean().reshape(1), std.mean().reshape(1)
+            x = ((x + 1) / 2 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
         if self.transformers_model:
             return self.model(pixel_values=x).logits
         return self.model(x)
@@ -126,8 +136,9 @@ def build_classifier(settings: DownstreamConfig, channels: int, n_labels: int) -
                 f"evaluation.downstream.classifier: timm cannot build '{name}' "
                 f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
             ) from None
-        return _Resized(model, settings.image_size)
-    from transformers import AutoConfig, AutoModelForImageClassification
+        stats = model.pretrained_cfg if settings.pretrained else {}
+        return _Resized(model, settings.image_size, mean=stats.get("mean"), std=stats.get("std"))
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
     try:
         AutoConfig.from_pretrained(name)
@@ -140,7 +151,13 @@ def build_classifier(settings: DownstreamConfig, channels: int, n_labels: int) -
         name, num_labels=n_labels, ignore_mismatched_sizes=True
     )
     size = settings.image_size or int(getattr(model.config, "image_size", 224))
-    return _Resized(model, size, int(getattr(model.config, "num_channels", 3)), True)
+    try:  # the input statistics its weights were trained with, where it ships a processor
+        processor = AutoImageProcessor.from_pretrained(name)
+        mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    except (OSError, ValueError):
+        mean = std = None
+    channels = int(getattr(model.config, "num_channels", 3))
+    return _Resized(model, size, channels, True, mean, std)
 
 
 def budget_subset(labels: np.ndarray, budget: float, seed: int) -> np.ndarray:

@@ -118,6 +118,19 @@ def test_metrics_follow_scikit_learn():
         classification_metrics(y[:20], p[:20], ["a", "b", "c"])
 
 
+def test_grey_images_into_a_model_with_rgb_statistics_use_their_means():
+    import torch
+
+    from craft.evaluate.downstream import _Resized
+
+    seen = []
+    wrapped = _Resized(
+        lambda x: seen.append(x) or x, None, mean=(0.2, 0.4, 0.6), std=(0.1, 0.2, 0.3)
+    )
+    wrapped(torch.ones(1, 1, 2, 2))  # white: 1.0 on the 0..1 scale
+    torch.testing.assert_close(seen[0], torch.full((1, 1, 2, 2), (1 - 0.4) / 0.2))
+
+
 def test_classifier_sources_and_bad_inputs(cxr_data, derm_data, tmp_path):
     import torch
 
@@ -138,6 +151,22 @@ def test_classifier_sources_and_bad_inputs(cxr_data, derm_data, tmp_path):
     ViTForImageClassification(vit).save_pretrained(tmp_path / "vit")
     hf_model = build_classifier(DownstreamConfig(classifier=str(tmp_path / "vit")), 1, 4)
     assert hf_model(torch.zeros(2, 1, 24, 24)).shape == (2, 4)
+    assert hf_model.stats is None and timm_model.stats is None  # no processor; not pretrained
+    # a model that ships its processor gets the inputs its weights were trained on
+    from transformers import ViTImageProcessor
+
+    ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.5, 0.25, 0.5]).save_pretrained(
+        tmp_path / "vit"
+    )
+    hf_model = build_classifier(DownstreamConfig(classifier=str(tmp_path / "vit")), 1, 4)
+    assert hf_model.stats == ((0.1, 0.2, 0.3), (0.5, 0.25, 0.5))
+    seen = []
+    hf_model.model.forward = lambda pixel_values: (
+        seen.append(pixel_values) or type("Out", (), {"logits": pixel_values})
+    )
+    hf_model(torch.zeros(1, 1, 32, 32))  # mid-grey, expanded to RGB
+    want = torch.tensor([(0.5 - 0.1) / 0.5, (0.5 - 0.2) / 0.25, (0.5 - 0.3) / 0.5])
+    torch.testing.assert_close(seen[0][0, :, 0, 0], want)
     with pytest.raises(CraftError, match="classifier") as err:
         build_classifier(DownstreamConfig(classifier=str(tmp_path / "nothing")), 1, 4)
     assert "\n" not in str(err.value)

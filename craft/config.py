@@ -779,8 +779,9 @@ class CraftConfig(Strict):
 
     def _method_slice(self, modality: str, method: str) -> dict[str, Any]:
         """A method's part of a slice. An align method's includes what its starting model was
-        made with (the init method's adapt slice), the knowledge, the sampling settings and the
-        CAS slices (evaluator, reference) of the evaluators it uses."""
+        made with (the init method's adapt slice), the knowledge, the sampler it trains through
+        (not what generate alone reads: images per label, batch size, sampling.steps under
+        align.sample_steps) and the CAS slices (evaluator, reference) of its evaluators."""
         k = self.method(method)
         d = k.in_effect().model_dump(mode="json")  # settings that change nothing: at defaults
         out: dict[str, Any] = {"method": d}
@@ -791,7 +792,13 @@ class CraftConfig(Strict):
             return out
         out["knowledge"] = self.knowledge_slice(modality)
         out["init"] = self.slice("adapt", modality, k.init)
-        out["sampling"] = self.sampling.model_dump(mode="json")
+        a = k.align_settings
+        out["rollout"] = {  # what reward finetuning samples with (generate: all of sampling)
+            "scheduler": self.sampling.scheduler,
+            "steps": a.sample_steps or self.sampling.steps,
+            "guidance_scale": self.sampling.guidance_scale,
+            "timestep_spacing": self.sampling.timestep_spacing,
+        }
         out["cas_evaluators"] = {
             ev: self.cas_slice("reference", modality, ev) for ev in self.align_evaluators(method)
         }

@@ -178,18 +178,36 @@ def test_method_change_touches_only_that_methods_downstream_digests():
     assert not {k[0] for k in keys} & {"prepare", "pretrain"}
 
 
-def test_sampling_change_does_not_rerun_training():
-    keys = changed_keys(lambda d: d["sampling"].update(steps=16))
-    stages = {k[0] for k in keys}
-    assert "generate" in stages
-    # Reward finetuning samples while it trains, so its adapt slice holds the sampler; the
-    # diffusion-loss methods' training does not.
-    sampling_trainers = {k for k, m in default_data()["methods"].items() if "align" in m}
-    assert not {k[0] for k in keys if k[2] not in sampling_trainers} & {
-        "prepare",
-        "pretrain",
-        "adapt",
-    }
+def test_sampling_change_reruns_training_only_where_it_samples_with_it():
+    def stages_changed(**sampling) -> set[tuple[str, str]]:
+        keys = changed_keys(lambda d: d["sampling"].update(sampling))
+        return {(k[0], k[2]) for k in keys}
+
+    align_methods = {k for k, m in default_data()["methods"].items() if "align" in m}
+    trained = lambda pairs: {m for stage, m in pairs if stage in ("prepare", "pretrain", "adapt")}  # noqa: E731
+    # what generate alone reads (images per label, batch size) retrains nothing; nor do
+    # sampling.steps, which the default's align methods replace by align.sample_steps
+    for change in ({"n_per_label": 5}, {"batch_size": 7}, {"steps": 16}):
+        pairs = stages_changed(**change)
+        assert "generate" in {stage for stage, _ in pairs} and not trained(pairs), change
+    # the guidance scale is what reward finetuning samples with: it reruns, and only it
+    assert trained(stages_changed(guidance_scale=4.0)) == align_methods
+
+    def without_sample_steps(d):
+        for name in align_methods:
+            d["methods"][name]["align"].pop("sample_steps")
+
+    before = validate_config(changed(without_sample_steps))
+    after = validate_config(
+        changed(lambda d: (without_sample_steps(d), d["sampling"].update(steps=16)))
+    )
+    for name in align_methods:
+        assert before.digest("align", "phantom-cxr", name) != after.digest(
+            "align", "phantom-cxr", name
+        )
+    assert before.digest("adapt", "phantom-cxr", "lora") == after.digest(
+        "adapt", "phantom-cxr", "lora"
+    )
 
 
 def test_pretrain_change_does_not_touch_prepare():
@@ -227,8 +245,11 @@ def test_method_settings_that_change_nothing_rerun_nothing():
     # where a preempted run restarts is not what it learns: no method reruns, on any stage
     for name in ("lora", "full", "craft"):
         assert changed_keys(method(name, checkpoint_every=7)) == set(), name
-    assert changed_keys(method("zero-shot", steps=9, lr=0.1, rank=2)) == set()
-    assert changed_keys(method("full", rank=2, target_modules=["to_q"])) == set()
+    zero_shot = {"steps": 9, "batch_size": 3, "lr": 0.1, "weight_decay": 0.1}
+    lora_shape = {"rank": 2, "alpha": 4.0, "target_modules": ["to_q"]}
+    for name, values in (("zero-shot", zero_shot), ("zero-shot", lora_shape), ("full", lora_shape)):
+        for key, value in values.items():
+            assert changed_keys(method(name, **{key: value})) == set(), (name, key)
     # what they do change still reruns
     assert {k[2] for k in changed_keys(method("lora", rank=2))} == {"lora"}
     assert {k[2] for k in changed_keys(method("lora-enriched", label_prompt_share=0.5))} == {

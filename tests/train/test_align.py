@@ -487,7 +487,7 @@ def test_shared_embeddings_return_the_last_ones_for_the_same_unchanged_tensor(wo
 def test_reward_and_realism_term_embed_each_step_once_and_train_as_apart(world, tmp_path):
     from craft.train.align import SharedImageEmbeddings, embedding_mmd_fn
 
-    def run(shared: bool, name: str):
+    def run(shared: bool, name: str, steps: int = 2, half: bool = False):
         from craft.paths import Layout
         from craft.store import read_split
 
@@ -496,8 +496,16 @@ def test_reward_and_realism_term_embed_each_step_once_and_train_as_apart(world, 
         train = read_split(Layout(world / "results").data(PHANTOM), "train")
         term = embedding_mmd_fn(ev, train.images, train.labels, LABELS, 4)
         a = AlignSettings(realism_weight=2.0, realism_real=4)
-        s = settings(steps=2, batch=8)
+        s = settings(steps=steps, batch=8)
         r = make_recipe(world, a, tmp_path / name, s, realism=term, evaluator=ev)
+        rollout = r._rollout
+
+        def half_precision(*args):  # as a bf16 generator on a GPU returns its images
+            images, draws, kl = rollout(*args)
+            return images.bfloat16(), draws, kl
+
+        if half:
+            r._rollout = half_precision
         counting.calls = 0
         r.train()
         return r, counting.calls
@@ -505,6 +513,7 @@ def test_reward_and_realism_term_embed_each_step_once_and_train_as_apart(world, 
     r_shared, calls_shared = run(True, "shared")
     r_apart, calls_apart = run(False, "apart")
     assert (calls_shared, calls_apart) == (2, 4)  # one embedding per step, not one per term
+    assert run(True, "half", steps=1, half=True)[1] == 1  # bf16 images: one float32 copy
     a, b = unet_state(r_shared), unet_state(r_apart)
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k), "nothing trained"
     for k in a:
@@ -533,6 +542,9 @@ def test_the_realism_batch_check_sees_every_process_share(tmp_path):
         check(4, 2)
     with pytest.raises(CraftError, match="batch of 6 over 2 process.*gives 1"):
         check(6, 2)
+    # three of each label in the batch, but one per process
+    with pytest.raises(CraftError, match="batch of 12 over 3 process.*gives 1 .*multiple of 24"):
+        check(12, 3)
 
 
 def test_gradient_checkpointing_keeps_the_gradients_and_saves_activation_memory(tmp_path):
@@ -1205,6 +1217,8 @@ def test_align_slice_holds_init_knowledge_and_evaluators(tmp_path):
     assert not reruns(quiet, {**quiet, "eval_per_label": 8})
     assert reruns({}, {"eval_per_label": 8})
     assert not reruns({}, {"reward": "log-cas"}, "generic-reward")  # its reward is not CAS
+    assert not reruns({}, {"reward_power": 0.5}, "generic-reward")
+    assert reruns({}, {"reward_power": 0.5})
     assert reruns({}, {"checklist_weight": 1.0})  # craft's CAS reward
     # dumps (craft config show) keep what the file says
     assert AlignSettings(window="alignprop", k=3).model_dump()["k"] == 3

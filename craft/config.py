@@ -760,7 +760,7 @@ class CraftConfig(Strict):
             gen.pop("gpu_precision", None)  # pretrain trains in float32 everywhere
             return out
         if method is not None:
-            out.update(self._method_slice(modality, method))
+            out.update(self._method_slice(modality, method, stage in ("adapt", "align")))
         if stage in ("adapt", "align"):
             return out
         out["sampling"] = self.sampling.model_dump(mode="json")
@@ -777,13 +777,17 @@ class CraftConfig(Strict):
         a = self.method(method).align_settings
         return [self.cas.reward_evaluator] + self.out_of_family_evaluators[: int(a.eval_every > 0)]
 
-    def _method_slice(self, modality: str, method: str) -> dict[str, Any]:
+    def _method_slice(self, modality: str, method: str, training: bool) -> dict[str, Any]:
         """A method's part of a slice. An align method's includes what its starting model was
         made with (the init method's adapt slice), the knowledge, the sampler it trains through
         (not what generate alone reads: images per label, batch size, sampling.steps under
-        align.sample_steps) and the CAS slices (evaluator, reference) of its evaluators."""
+        align.sample_steps) and the CAS slices (evaluator, reference) of its evaluators.
+        ``training``: the slice of the job that trains it (adapt, align), which a
+        generic-reward method's ``prompts`` (read by generate alone) does not reach."""
         k = self.method(method)
         d = k.in_effect().model_dump(mode="json")  # settings that change nothing: at defaults
+        if training and k.kind == "generic-reward":  # it trains on the plain label prompt
+            d["prompts"] = type(k).model_fields["prompts"].default
         out: dict[str, Any] = {"method": d}
         if not k.is_align:
             d.pop("init"), d.pop("align")  # absent before align methods existed: same digests

@@ -1218,6 +1218,13 @@ def test_align_slice_holds_init_knowledge_and_evaluators(tmp_path):
     assert reruns({}, {"eval_per_label": 8})
     assert not reruns({}, {"reward": "log-cas"}, "generic-reward")  # its reward is not CAS
     assert not reruns({}, {"reward_power": 0.5}, "generic-reward")
+    # generic-reward trains on the plain label prompt whatever its prompts: generate reruns
+    data = stage_config(tmp_path)
+    data["methods"]["generic-reward"]["prompts"] = "enriched"
+    cfgs = [validate_config(stage_config(tmp_path)), validate_config(data)]
+    align_d = {c.digest("align", PHANTOM, "generic-reward") for c in cfgs}
+    generate_d = {c.digest("generate", PHANTOM, "generic-reward") for c in cfgs}
+    assert len(align_d) == 1 and len(generate_d) == 2
     assert reruns({}, {"reward_power": 0.5})
     assert reruns({}, {"checklist_weight": 1.0})  # craft's CAS reward
     # dumps (craft config show) keep what the file says

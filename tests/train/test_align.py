@@ -1065,6 +1065,32 @@ def test_generic_reward_stage_from_zero_shot(world, tmp_path):
     assert card.lora_dir == "lora" and card.unet_dir is None and card.steps == 2
 
 
+def test_the_align_stage_embeds_each_step_once_with_the_realism_term(world, monkeypatch):
+    import craft.cas.stages
+    from craft.paths import Layout
+    from craft.train.adapt import adapt
+    from craft.train.align import align
+
+    data = stage_config(world)
+    data["methods"]["generic-reward"].update(batch_size=8)  # two images of each label
+    data["methods"]["generic-reward"]["align"].update(realism_weight=1.0, realism_real=4)
+    cfg = validate_config(data)
+    load = craft.cas.stages.load_configured_evaluator
+    loaded_evaluators = []
+
+    def counted(*args, **kwargs):
+        loaded_evaluators.append(_Counting(load(*args, **kwargs)))
+        return loaded_evaluators[-1]
+
+    monkeypatch.setattr(craft.cas.stages, "load_configured_evaluator", counted)
+    lay = Layout(cfg.results)
+    adapt(cfg, PHANTOM, "zero-shot", 0, lay.card(PHANTOM, "zero-shot", 0))
+    card = align(cfg, PHANTOM, "generic-reward", 0, lay.card(PHANTOM, "generic-reward", 0), 1)
+    assert card.steps == 2 and len(loaded_evaluators) == 1  # no evaluations: the reward one
+    # the real images once per label (fewer than a chunk each), then one call per step
+    assert loaded_evaluators[0].calls == len(LABELS) + 2
+
+
 def test_every_generator_stage_runs_its_gpu_precision(world, monkeypatch):
     """adapt (lora and full), align and generate as they run on a GPU (frozen parts bf16,
     bf16 autocast; models.gpu_precision), here on the CPU by making ``compute_dtype`` answer as

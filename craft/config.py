@@ -318,7 +318,7 @@ class AlignSettings(Strict):
         False,
         description="Keep only each block's inputs of the UNet calls inside the window and of "
         "the VAE decode, and recompute the rest in the backward pass: one more forward of "
-        "each for much less activation memory (the same gradients).",
+        "each for much less activation memory (the same gradients). Not part of run digests.",
     )
     # left out of dumps at its default, like reward_power: it changes speed, not what is learnt
     compile: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] | None = Field(
@@ -337,12 +337,13 @@ class AlignSettings(Strict):
 
     def in_effect(self, kind: str) -> AlignSettings:
         """These settings with the ones that do nothing for a method of ``kind`` at their
-        defaults: ``k`` outside window 'draft', ``lv_draws`` outside 'draft-lv',
-        ``eval_per_label`` without evaluations, ``realism_real`` without the realism term, and
-        the CAS reward's settings for generic-reward. Run digests hash this, so changing one of
+        defaults: ``gradient_checkpointing`` always (memory, not what is learnt), ``k`` outside
+        window 'draft', ``lv_draws`` outside 'draft-lv', ``eval_per_label`` without
+        evaluations, ``realism_real`` without the realism term, and the CAS reward's settings
+        for generic-reward. Run digests hash this, so changing one of
         them alone reruns nothing (and a run that left them at their defaults keeps its
         digest)."""
-        inert = []
+        inert = ["gradient_checkpointing"]  # memory, not what is learnt
         if self.window != "draft":
             inert.append("k")
         if self.window != "draft-lv":
@@ -422,6 +423,15 @@ class MethodConfig(Strict):
         "it reruns nothing, and a preempted run resumes from its last checkpoint.",
     )
     weight_decay: float = 0.0
+    # like checkpoint_every, not part of run digests (MethodConfig.in_effect)
+    gradient_checkpointing: bool = Field(
+        False,
+        exclude_if=lambda v: not v,
+        description="Kinds lora and full: keep only each UNet block's inputs and recompute the "
+        "rest in the backward pass (one more forward for much less activation memory; the "
+        "same gradients up to float rounding), e.g. to fit a full Stable Diffusion finetune "
+        "on one GPU. Not part of run digests. Align methods: align.gradient_checkpointing.",
+    )
     align: AlignSettings | None = Field(
         None, description="Reward finetuning settings (align methods only; defaults if omitted)."
     )
@@ -434,12 +444,13 @@ class MethodConfig(Strict):
     def in_effect(self) -> MethodConfig:
         """This method with the settings that change nothing it makes at their defaults:
         ``checkpoint_every`` always (where a resumed run restarts, not what it learns: resume
-        is bit-exact), every training setting of zero-shot and the LoRA shape of full
-        (``label_prompt_share`` where it changes nothing is refused at validation). Run digests
+        is bit-exact), ``gradient_checkpointing`` (memory, not what is learnt), every training
+        setting of zero-shot and the LoRA shape of full (``label_prompt_share`` where it changes
+        nothing is refused at validation). Run digests
         hash this (with :meth:`AlignSettings.in_effect`), so changing one alone reruns
         nothing, a preempted run resumes after it, and a run that left them at their defaults
         keeps its digest."""
-        inert = ["checkpoint_every"]
+        inert = ["checkpoint_every", "gradient_checkpointing"]
         if self.kind == "zero-shot":
             inert += ["steps", "batch_size", "lr", "weight_decay"]
         if self.kind in ("zero-shot", "full"):
@@ -611,6 +622,12 @@ class CraftConfig(Strict):
                     f"{where}.label_prompt_share: only for methods that train with prompts: "
                     f"enriched (this kind {k.kind} one trains on the plain prompt alone or not "
                     "at all); remove it"
+                )
+            if k.gradient_checkpointing and k.kind not in ("lora", "full"):
+                fix = "use align.gradient_checkpointing" if k.is_align else "remove it"
+                raise ValueError(
+                    f"{where}.gradient_checkpointing: only kinds lora and full train with the "
+                    f"diffusion loss; {fix}"
                 )
             if not k.is_align:
                 if k.init is not None:

@@ -245,6 +245,10 @@ def test_method_settings_that_change_nothing_rerun_nothing():
     # where a preempted run restarts is not what it learns: no method reruns, on any stage
     for name in ("lora", "full", "craft"):
         assert changed_keys(method(name, checkpoint_every=7)) == set(), name
+    for name in ("lora", "full"):  # memory, not what is learnt
+        assert changed_keys(method(name, gradient_checkpointing=True)) == set(), name
+    with pytest.raises(CraftError, match=r"methods.craft.gradient_checkpointing: .*align\."):
+        validate_config(changed(method("craft", gradient_checkpointing=True)))
     zero_shot = {"steps": 9, "batch_size": 3, "lr": 0.1, "weight_decay": 0.1}
     lora_shape = {"rank": 2, "alpha": 4.0, "target_modules": ["to_q"]}
     for name, values in (("zero-shot", zero_shot), ("zero-shot", lora_shape), ("full", lora_shape)):

@@ -106,6 +106,7 @@ def adapt(
         target_modules=list(k.target_modules),
         weight_decay=k.weight_decay,
         checkpoint_every=k.checkpoint_every,
+        gradient_checkpointing=k.gradient_checkpointing,
     )
     recipe = DiffusionFinetune(settings, run_dir / "checkpoint")
     recipe.setup(gen, TrainingData(data.images, data.labels, caption), m.channels)

@@ -74,6 +74,7 @@ class FinetuneSettings:
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     weight_decay: float = 0.0
     checkpoint_every: int = 50
+    gradient_checkpointing: bool = False  # recompute UNet blocks in backward: memory for time
     train_text_encoder: bool = False
     uncond_prob: float = 0.1  # captions dropped to "" so classifier-free guidance works
     warmup_steps: int = 0
@@ -116,6 +117,8 @@ class DiffusionFinetune:
             params = list(gen.unet.parameters())
         if self.s.train_text_encoder:
             params += list(gen.text_encoder.parameters())
+        if self.s.gradient_checkpointing:  # each UNet block's activations recomputed in backward
+            gen.unet.enable_gradient_checkpointing()
         low = {p.dtype for p in params} - {torch.float32}
         if low:
             raise ValueError(

@@ -1091,6 +1091,26 @@ def test_the_align_stage_embeds_each_step_once_with_the_realism_term(world, monk
     assert loaded_evaluators[0].calls == len(LABELS) + 2
 
 
+def test_adapt_trains_with_the_methods_gradient_checkpointing(world, tmp_path, monkeypatch):
+    import craft.train.adapt
+    from craft.train.adapt import adapt
+
+    seen = []
+    base = craft.train.adapt.DiffusionFinetune
+
+    class Spy(base):
+        def setup(self, gen, data, channels):
+            super().setup(gen, data, channels)
+            seen.append(gen.unet.is_gradient_checkpointing)
+
+    monkeypatch.setattr(craft.train.adapt, "DiffusionFinetune", Spy)
+    for on in (False, True):
+        data = stage_config(world)
+        data["methods"]["lora"]["gradient_checkpointing"] = on
+        adapt(validate_config(data), PHANTOM, "lora", 0, tmp_path / str(on) / "model.json")
+    assert seen == [False, True]
+
+
 def test_every_generator_stage_runs_its_gpu_precision(world, monkeypatch):
     """adapt (lora and full), align and generate as they run on a GPU (frozen parts bf16,
     bf16 autocast; models.gpu_precision), here on the CPU by making ``compute_dtype`` answer as
@@ -1234,6 +1254,7 @@ def test_align_slice_holds_init_knowledge_and_evaluators(tmp_path):
         return d0[0] != d1[0]
 
     assert not reruns({}, {"realism_real": 32})
+    assert not reruns({}, {"gradient_checkpointing": True})  # memory, not what is learnt
     assert reruns({"realism_weight": 1}, {"realism_weight": 1, "realism_real": 32})
     assert not reruns({"window": "alignprop"}, {"window": "alignprop", "k": 3})
     assert reruns({}, {"k": 3})  # window draft

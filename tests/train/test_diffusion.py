@@ -339,3 +339,34 @@ def test_trainable_parameters_in_bf16_are_refused(base, tmp_path):
     gen = load_generator(base).to("cpu", torch.bfloat16, unet_too=True)
     with pytest.raises(ValueError, match=r"trainable parameters in \['torch.bfloat16'\]"):
         DiffusionFinetune(settings("full"), tmp_path / "c").setup(gen, training_data(), CH)
+
+
+def test_gradient_checkpointing_of_a_full_finetune_keeps_the_gradients_in_less_memory(
+    base, tmp_path
+):
+    """methods.X.gradient_checkpointing: the UNet's blocks are recomputed in the backward pass;
+    the full UNet gets the gradients it gets without it, and far fewer bytes are kept."""
+    import dataclasses
+
+    def run(on: bool) -> tuple[dict[str, torch.Tensor], int]:
+        s = dataclasses.replace(settings("full"), gradient_checkpointing=on)
+        r = recipe(base, s, tmp_path / str(on))
+        r.gen.unet.train()
+        kept = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            kept.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = r.loss(0)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in r.gen.unet.named_parameters() if p.grad is not None}
+        return grads, sum(kept)
+
+    plain, plain_bytes = run(False)
+    ckpt, ckpt_bytes = run(True)
+    assert plain and plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7)
+    assert ckpt_bytes < 0.5 * plain_bytes, (plain_bytes, ckpt_bytes)

@@ -92,3 +92,21 @@ def env() -> dict:
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
     e.setdefault("OMP_NUM_THREADS", "1")
     return e
+
+
+def backward_of(loss_fn, module) -> tuple[dict, int]:
+    """Run ``loss_fn()`` and its backward pass: ``module``'s parameter gradients and the bytes
+    autograd kept for the backward pass (what gradient checkpointing saves)."""
+    import torch
+
+    kept = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return grads, sum(kept)

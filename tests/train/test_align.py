@@ -550,6 +550,7 @@ def test_the_realism_batch_check_sees_every_process_share(tmp_path):
 def test_gradient_checkpointing_keeps_the_gradients_and_saves_activation_memory(tmp_path):
     """Per-block recomputation in the window's UNet call and in the VAE decode: the LoRA gets
     the gradients it gets without it, and far fewer bytes are kept for the backward pass."""
+    from tests.conftest import backward_of
 
     def run(on: bool) -> tuple[dict[str, torch.Tensor], int]:
         gen = build_tiny_generator(TINY, 32, 3, WORDS, with_vae=True, seed=0)
@@ -558,17 +559,7 @@ def test_gradient_checkpointing_keeps_the_gradients_and_saves_activation_memory(
         data = TrainingData(np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1, int), None)
         reward = lambda x, y, p: torch.tanh(2 * x).pow(2).mean(dim=(1, 2, 3))  # noqa: E731
         r.setup(gen, data, {0: ["chest normal"], 1: ["chest nodule"]}, reward)
-        kept = []
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            kept.append(t.numel() * t.element_size())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = r.loss(0)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in gen.unet.named_parameters() if p.grad is not None}
-        return grads, sum(kept)
+        return backward_of(lambda: r.loss(0), gen.unet)
 
     plain, plain_bytes = run(False)
     ckpt, ckpt_bytes = run(True)

@@ -348,21 +348,13 @@ def test_gradient_checkpointing_of_a_full_finetune_keeps_the_gradients_in_less_m
     the full UNet gets the gradients it gets without it, and far fewer bytes are kept."""
     import dataclasses
 
+    from tests.conftest import backward_of
+
     def run(on: bool) -> tuple[dict[str, torch.Tensor], int]:
         s = dataclasses.replace(settings("full"), gradient_checkpointing=on)
         r = recipe(base, s, tmp_path / str(on))
         r.gen.unet.train()
-        kept = []
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            kept.append(t.numel() * t.element_size())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = r.loss(0)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in r.gen.unet.named_parameters() if p.grad is not None}
-        return grads, sum(kept)
+        return backward_of(lambda: r.loss(0), r.gen.unet)
 
     plain, plain_bytes = run(False)
     ckpt, ckpt_bytes = run(True)

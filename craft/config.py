@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +30,14 @@ class Strict(BaseModel):
     """Base of every config node: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def at_defaults(self, names: list[str]) -> Self:
+        """A copy with the fields ``names`` at their defaults (what run digests hash for
+        settings that change nothing a run makes: see ``in_effect``)."""
+        fields = type(self).model_fields
+        return self.model_copy(
+            update={name: fields[name].get_default(call_default_factory=True) for name in names}
+        )
 
 
 # ----------------------------------------------------------------------------- data sources
@@ -340,9 +348,8 @@ class AlignSettings(Strict):
         defaults: ``gradient_checkpointing`` always (memory, not what is learnt), ``k`` outside
         window 'draft', ``lv_draws`` outside 'draft-lv', ``eval_per_label`` without
         evaluations, ``realism_real`` without the realism term, and the CAS reward's settings
-        for generic-reward. Run digests hash this, so changing one of
-        them alone reruns nothing (and a run that left them at their defaults keeps its
-        digest)."""
+        for generic-reward. Run digests hash this, so changing one of them alone reruns
+        nothing (and a run that left them at their defaults keeps its digest)."""
         inert = ["gradient_checkpointing"]  # memory, not what is learnt
         if self.window != "draft":
             inert.append("k")
@@ -354,8 +361,7 @@ class AlignSettings(Strict):
             inert.append("realism_real")
         if kind != "craft":
             inert += ["reward", "reward_power", "checklist_weight"]
-        fields = type(self).model_fields
-        return self.model_copy(update={name: fields[name].default for name in inert})
+        return self.at_defaults(inert)
 
     @model_validator(mode="after")
     def _power_needs_cas(self) -> AlignSettings:
@@ -441,25 +447,27 @@ class MethodConfig(Strict):
         """Reward finetuning of another method's result (the ``align`` stage)."""
         return self.kind in ALIGN_KINDS
 
-    def in_effect(self) -> MethodConfig:
+    def in_effect(self, training: bool = False) -> MethodConfig:
         """This method with the settings that change nothing it makes at their defaults:
         ``checkpoint_every`` always (where a resumed run restarts, not what it learns: resume
         is bit-exact), ``gradient_checkpointing`` (memory, not what is learnt), every training
-        setting of zero-shot and the LoRA shape of full (``label_prompt_share`` where it changes
-        nothing is refused at validation). Run digests
-        hash this (with :meth:`AlignSettings.in_effect`), so changing one alone reruns
-        nothing, a preempted run resumes after it, and a run that left them at their defaults
-        keeps its digest."""
+        setting of zero-shot, the LoRA shape of full, and for the job that trains it
+        (``training``: adapt, align) a generic-reward method's ``prompts``, which generate
+        alone reads (``label_prompt_share`` where it changes nothing is refused at
+        validation). Run digests hash this (with :meth:`AlignSettings.in_effect`), so changing
+        one alone reruns nothing, a preempted run resumes after it, and a run that left them
+        at their defaults keeps its digest."""
         inert = ["checkpoint_every", "gradient_checkpointing"]
         if self.kind == "zero-shot":
             inert += ["steps", "batch_size", "lr", "weight_decay"]
         if self.kind in ("zero-shot", "full"):
             inert += ["rank", "alpha", "target_modules"]
-        fields = type(self).model_fields
-        update = {name: fields[name].get_default(call_default_factory=True) for name in inert}
-        if self.is_align:
-            update["align"] = self.align_settings.in_effect(self.kind)
-        return self.model_copy(update=update)
+        if training and self.kind == "generic-reward":  # it trains on the plain label prompt
+            inert.append("prompts")
+        method = self.at_defaults(inert)
+        if not self.is_align:
+            return method
+        return method.model_copy(update={"align": self.align_settings.in_effect(self.kind)})
 
     @property
     def align_settings(self) -> AlignSettings:
@@ -799,12 +807,9 @@ class CraftConfig(Strict):
         made with (the init method's adapt slice), the knowledge, the sampler it trains through
         (not what generate alone reads: images per label, batch size, sampling.steps under
         align.sample_steps) and the CAS slices (evaluator, reference) of its evaluators.
-        ``training``: the slice of the job that trains it (adapt, align), which a
-        generic-reward method's ``prompts`` (read by generate alone) does not reach."""
+        ``training``: the slice of the job that trains it (adapt, align)."""
         k = self.method(method)
-        d = k.in_effect().model_dump(mode="json")  # settings that change nothing: at defaults
-        if training and k.kind == "generic-reward":  # it trains on the plain label prompt
-            d["prompts"] = type(k).model_fields["prompts"].default
+        d = k.in_effect(training).model_dump(mode="json")  # what changes nothing: at defaults
         out: dict[str, Any] = {"method": d}
         if not k.is_align:
             d.pop("init"), d.pop("align")  # absent before align methods existed: same digests

@@ -6,9 +6,9 @@ the user's config dir (``$XDG_CONFIG_HOME/snakemake``, default ``~/.config/snake
 ``profiles/{name}/config.yaml`` there with the site's SLURM account and partitions filled in.
 
 The copy is made by text substitution, line by line, so every comment of the template survives:
-``slurm_account`` everywhere becomes the account; ``slurm_partition`` under
-``default-resources`` becomes the CPU partition, and under ``set-resources`` the GPU partition
-for each rule that asks for a GPU (``gpu: N > 0``). The result is parsed again and checked.
+``slurm_account`` becomes the account. Beside it, ``partitions.yaml`` names the site's CPU and
+GPU partitions for the SLURM plugin's partition selection (a job that asks for GPUs goes to the
+GPU partition). A job's own resources come from config.yaml (craft.launch), never from here.
 This module imports neither torch nor snakemake.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -60,23 +59,9 @@ def _check_name(what: str, value: str, pattern: re.Pattern[str] = SLURM_NAME) ->
     return value
 
 
-def _gpu_count(resources: Any) -> float:
-    if not isinstance(resources, dict):
-        return 0
-    value = resources.get("gpu", 0)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 1  # an expression such as "1 * attempt": treat as a GPU request
-
-
-def render_profile(
-    template: str, account: str, partition: str, gpu_partition: str | None = None
-) -> str:
-    """Fill account and partitions into a profile's text; comments and layout are kept."""
+def render_profile(template: str, account: str) -> str:
+    """Fill the account into a profile's text; comments and layout are kept."""
     _check_name("account", account)
-    _check_name("partition", partition)
-    gpu_partition = _check_name("gpu partition", gpu_partition) if gpu_partition else partition
     try:
         data = yaml.safe_load(template) or {}
     except yaml.YAMLError as err:
@@ -85,53 +70,47 @@ def render_profile(
         ) from None
     if not isinstance(data, dict):
         raise CraftError("profile template must be a mapping of Snakemake options")
-    set_res = data.get("set-resources") or {}
-    gpu_rules = {rule for rule, res in set_res.items() if _gpu_count(res) > 0}
-
+    if "set-resources" in data:
+        raise CraftError(
+            "profile template has set-resources: a job's resources come from config.yaml's "
+            "resources section; the profile holds only the site (account, partitions)"
+        )
     out: list[str] = []
-    section = None  # top-level key we are in
-    rule, rule_indent = None, None  # rule key under set-resources, and its indent
     for line in template.splitlines(keepends=True):
         body = line.rstrip("\r\n")
-        end = line[len(body) :]
         m = _KEY_LINE.match(body)
-        if m is None or body.lstrip().startswith("#"):
-            out.append(line)
-            continue
-        indent, key = len(m["indent"]), m["key"]
-        if indent == 0:
-            section, rule, rule_indent = key, None, None
-        elif section == "set-resources" and (rule_indent is None or indent <= rule_indent):
-            rule, rule_indent = key, indent
-        new = None
-        if key == "slurm_account" and indent > 0:
-            new = account
-        elif key == "slurm_partition" and section == "default-resources":
-            new = partition
-        elif key == "slurm_partition" and section == "set-resources" and rule in gpu_rules:
-            new = gpu_partition
-        if new is None:
-            out.append(line)
+        if m is not None and not body.lstrip().startswith("#") and m["key"] == "slurm_account":
+            out.append(f'{m["head"]}"{account}"{m["rest"]}{line[len(body) :]}')
         else:
-            out.append(f'{m["head"]}"{new}"{m["rest"]}{end}')
+            out.append(line)
     text = "".join(out)
-
-    # The result must parse, carry the values, and keep no placeholder outside comments.
     got = yaml.safe_load(text) or {}
-    defaults = got.get("default-resources") or {}
-    if defaults.get("slurm_account") != account or defaults.get("slurm_partition") != partition:
-        raise CraftError(
-            "profile template has no default-resources slurm_account / slurm_partition to fill in"
-        )
-    for r in gpu_rules:
-        if (got.get("set-resources") or {}).get(r, {}).get("slurm_partition", gpu_partition) != (
-            gpu_partition
-        ):
-            raise CraftError(f"profile template: could not set the GPU partition of rule {r}")
+    if (got.get("default-resources") or {}).get("slurm_account") != account:
+        raise CraftError("profile template has no default-resources slurm_account to fill in")
     left = [ln.strip() for ln in text.splitlines() if re.search(r"<[A-Z_]+>", ln.split("#")[0])]
     if left:
         raise CraftError(f"profile template still has a placeholder after filling in: {left[0]}")
     return text
+
+
+def render_partitions(partition: str, gpu_partition: str | None, gpus: int = 8) -> str:
+    """The site's partition file for the SLURM plugin: ``partition`` serves CPU jobs,
+    ``gpu_partition`` (default: the same) GPU jobs of up to ``gpus`` GPUs."""
+    _check_name("partition", partition)
+    gpu_partition = _check_name("gpu partition", gpu_partition) if gpu_partition else partition
+    lines = [
+        "# The site's SLURM partitions, for the Snakemake SLURM plugin's partition selection",
+        "# (slurm-partition-config in config.yaml beside this file): a job that asks for GPUs",
+        "# goes to a partition with GPUs, every other job to one without (written by craft",
+        "# profile install; limits the plugin knows: max_runtime, max_mem_mb, max_gpu, ...).",
+        "partitions:",
+    ]
+    if gpu_partition == partition:
+        lines += [f"  {partition}:  # CPU and GPU jobs", f"    max_gpu: {gpus}"]
+    else:
+        lines += [f"  {partition}:  # CPU jobs", "    max_gpu: 0"]
+        lines += [f"  {gpu_partition}:  # GPU jobs", f"    max_gpu: {gpus}"]
+    return "\n".join(lines) + "\n"
 
 
 def install_profile(
@@ -174,14 +153,15 @@ def install_profile(
         + (f" --gpu-partition {gpu_partition}" if gpu_partition else "")
         + f"\n# from {template_file}. Edit freely; reinstall with --force.\n"
     )
-    text = header + render_profile(template_file.read_text(), account, partition, gpu_partition)
-
+    text = header + render_profile(template_file.read_text(), account)
+    partitions = render_partitions(partition, gpu_partition)
     dest_dir = (Path(dest_root) if dest_root is not None else default_dest_root()) / name
     dest = dest_dir / "config.yaml"
     if dest.exists() and not dest.is_file():
         raise CraftError(f"{dest} exists and is not a file; remove it first")
     if dest.is_file():
-        if dest.read_text() == text:
+        same = dest_dir / "partitions.yaml"
+        if dest.read_text() == text and same.is_file() and same.read_text() == partitions:
             return dest
         if not force:
             raise CraftError(f"{dest} already exists and differs; pass --force to overwrite it")
@@ -197,7 +177,8 @@ def install_profile(
                 "config.yaml; remove it first"
             )
     dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(dest)
+    for path, content in ((dest_dir / "partitions.yaml", partitions), (dest, text)):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(content)
+        tmp.replace(path)
     return dest

@@ -1,8 +1,8 @@
-"""`craft profile install` and the GPU resource names of the rules and the SLURM profile.
+"""`craft profile install`, the SLURM profile (the site only) and the rules' resources.
 
-snakemake-executor-plugin-slurm reads the resource ``gpu`` (-> ``sbatch --gpus=N``). A rule or a
-profile entry that says ``gpus`` is silently ignored and the job lands on a CPU node, so the
-names are checked here statically, without a cluster.
+A job's resources come from config.yaml (craft.launch.rule_resources); the profile holds the
+account and a partition file from which snakemake-executor-plugin-slurm picks a GPU partition
+for a job that asks for GPUs and a CPU partition for every other job.
 """
 
 from __future__ import annotations
@@ -19,22 +19,6 @@ from craft.profile import default_dest_root, install_profile, render_profile
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
 SLURM_TEMPLATE = PROFILES / "slurm" / "config.yaml"
-# Stages that need a GPU on a cluster (align and score come with later stages).
-GPU_RULES = {
-    "pretrain",
-    "adapt",
-    "generate",
-    "align",
-    "train_evaluator",
-    "reference",
-    "score",
-    "downstream",
-}
-# Rules whose GPU need depends on the config (knowledge: a curated base needs none, a
-# transformers backend one; the evaluation stages: tiny phantom encoders need none, DINOv2 or
-# an auditing VLM one); they declare `gpu=` from config.resources but the profile leaves
-# them on the CPU partition unless the site uncomments their block.
-OPTIONAL_GPU_RULES = {"knowledge", "memorization", "audit", "fidelity"}
 
 
 def comments(text: str) -> list[str]:
@@ -52,16 +36,15 @@ def test_install_fills_values_and_keeps_comments(tmp_path):
     template = yaml.safe_load(SLURM_TEMPLATE.read_text())
 
     assert got["executor"] == "slurm"
-    assert got["default-resources"]["slurm_account"] == "lab_42"
-    assert got["default-resources"]["slurm_partition"] == "batch"
-    gpu_rules = {r for r, res in template["set-resources"].items() if res.get("gpu", 0)}
-    assert gpu_rules >= {"pretrain", "adapt", "generate"}
-    for rule in gpu_rules:
-        assert got["set-resources"][rule]["slurm_partition"] == "a100", rule
-        assert got["set-resources"][rule]["gpu"] == template["set-resources"][rule]["gpu"]
+    assert got["default-resources"] == {"slurm_account": "lab_42"}
+    assert "set-resources" not in got  # a job's resources come from config.yaml
+    # the partitions: CPU jobs to one without GPUs, GPU jobs to the GPU partition
+    parts = yaml.safe_load((dest.parent / "partitions.yaml").read_text())["partitions"]
+    assert parts == {"batch": {"max_gpu": 0}, "a100": {"max_gpu": 8}}
+    assert got["slurm-partition-config"] == "partitions.yaml"
     # everything else is the template's
     for key in template:
-        if key not in ("default-resources", "set-resources"):
+        if key != "default-resources":
             assert got[key] == template[key], key
     # every comment of the template survives, in order (plus our two-line header)
     kept = comments(text)
@@ -73,11 +56,8 @@ def test_install_fills_values_and_keeps_comments(tmp_path):
 
 def test_install_without_gpu_partition_uses_the_cpu_partition(tmp_path):
     dest = install_profile("slurm", "root", "main", None, dest_root=tmp_path)
-    got = yaml.safe_load(dest.read_text())
-    assert got["default-resources"]["slurm_partition"] == "main"
-    for rule in ("pretrain", "adapt", "generate"):
-        assert got["set-resources"][rule]["slurm_partition"] == "main"
-        assert got["set-resources"][rule]["gpu"] == 1
+    parts = yaml.safe_load((dest.parent / "partitions.yaml").read_text())["partitions"]
+    assert parts == {"main": {"max_gpu": 8}}  # CPU and GPU jobs share it
 
 
 def test_install_refuses_to_overwrite_without_force(tmp_path):
@@ -102,7 +82,8 @@ def test_install_force_overwrites(tmp_path):
     dest = install_profile("slurm", "other", "cpu2", "gpu2", dest_root=tmp_path, force=True)
     got = yaml.safe_load(dest.read_text())
     assert got["default-resources"]["slurm_account"] == "other"
-    assert got["set-resources"]["adapt"]["slurm_partition"] == "gpu2"
+    parts = yaml.safe_load((dest.parent / "partitions.yaml").read_text())["partitions"]
+    assert set(parts) == {"cpu2", "gpu2"}
     assert not list(dest.parent.glob(".*tmp"))  # no temporary file left behind
 
 
@@ -168,95 +149,78 @@ def test_default_dest_without_xdg(monkeypatch, tmp_path):
     assert default_dest_root() == tmp_path / ".config" / "snakemake"
 
 
-def test_render_keeps_non_gpu_overrides(tmp_path):
+def test_render_refuses_per_rule_resources(tmp_path):
     template = (
-        "executor: slurm\n"
-        "default-resources:\n"
-        '  slurm_account: "<ACCOUNT>"  # account\n'
-        "  slurm_partition: cpu\n"
-        "set-resources:\n"
-        "  report:\n"
-        "    slurm_partition: bigmem   # stays\n"
-        "  adapt:\n"
-        "    slurm_partition: gpu\n"
-        "    gpu: 1\n"
+        'default-resources:\n  slurm_account: "<ACCOUNT>"\nset-resources:\n  a:\n    gpu: 1\n'
     )
-    text = render_profile(template, "acc", "short", "v100")
-    got = yaml.safe_load(text)
-    assert got["default-resources"] == {"slurm_account": "acc", "slurm_partition": "short"}
-    assert got["set-resources"]["report"]["slurm_partition"] == "bigmem"
-    assert got["set-resources"]["adapt"]["slurm_partition"] == "v100"
-    assert '"acc"  # account' in text and "# stays" in text
+    with pytest.raises(CraftError, match="resources section"):
+        render_profile(template, "acc")
+    text = render_profile('default-resources:\n  slurm_account: "<ACCOUNT>"  # account\n', "acc")
+    assert '"acc"  # account' in text
 
 
-# ----------------------------------------------------------------------------- GPU names
+# ----------------------------------------------------------------------------- resources
 
 
-def rule_resources(rules_dir: Path = REPO / "rules") -> dict[str, dict[str, str]]:
-    """{rule: {resource key: expression}} from the `resources:` blocks of rules/*.smk."""
-    out: dict[str, dict[str, str]] = {}
-    for smk in sorted(Path(rules_dir).glob("*.smk")):
-        rule = None
-        section = None
-        section_indent = 0
-        for line in smk.read_text().splitlines():
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            indent = len(line) - len(line.lstrip())
-            m = re.match(r"^(?:rule|checkpoint)\s+(\w+)\s*:", line)
-            if m:
-                rule, section = m.group(1), None
-                out[rule] = {}
-                continue
-            if indent == 0:
-                rule, section = None, None
-                continue
-            if rule is None:
-                continue
-            m = re.match(r"^(\s+)(\w+)\s*:", line)
-            if m and (section is None or len(m.group(1)) <= section_indent):
-                section, section_indent = m.group(2), len(m.group(1))
-                continue
-            if section == "resources":
-                km = re.match(r"^\s+(\w+)\s*=\s*(.*?),?\s*$", line)
-                if km:
-                    out[rule][km.group(1)] = km.group(2)
-    return out
+def test_slurm_profile_holds_only_the_site():
+    prof = yaml.safe_load(SLURM_TEMPLATE.read_text())
+    assert prof["executor"] == "slurm"
+    assert "set-resources" not in prof
+    assert set(prof["default-resources"]) == {"slurm_account"}
+    assert prof["default-resources"]["slurm_account"] == "<ACCOUNT>"
+    parts = yaml.safe_load((SLURM_TEMPLATE.parent / "partitions.yaml").read_text())
+    assert parts["partitions"]["cpu"]["max_gpu"] == 0 and parts["partitions"]["gpu"]["max_gpu"]
+    # sacct says "CANCELLED by <uid>" for a scancel-ed job, which plugin 2.8.0 takes for a
+    # running job (the workflow then waits forever); squeue says "CANCELLED".
+    assert prof.get("slurm-status-command") == "squeue"
 
 
-def test_rule_parser_sees_the_rules():
-    res = rule_resources()
-    assert {"prepare", "pretrain", "adapt", "generate", "report"} <= set(res)
-    assert "runtime" in res["prepare"] and "mem_mb" in res["prepare"]
+def test_the_plugin_sends_gpu_jobs_to_the_gpu_partition_and_the_rest_to_the_cpu_one():
+    """The plugin's own partition choice, on the partition file craft writes, for the
+    resources every rule of the paper config asks for."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
+    from craft.config import load_config
+    from craft.launch import rule_resources
+
+    cfg = load_config(REPO / "configs/craft-paper.yaml")
+    path = REPO / "profiles/slurm/partitions.yaml"
+    partitions = read_partition_file(path)
+    log = SimpleNamespace(info=lambda *a: None, debug=lambda *a: None, warning=lambda *a: None)
+    for name in type(cfg.resources).model_fields:
+        r = getattr(cfg.resources, name)
+        res = rule_resources(r)
+        job = SimpleNamespace(
+            resources=SimpleNamespace(get=res.get, **res), threads=r.threads, name=name
+        )
+        want = "gpu" if r.gpu else "cpu"
+        assert get_best_partition(partitions, job, log) == want, (name, res)
 
 
-def gpu_name_problems(rules_dir: Path = REPO / "rules") -> list[str]:
-    """What is wrong with the GPU requests of the rules in rules_dir (empty: nothing)."""
-    res = rule_resources(rules_dir)
-    problems = []
-    for rule, keys in res.items():
-        wrong = sorted(k for k in keys if k in ("gpus", "gpu_count", "ngpus", "num_gpus"))
-        if wrong:
-            problems.append(f"rule {rule} asks for {wrong}: the SLURM plugin reads `gpu`")
-        if "gpu" in keys and rule not in GPU_RULES | OPTIONAL_GPU_RULES:
-            problems.append(f"rule {rule} asks for a GPU but is not a known GPU stage")
-    for rule in sorted(GPU_RULES & set(res)):
-        if "gpu" not in res[rule]:
-            problems.append(f"GPU rule {rule} declares no `gpu=` resource")
-    return problems
+def test_rule_resources_follow_the_config():
+    from craft.config import Resources
+    from craft.launch import align_launcher, rule_resources
 
-
-def test_gpu_rules_ask_for_gpu_by_the_plugins_name():
-    assert GPU_RULES & set(rule_resources()) >= {"pretrain", "adapt", "generate"}
-    assert gpu_name_problems() == []
-
-
-def test_gpu_name_check_catches_gpus(tmp_path):
-    """The check itself works: `gpus=` in a GPU rule is caught (it would land on a CPU node)."""
-    for smk in (REPO / "rules").glob("*.smk"):
-        (tmp_path / smk.name).write_text(smk.read_text().replace("gpu=res(", "gpus=res(", 1))
-    assert any("gpus" in p for p in gpu_name_problems(tmp_path))
-    assert any("declares no `gpu=`" in p for p in gpu_name_problems(tmp_path))
+    assert rule_resources(Resources(threads=4, mem_mb=8000, runtime=90)) == {
+        "runtime": 90,
+        "mem_mb": 8000,
+        "cpus_per_task": 4,
+    }
+    one = rule_resources(Resources(gpu=2, gpu_model="a100"))
+    assert one["gpu"] == 2 and one["gpu_model"] == "a100" and "nodes" not in one
+    two = rule_resources(Resources(gpu=4, nodes=2))
+    assert two["nodes"] == 2 and two["gres"] == "gpu:4" and "gpu" not in two
+    assert two["mpi"] == "srun" and two["tasks"] == 2  # one task per node for srun
+    assert align_launcher(1) == "craft" and align_launcher(0) == "craft"
+    assert align_launcher(2) == (
+        "torchrun --standalone --nproc_per_node=${SLURM_GPUS_ON_NODE:-2} -m craft.cli"
+    )
+    multi = align_launcher(4, 2)
+    assert multi.startswith("srun --nodes=2 --ntasks-per-node=1")
+    assert "torchrun --nnodes=2 --nproc_per_node=${SLURM_GPUS_ON_NODE:-4}" in multi
+    assert "--rdzv_backend=c10d" in multi and "SLURM_JOB_NODELIST" in multi
 
 
 def test_gpu_defaults_in_config_model():
@@ -267,27 +231,3 @@ def test_gpu_defaults_in_config_model():
         assert getattr(r, stage).gpu == 1, stage
     for stage in ("prepare", "evaluate", "report"):
         assert getattr(r, stage).gpu == 0, stage
-
-
-def test_slurm_profile_gives_exactly_the_gpu_rules_a_gpu():
-    prof = yaml.safe_load(SLURM_TEMPLATE.read_text())
-    assert prof["executor"] == "slurm"
-    defaults = prof["default-resources"]
-    assert not {"gpu", "gpus", "gres"} & set(defaults), "default-resources must not ask for GPUs"
-    set_res = prof["set-resources"]
-    rules = set(rule_resources())
-    for rule, res in set_res.items():
-        assert "gpus" not in res, f"set-resources.{rule} says `gpus`; the SLURM plugin reads `gpu`"
-        assert rule in rules or rule in GPU_RULES, f"set-resources.{rule}: no such rule"
-    with_gpu = {r for r, res in set_res.items() if res.get("gpu")}
-    present = GPU_RULES & rules
-    assert present <= with_gpu, f"GPU rules without a GPU in the profile: {present - with_gpu}"
-    assert with_gpu <= GPU_RULES, f"non-GPU rules given a GPU: {with_gpu - GPU_RULES}"
-    for rule in with_gpu:
-        assert set_res[rule]["gpu"] == 1, rule
-        assert set_res[rule]["slurm_partition"] == "gpu", rule
-    # sacct says "CANCELLED by <uid>" for a scancel-ed job, which plugin 2.8.0 takes for a
-    # running job (the workflow then waits forever); squeue says "CANCELLED".
-    assert prof.get("slurm-status-command") == "squeue"
-    assert defaults["slurm_account"] == "<ACCOUNT>"
-    assert defaults["slurm_partition"] == "cpu"

@@ -36,15 +36,27 @@ from .conftest import REPO
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-# Stages that must get a GPU (align and score come with later stages).
-# the rules profiles/slurm sends to the GPU partition with a GPU; every other job must hold none
-GPU_RULES = {
-    rule
-    for rule, res in yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())[
-        "set-resources"
-    ].items()
-    if res.get("gpu", 0)
+#: The config.resources entry each rule reads (rules/*.smk: get_resources).
+RULE_RESOURCES = {
+    "train_evaluator": "evaluator",
+    "evaluate_oracle": "evaluate",
+    "memorization": "evaluate",
+    "audit": "evaluate",
+    "fidelity": "evaluate",
+    "study_export": "report",
 }
+
+
+def gpu_rules(cfg) -> set[str]:
+    """The rules whose config resources ask for a GPU (the rest are CPU jobs)."""
+    from craft.config import validate_config
+
+    res = validate_config(cfg).resources
+    rules = {"prepare", "knowledge", "pretrain", "adapt", "align", "generate", "reference"}
+    rules |= {"score", "downstream", "report", *RULE_RESOURCES}
+    return {r for r in rules if getattr(res, RULE_RESOURCES.get(r, r)).gpu}
+
+
 MODALITY = "phantom-cxr"
 SEED = 0
 SACCT_FIELDS = [
@@ -351,7 +363,7 @@ def test_workflow_on_slurm_matches_local(tmp_path, slurm_cluster, craft_env):
     assert {"prepare", "pretrain", "adapt", "generate", "report"} <= set(expected)
     for j in jobs:
         assert j["State"] == "COMPLETED" and j["ExitCode"] == "0:0", f"{j['JobID']}:\n{table}"
-        if j["rule"] in GPU_RULES:
+        if j["rule"] in gpu_rules(yaml.safe_load(cfg_slurm.read_text())):
             assert "gres/gpu=1" in j["AllocTRES"], f"GPU stage without a GPU:\n{table}"
             assert j["Partition"] == slurm_cluster.gpu_partition, table
         else:
@@ -461,3 +473,75 @@ def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft
         f"cancelled SLURM job {cancelled}; retry resumed at step {step}/{steps}; "
         f"{time.monotonic() - t0:.0f} s"
     )
+
+
+def test_a_two_gpu_align_job_runs_two_processes_and_matches_one_process(
+    tmp_path, slurm_cluster, craft_env
+):
+    """resources.align.gpu: 2 -> sbatch asks for two GPUs on the GPU partition, the job runs
+    two DeepSpeed processes (CPU, gloo), and its reward LoRA is the one-process run's."""
+    from safetensors.torch import load_file
+
+    from tests.train.test_align_deepspeed import assert_close
+
+    t0 = time.monotonic()
+    align = {"window": "draft", "kl_weight": 0.5, "diffusion_weight": 0.5, "eval_every": 0}
+    methods = {
+        "lora": {"kind": "lora", "steps": 3, "batch_size": 8, "lr": 0.002, "rank": 4},
+        "craft": {
+            "kind": "craft",
+            "init": "lora",
+            "prompts": "enriched",
+            "steps": 4,
+            "batch_size": 4,
+            "lr": 0.01,
+            "rank": 2,
+            "align": {**align, "zero_stage": 2},
+        },
+    }
+    workdir = tmp_path / "slurm"
+    lay = Layout(workdir / "results")
+    data = tiny_config(workdir / "results", methods)
+    data["resources"] = {"align": {"gpu": 2, "threads": 2}}
+    cfg = write_config(tmp_path / "two.yaml", data, craft_env)
+    profile = slurm_profile(tmp_path, slurm_cluster)
+    prefix = f"craft-test-{uuid.uuid4().hex[:8]}"
+    since = now_for_sacct()
+    card = lay.card(MODALITY, "craft", SEED)
+    log = tmp_path / "slurm.log"
+    env = {**craft_env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = start(snakemake_cmd(workdir, cfg, *slurm_args(profile, prefix), str(card)), workdir,
+                 env, log)  # fmt: skip
+    try:
+        rc = finish(proc, timeout=480)
+        assert rc == 0, f"SLURM run failed (rc {rc})\n{failure_report(log, workdir)}"
+    finally:
+        if proc.poll() is None:
+            finish(proc, timeout=1)
+        cancel_leftovers(prefix)
+    jobs = wait_for_final_states(prefix, since)
+    table = sacct_table(jobs)
+    print(f"\nsacct of SLURM run {prefix}:\n{table}")
+    gpus = gpu_rules(data)
+    for j in jobs:
+        assert j["State"] == "COMPLETED" and j["ExitCode"] == "0:0", f"{j['JobID']}:\n{table}"
+        want = slurm_cluster.gpu_partition if j["rule"] in gpus else slurm_cluster.partition
+        assert j["Partition"] == want, f"{j['rule']} on {j['Partition']}:\n{table}"
+    aligned = [j for j in jobs if j["rule"] == "align"]
+    assert len(aligned) == 1 and "gres/gpu=2" in aligned[0]["AllocTRES"], table
+    align_log = (workdir / "logs/align" / MODALITY / "craft" / f"{SEED}.log").read_text()
+    assert "DeepSpeed ZeRO-2: 2 processes x 2 images" in align_log, align_log[-2000:]
+
+    # the same recipe in one process without DeepSpeed, from the same start and references
+    one = copy.deepcopy(data)
+    one["resources"] = {"align": {"gpu": 1}}
+    one["methods"]["craft"]["align"] = dict(align)
+    single = tmp_path / "single" / "model.json"
+    cmd = ["craft", "align", "--config", str(write_config(tmp_path / "one.yaml", one, env))]
+    cmd += ["-m", MODALITY, "-k", "craft", "-s", str(SEED), "--out", str(single)]
+    cmd += ["--threads", "1"]
+    p = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lora = "reward-lora/pytorch_lora_weights.safetensors"
+    assert_close(load_file(card.parent / lora), load_file(single.parent / lora))
+    print(f"two-GPU align on SLURM and one-process reference: {time.monotonic() - t0:.0f} s")

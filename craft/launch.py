@@ -1,0 +1,58 @@
+"""How a job asks SLURM for what it needs, and how the align job starts its processes.
+
+The config's ``resources`` section is the one place a job's threads, memory, runtime, GPUs and
+nodes are set; :func:`rule_resources` turns one rule's entry into the resources the Snakemake
+SLURM executor plugin reads. The site's profile holds only what is the site's: the account, and
+a partition file (``slurm-partition-config``) from which the plugin picks, per job, a partition
+that has GPUs for a job that asks for them and a CPU partition for every other job.
+
+:func:`align_launcher` is the command prefix of the align rule: ``craft`` for one process;
+``torchrun`` with one process per GPU the job was granted (``SLURM_GPUS_ON_NODE``, else the
+config's count) on one node; and, over several nodes, one torchrun per node under ``srun``,
+joined by a c10d rendezvous on the job's first node. The shell expands the SLURM variables when
+the job runs; a dry run shows the whole command. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Port of the c10d rendezvous on a multi-node align job's first node.
+RENDEZVOUS_PORT = 29400
+
+
+def rule_resources(r: Any) -> dict[str, Any]:
+    """SLURM plugin resources of one ``config.resources`` entry (a ``Resources``)."""
+    out: dict[str, Any] = {"runtime": r.runtime, "mem_mb": r.mem_mb, "cpus_per_task": r.threads}
+    if not r.gpu:
+        return out
+    if r.nodes > 1:
+        # --gres is per node (--gpus would be the job's total, spread as SLURM likes)
+        model = f"{r.gpu_model}:" if r.gpu_model else ""
+        out.update(nodes=r.nodes, gres=f"gpu:{model}{r.gpu}")
+        # the job's shell starts its own srun over the nodes (the plugin's 'mpi' path, one
+        # task per node), instead of being wrapped in a one-task srun itself;
+        # tasks_per_gpu 0 keeps the plugin from reading 'tasks' as --ntasks-per-gpu
+        out.update(mpi="srun", tasks=r.nodes, tasks_per_gpu=0)
+    else:
+        out["gpu"] = r.gpu
+        if r.gpu_model:
+            out["gpu_model"] = r.gpu_model
+    return out
+
+
+def align_launcher(gpus: int, nodes: int = 1) -> str:
+    """The command that starts ``craft.cli`` for an align job of ``gpus`` GPUs per node on
+    ``nodes`` nodes (the verb and its arguments follow it)."""
+    if nodes <= 1 and gpus <= 1:
+        return "craft"
+    per_node = f"${{SLURM_GPUS_ON_NODE:-{max(gpus, 1)}}}"
+    if nodes <= 1:
+        return f"torchrun --standalone --nproc_per_node={per_node} -m craft.cli"
+    head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    return (
+        f"srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1"
+        f" torchrun --nnodes={nodes} --nproc_per_node={per_node}"
+        f" --rdzv_backend=c10d --rdzv_endpoint={head}:{RENDEZVOUS_PORT}"
+        f' --rdzv_id="craft-$SLURM_JOB_ID" -m craft.cli'
+    )

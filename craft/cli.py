@@ -60,6 +60,23 @@ def _layout(cfg):
     return Layout(cfg.results)
 
 
+def _record(
+    out: Path, cfg, stage: str, modality=None, method=None, seed=None, evaluator=None, inputs=None
+) -> None:
+    """Save the job's spec and its inputs' digests beside its output (craft.specs)."""
+    from craft.specs import record_job
+
+    spec = cfg.spec(stage, modality, method, evaluator)
+    job = {
+        "stage": stage,
+        "modality": modality,
+        "method": method,
+        "seed": seed,
+        "evaluator": evaluator,
+    }
+    record_job(out, spec, inputs or {}, {k: v for k, v in job.items() if v is not None})
+
+
 def _seed_in_config(cfg, seed: int) -> None:
     if seed not in cfg.seeds:
         # Allowed (e.g. a one-off run), but say so: the report only gathers configured seeds.
@@ -85,6 +102,53 @@ def config_show(config: ConfigOpt = Path("config.yaml")) -> None:
     print(dump_config(_load(config)), end="")
 
 
+@config_app.command("schema")
+def config_schema(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the schema here (default: stdout).")
+    ] = None,
+) -> None:
+    """The JSON schema of config.yaml: every field, its type, default and description."""
+    import json
+
+    from craft.config import CraftConfig
+
+    text = json.dumps(CraftConfig.model_json_schema(), indent=1) + "\n"
+    if out is None:
+        print(text, end="")
+    else:
+        Path(out).write_text(text)
+        print(f"config schema: {out}")
+
+
+@config_app.command("jobs")
+def config_jobs(
+    config: ConfigOpt = Path("config.yaml"),
+    against: Annotated[
+        Path | None,
+        typer.Option(help="Another config: list the jobs whose spec differs, and the keys."),
+    ] = None,
+) -> None:
+    """Every job's spec digest (the rerun key); with --against, which jobs a change reruns."""
+    from craft.specs import job_spec, spec_changes, workflow_jobs
+
+    cfg = _load(config)
+    if against is None:
+        for job in workflow_jobs(cfg):
+            print(job_spec(cfg, *job).digest, " ".join(p for p in job if p))
+        return
+    other = _load(against)
+    ours, theirs = set(workflow_jobs(cfg)), set(workflow_jobs(other))
+    for job in sorted(ours | theirs, key=lambda j: tuple(p or "" for p in j)):
+        name = " ".join(p for p in job if p)
+        if job not in theirs or job not in ours:
+            print(f"{name}: {'only in ' + str(config if job in ours else against)}")
+            continue
+        changes = spec_changes(job_spec(cfg, *job).plain(), job_spec(other, *job).plain())
+        if changes:
+            print(f"{name}: {'; '.join(changes)}")
+
+
 @app.command()
 def prepare(
     config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., out: OutOpt = None
@@ -93,7 +157,11 @@ def prepare(
     from craft.data.prepare import prepare as run
 
     cfg = _load(config)
-    run(cfg, modality, out or _layout(cfg).data(modality))
+    out = out or _layout(cfg).data(modality)
+    run(cfg, modality, out)
+    m = cfg.modality(modality)
+    files = [m.source.manifest] if m.source.kind == "manifest" else []
+    _record(out, cfg, "prepare", modality, inputs={"manifest": files})
 
 
 @app.command()
@@ -111,7 +179,9 @@ def pretrain(
         raise CraftError(
             f"models.generator is '{cfg.models.generator}', a pretrained model: nothing to pretrain"
         )
-    run(cfg, modality, out or _layout(cfg).foundation(modality), threads)
+    out = out or _layout(cfg).foundation(modality)
+    run(cfg, modality, out, threads)
+    _record(out, cfg, "pretrain", modality)
 
 
 @app.command()
@@ -132,7 +202,23 @@ def adapt(
         raise CraftError(
             f"method '{method}' is kind {cfg.method(method).kind}: run `craft align` for it"
         )
-    run(cfg, modality, method, seed, out or _layout(cfg).card(modality, method, seed), threads)
+    lay = _layout(cfg)
+    out = out or lay.card(modality, method, seed)
+    run(cfg, modality, method, seed, out, threads)
+    _record(out, cfg, "adapt", modality, method, seed, inputs=_run_inputs(cfg, lay, modality))
+
+
+def _run_inputs(cfg, lay, modality: str, init_card: Path | None = None) -> dict:
+    """The files a training job reads (those that exist are recorded with their digests)."""
+    base = Path(cfg.models.generator_for(modality))
+    inputs = {"data": lay.data(modality), "knowledge": lay.knowledge(modality)}
+    if cfg.models.generator == "pretrain":
+        inputs["foundation"] = lay.foundation(modality)
+    elif base.is_dir():
+        inputs["foundation"] = base / "model_index.json"
+    if init_card is not None:
+        inputs["init"] = init_card
+    return inputs
 
 
 @app.command()
@@ -150,7 +236,17 @@ def align(
 
     cfg = _load(config)
     _seed_in_config(cfg, seed)
-    run(cfg, modality, method, seed, out or _layout(cfg).card(modality, method, seed), threads)
+    lay = _layout(cfg)
+    out = out or lay.card(modality, method, seed)
+    run(cfg, modality, method, seed, out, threads)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 writes the outputs
+    init = lay.card(modality, cfg.method(method).init, seed)
+    inputs = _run_inputs(cfg, lay, modality, init)
+    inputs["references"] = [lay.reference(modality, ev) for ev in cfg.align_evaluators(method)]
+    _record(out, cfg, "align", modality, method, seed, inputs=inputs)
 
 
 @app.command()
@@ -170,15 +266,11 @@ def generate(
 
     cfg = _load(config)
     lay = _layout(cfg)
-    run(
-        cfg,
-        modality,
-        method,
-        seed,
-        model or lay.card(modality, method, seed),
-        out or lay.samples(modality, method, seed),
-        threads,
-    )
+    card = model or lay.card(modality, method, seed)
+    out = out or lay.samples(modality, method, seed)
+    run(cfg, modality, method, seed, card, out, threads)
+    inputs = {"card": card, "knowledge": lay.knowledge(modality)}
+    _record(out, cfg, "generate", modality, method, seed, inputs=inputs)
 
 
 @evaluate_app.command("oracle")
@@ -197,15 +289,12 @@ def evaluate_oracle(
 
     cfg = _load(config)
     lay = _layout(cfg)
-    run(
-        cfg,
-        modality,
-        method,
-        seed,
-        samples or lay.samples(modality, method, seed),
-        out or lay.metrics(modality, method, seed, "oracle"),
-        data or lay.data(modality),
-    )
+    samples = samples or lay.samples(modality, method, seed)
+    out = out or lay.metrics(modality, method, seed, "oracle")
+    data = data or lay.data(modality)
+    run(cfg, modality, method, seed, samples, out, data)
+    inputs = {"samples": samples, "data": data}
+    _record(out, cfg, "evaluate_oracle", modality, method, seed, inputs=inputs)
 
 
 def _knowledge_in(cfg, modality: str, path: Path | None) -> Path:
@@ -226,9 +315,19 @@ def knowledge_build(
     """Enriched prompts + checklist of a modality -> results/knowledge/{modality}.json (and a
     review YAML beside it that a clinician can edit and pin with knowledge.review)."""
     from craft.knowledge.build import build_from_config
+    from craft.knowledge.curated import curated_path, resolve_base
 
     cfg = _load(config)
-    build_from_config(cfg, modality, out or _layout(cfg).knowledge(modality))
+    out = out or _layout(cfg).knowledge(modality)
+    build_from_config(cfg, modality, out)
+    kn, m = cfg.knowledge, cfg.modality(modality)
+    inputs = {}
+    if modality in kn.review:
+        inputs["review"] = kn.review[modality]
+    elif kn.backend.kind == "curated":
+        phantom = m.source.phantom if m.source.kind == "phantom" else None
+        inputs["curated"] = curated_path(resolve_base(dict(kn.curated), modality, phantom))
+    _record(out, cfg, "knowledge", modality, inputs=inputs)
 
 
 @knowledge_app.command("show")
@@ -271,15 +370,13 @@ def evaluator_train(
 
     cfg = _load(config)
     lay = _layout(cfg)
+    knowledge = _knowledge_in(cfg, modality, knowledge)
+    out = out or lay.evaluator(modality, evaluator)
     train_phantom_evaluator(
-        cfg.cas,
-        evaluator,
-        modality,
-        cfg.modality(modality),
-        _knowledge_in(cfg, modality, knowledge),
-        out or lay.evaluator(modality, evaluator),
-        threads,
+        cfg.cas, evaluator, modality, cfg.modality(modality), knowledge, out, threads
     )
+    inputs = {"knowledge": knowledge}
+    _record(out, cfg, "train_evaluator", modality, evaluator=evaluator, inputs=inputs)
 
 
 @app.command()
@@ -295,18 +392,24 @@ def reference(
 
     cfg = _load(config)
     lay = _layout(cfg)
+    knowledge = _knowledge_in(cfg, modality, None)
+    out = out or lay.reference(modality, evaluator)
     build_configured_reference(
         cfg.cas,
         evaluator,
         modality,
         cfg.modality(modality),
         lay.data(modality),
-        _knowledge_in(cfg, modality, None),
+        knowledge,
         lay,
-        out or lay.reference(modality, evaluator),
-        cfg.cas_digest("reference", modality, evaluator),
+        out,
+        cfg.spec("reference", modality, evaluator=evaluator).digest,
         threads,
     )
+    inputs = {"data": lay.data(modality), "knowledge": knowledge}
+    if cfg.cas.evaluators[evaluator].source == "train":
+        inputs["evaluator"] = lay.evaluator(modality, evaluator)
+    _record(out, cfg, "reference", modality, evaluator=evaluator, inputs=inputs)
 
 
 @app.command()
@@ -327,6 +430,8 @@ def score(
     lay = _layout(cfg)
     _seed_in_config(cfg, seed)
     scores = out or lay.cas_scores(modality, method, seed, evaluator)
+    samples = samples or lay.samples(modality, method, seed)
+    knowledge = _knowledge_in(cfg, modality, None)
     score_configured_samples(
         cfg.cas,
         evaluator,
@@ -334,15 +439,18 @@ def score(
         cfg.modality(modality),
         method,
         seed,
-        samples or lay.samples(modality, method, seed),
+        samples,
         lay.reference(modality, evaluator),
-        _knowledge_in(cfg, modality, None),
+        knowledge,
         lay,
         scores,
         scores.with_name(f"metrics-cas-{evaluator}.json"),
-        cfg.cas_digest("score", modality, evaluator, method),
+        cfg.spec("score", modality, evaluator=evaluator).digest,
         threads,
     )
+    inputs = {"samples": samples, "reference": lay.reference(modality, evaluator)}
+    inputs["knowledge"] = knowledge
+    _record(scores, cfg, "score", modality, method, seed, evaluator, inputs)
 
 
 @app.command()
@@ -381,6 +489,7 @@ def report(
         baselines=[k for k, m in cfg.methods.items() if m.kind != "craft"],
         **_report_figure_inputs(cfg, lay),
     )
+    _record(out_dir, cfg, "report")
     print(f"report: {index}")
 
 
@@ -543,8 +652,9 @@ def _evaluation_stage(stage, config, modality, method, seed, samples, data, out,
     # Downstream classifiers differ per run seed; the feature extractors are fixed per config.
     setup_torch(settings.seed + (seed if stage == "downstream" else 0), threads)
     run = getattr(import_module(f"craft.evaluate.{stage}"), stage)
-    digest = cfg.evaluation_digest(stage, modality, method)
+    digest = cfg.spec(stage, modality, method).digest
     run(settings, data, samples, out, modality, method, seed, digest)
+    _record(out, cfg, stage, modality, method, seed, inputs={"samples": samples, "data": data})
 
 
 @app.command("downstream")
@@ -626,10 +736,13 @@ def audit_cmd(
         modality,
         method,
         seed,
-        cfg.evaluation_digest("audit", modality, method),
+        cfg.spec("audit", modality, method).digest,
         phantom=m.source.phantom if m.source.kind == "phantom" else None,
         load_auditor=load_auditor,
     )
+    knowledge = _knowledge_in(cfg, modality, knowledge)
+    inputs = {"samples": samples, "knowledge": knowledge}
+    _record(out, cfg, "audit", modality, method, seed, inputs=inputs)
 
 
 @app.command("fidelity")
@@ -718,7 +831,7 @@ def study_export(
 
     cfg = _load(config)
     m = cfg.modality(modality)
-    st = cfg.slice("study", modality)["study"] if cfg.study is not None else {}
+    st = cfg.spec("study", modality).plain() if cfg.study is not None else {}
     method_a = method_a or st.get("method_a")
     method_b = method_b or st.get("method_b")
     if not method_a or not method_b:

@@ -8,11 +8,10 @@ This module imports no torch (the Snakefile imports it at parse time).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +20,9 @@ from craft.cas.settings import CasConfig
 from craft.errors import CraftError
 from craft.evaluate.settings import EvaluationConfig
 from craft.knowledge.settings import KnowledgeConfig
+from craft.specs import Spec, digest_of, job_spec
+
+__all__ = ["CraftConfig", "digest_of", "dump_config", "load_config", "validate_config"]
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -31,14 +33,6 @@ class Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def at_defaults(self, names: list[str]) -> Self:
-        """A copy with the fields ``names`` at their defaults (what run digests hash for
-        settings that change nothing a run makes: see ``in_effect``)."""
-        fields = type(self).model_fields
-        return self.model_copy(
-            update={name: fields[name].get_default(call_default_factory=True) for name in names}
-        )
-
 
 # ----------------------------------------------------------------------------- data sources
 
@@ -46,7 +40,7 @@ class Strict(BaseModel):
 class PhantomSource(Strict):
     """Procedurally drawn images whose findings are known by construction (craft.data.phantoms)."""
 
-    kind: Literal["phantom"]
+    kind: Literal["phantom"] = Field(description="Source type: 'phantom' (drawn images).")
     phantom: str = Field(description="Phantom modality to draw, e.g. phantom-cxr or phantom-derm.")
     n_per_label: int = Field(200, ge=3, description="Images drawn per label before splitting.")
     seed: int = Field(0, description="Seed of the drawing; the split seed is separate.")
@@ -55,14 +49,22 @@ class PhantomSource(Strict):
 class ManifestSource(Strict):
     """A hospital's image set: a CSV with path,label[,split] and a folder of images."""
 
-    kind: Literal["manifest"]
+    kind: Literal["manifest"] = Field(description="Source type: 'manifest' (a CSV of images).")
     manifest: Path = Field(description="CSV file with columns path,label and optional split.")
     image_root: Path = Field(description="Folder that relative paths in the manifest start from.")
-    resize: Literal["pad", "crop", "squash"] = "pad"
+    resize: Literal["pad", "crop", "squash"] = Field(
+        "pad",
+        description="How a non-square image becomes square before it is resized to the "
+        "modality's resolution: 'pad' it with black (centred), 'crop' its centre square, or "
+        "'squash' it (the aspect ratio is not kept).",
+    )
     color: Literal["convert", "error"] = Field(
         "convert", description="RGB<->grayscale mismatches are converted, or are errors."
     )
-    alpha: Literal["error", "composite"] = "error"
+    alpha: Literal["error", "composite"] = Field(
+        "error",
+        description="Images with transparency are errors, or are composited onto black.",
+    )
     intensity: Literal["minmax", "full"] = Field(
         "minmax", description="How >8-bit images map to uint8: percentile stretch or full range."
     )
@@ -75,10 +77,28 @@ DataSource = Annotated[PhantomSource | ManifestSource, Field(discriminator="kind
 
 
 class Splits(Strict):
-    train: float = Field(0.7, gt=0, lt=1)
-    val: float = Field(0.15, ge=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
-    seed: int = 0
+    """Shares of each label's images in the train, val and test splits (they sum to 1)."""
+
+    train: float = Field(
+        0.7, gt=0, lt=1, description="Share in (0, 1) of each label's images used for training."
+    )
+    val: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="Share in [0, 1) of each label's images held out for validation (0 = none).",
+    )
+    test: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="Share in (0, 1) of each label's images held out for testing (the real "
+        "reference of the evaluations).",
+    )
+    seed: int = Field(
+        0,
+        description="Seed of the split assignment; manifest rows with their own split keep it.",
+    )
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> Splits:
@@ -91,14 +111,20 @@ class Splits(Strict):
 class ModalityConfig(Strict):
     """One image modality: its data, labels and image geometry."""
 
-    source: DataSource
+    source: DataSource = Field(
+        description="Where the images come from: drawn phantoms (kind phantom) or a CSV "
+        "manifest of image files (kind manifest)."
+    )
     labels: list[Name] = Field(min_length=2, description="Class labels, in a fixed order.")
     description: str = Field(
         description="What the images are, used in prompts: 'chest radiograph'."
     )
     resolution: int = Field(32, ge=16, le=1024, description="Square side in pixels.")
-    channels: Literal[1, 3] = 1
-    splits: Splits = Splits()
+    channels: Literal[1, 3] = Field(
+        1,
+        description="1 (grayscale) or 3 (RGB); a phantom modality must match its phantom.",
+    )
+    splits: Splits = Field(Splits(), description="Train / val / test shares and their seed.")
 
     @field_validator("resolution")
     @classmethod
@@ -121,14 +147,21 @@ class ModalityConfig(Strict):
 class TinyUNet(Strict):
     """Architecture of the phantom foundation generator (pixel space, UNet2DConditionModel)."""
 
-    block_out_channels: list[int] = [16, 32, 32]
-    layers_per_block: int = 1
+    block_out_channels: list[int] = Field(
+        [16, 32, 32],
+        description="Output channels of each UNet resolution level, finest first (one entry "
+        "per level, as in attention_levels).",
+    )
+    layers_per_block: int = Field(1, description="ResNet layers per UNet block.")
     attention_levels: list[bool] = Field(
         [False, False, True], description="Cross-attention per resolution level."
     )
-    cross_attention_dim: int = 32
-    text_layers: int = 2
-    text_max_length: int = 24
+    cross_attention_dim: int = Field(
+        32,
+        description="Hidden size of the tiny CLIP text encoder, which the UNet cross-attends to.",
+    )
+    text_layers: int = Field(2, description="Transformer layers of the tiny text encoder.")
+    text_max_length: int = Field(24, description="Tokens per caption (the text encoder's limit).")
     prediction_type: Literal["epsilon", "v_prediction"] = Field(
         "v_prediction",
         description="What the UNet predicts. v (Salimans & Ho 2022) learns the image's colour and "
@@ -139,9 +172,16 @@ class TinyUNet(Strict):
 class PretrainConfig(Strict):
     """Training of the phantom foundation model (only when models.generator is 'pretrain')."""
 
-    steps: int = Field(600, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    steps: int = Field(
+        600, ge=1, description="Optimizer steps of the full finetune (UNet and text encoder)."
+    )
+    batch_size: int = Field(64, ge=1, description="Images per optimizer step.")
+    lr: float = Field(
+        2e-3,
+        gt=0,
+        description="AdamW learning rate, warmed up linearly over the first tenth of the steps "
+        "(at most 50).",
+    )
     label_caption_prob: float = Field(
         0.0,
         ge=0,
@@ -157,11 +197,17 @@ class PretrainConfig(Strict):
         "knows what findings look like but not the clinical label words.",
     )
     n_images: int = Field(4000, ge=16, description="Phantoms drawn for pretraining (own seed).")
-    seed: int = 1234
-    architecture: TinyUNet = TinyUNet()
+    seed: int = Field(
+        1234, description="Seed of the drawn phantoms, their captions, the weights and training."
+    )
+    architecture: TinyUNet = Field(
+        TinyUNet(), description="Architecture of the foundation generator that is trained."
+    )
 
 
 class ModelsConfig(Strict):
+    """The foundation generator that every method starts from."""
+
     generator: str = Field(
         "pretrain",
         description="'pretrain' (train a tiny foundation per modality in the workflow) or any "
@@ -169,10 +215,13 @@ class ModelsConfig(Strict):
         "'{modality}' in it is replaced by the modality's name (one model per modality, e.g. "
         "the shipped phantom foundations: assets/phantom-foundation/{modality}).",
     )
-    revision: str | None = None
+    revision: str | None = Field(
+        None,
+        description="Hub revision (branch, tag or commit) of the generator; None = the default "
+        "branch.",
+    )
     gpu_precision: Literal["bf16", "float32"] = Field(
         "bf16",
-        exclude_if=lambda v: v == "bf16",
         description="On a GPU, adapt, align and generate keep the generator's frozen parts "
         "(text encoder, VAE, and the UNet under a LoRA) in bf16 and compute under bf16 "
         "autocast; trained weights, their optimizer state, latents, losses and rewards stay "
@@ -219,13 +268,10 @@ class AlignSettings(Strict):
         "dermoscopy 0.953 vs 0.898 but the chest's held-out out-of-family CAS fell from its "
         "start (0.530 -> 0.467 at step 25; step 0 kept, oracle 0.789 vs 0.898).",
     )
-    # left out of dumps at its default, so that run digests from before it existed still hold
-    # (an upgrade does not rerun finished align jobs)
     reward_power: float = Field(
         1.0,
         gt=0,
         le=1,
-        exclude_if=lambda v: v == 1.0,
         description="With reward 'cas': train on CAS ** reward_power. Below 1 it gives images "
         "that fail an item more gradient than 'cas' (at 0.5: 2x at CAS 0.06, 0.6x at 0.73) "
         "without the unbounded weight 'log-cas' gives them. Phantom benchmark recipe, seed 3, "
@@ -233,11 +279,9 @@ class AlignSettings(Strict):
         "out-of-family CAS never rose above its start (step 0 kept; oracle 0.789 vs 0.898), "
         "so the benchmark keeps 1.",
     )
-    # left out of dumps at its default, like reward_power
     checklist_weight: float = Field(
         0.0,
         ge=0,
-        exclude_if=lambda v: v == 0.0,
         description="Kind craft: add this times the checklist's log-likelihood (the mean over "
         "the label's checklist items of log P(item as expected), from the reward evaluator) to "
         "the reward. CAS is flat at 0 for an image that surely fails an item (a chest "
@@ -250,11 +294,9 @@ class AlignSettings(Strict):
         "0.928 ± 0.029 vs 0.883 ± 0.048 without it (dermoscopy 0.961 vs 0.956); on seed 3 "
         "from the start without the share, chest 0.844 vs 0.898 (dermoscopy 0.914 vs 0.898).",
     )
-    # left out of dumps at their defaults, like reward_power
     realism_weight: float = Field(
         0.0,
         ge=0,
-        exclude_if=lambda v: v == 0.0,
         description="Weight of a realism term: the squared maximum mean discrepancy (Gaussian "
         "kernel, per label) between the reward evaluator's embeddings of the batch's images "
         "and of realism_real real training images of each of its labels. Its cross term pulls "
@@ -269,7 +311,6 @@ class AlignSettings(Strict):
     realism_real: int = Field(
         16,
         ge=2,
-        exclude_if=lambda v: v == 16,
         description="Real training images per label drawn each step for the realism term.",
     )
     lv_draws: int = Field(2, ge=1, description="Noise draws of the last step (window draft-lv).")
@@ -303,11 +344,9 @@ class AlignSettings(Strict):
         description="Stop after this many evaluations without a better out-of-family CAS and "
         "keep the best evaluated weights (None = run all steps, keep the last).",
     )
-    # left out of dumps at its default, like compile: runs made before it keep their digests
     tolerance_se: float | None = Field(
         None,
         ge=0,
-        exclude_if=lambda v: v is None,
         description="Early stopping's allowance for evaluation noise, in paired standard "
         "errors of the held-out out-of-family CAS (per-image differences from the best "
         "evaluation, same prompts and seeds): a later evaluation within this many of the best "
@@ -328,10 +367,8 @@ class AlignSettings(Strict):
         "the VAE decode, and recompute the rest in the backward pass: one more forward of "
         "each for much less activation memory (the same gradients). Not part of run digests.",
     )
-    # left out of dumps at its default, like reward_power: it changes speed, not what is learnt
     compile: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] | None = Field(
         None,
-        exclude_if=lambda v: v is None,
         description="torch.compile the UNet and the VAE's decoder with this mode (None = "
         "eager); the first steps compile (minutes at Stable Diffusion size). On this project's "
         "CPU, a tiny K=1 step took 0.18 s compiled against 0.32 s eager after 17 s of "
@@ -342,26 +379,6 @@ class AlignSettings(Strict):
         description="DeepSpeed ZeRO stage of data-parallel training over resources.align.gpu "
         "processes (torchrun); 0 = plain PyTorch in one process.",
     )
-
-    def in_effect(self, kind: str) -> AlignSettings:
-        """These settings with the ones that do nothing for a method of ``kind`` at their
-        defaults: ``gradient_checkpointing`` always (memory, not what is learnt), ``k`` outside
-        window 'draft', ``lv_draws`` outside 'draft-lv', ``eval_per_label`` without
-        evaluations, ``realism_real`` without the realism term, and the CAS reward's settings
-        for generic-reward. Run digests hash this, so changing one of them alone reruns
-        nothing (and a run that left them at their defaults keeps its digest)."""
-        inert = ["gradient_checkpointing"]  # memory, not what is learnt
-        if self.window != "draft":
-            inert.append("k")
-        if self.window != "draft-lv":
-            inert.append("lv_draws")
-        if not self.eval_every:
-            inert.append("eval_per_label")
-        if not self.realism_weight:
-            inert.append("realism_real")
-        if kind != "craft":
-            inert += ["reward", "reward_power", "checklist_weight"]
-        return self.at_defaults(inert)
 
     @model_validator(mode="after")
     def _power_needs_cas(self) -> AlignSettings:
@@ -377,7 +394,12 @@ class MethodConfig(Strict):
     """One way of obtaining a generator: from the foundation model (zero-shot, lora, full), or
     by reward finetuning another method's result (craft, generic-reward)."""
 
-    kind: Literal["zero-shot", "lora", "full", "craft", "generic-reward"]
+    kind: Literal["zero-shot", "lora", "full", "craft", "generic-reward"] = Field(
+        description="'zero-shot' (the foundation model as is), 'lora' (a LoRA trained with the "
+        "diffusion loss on real images), 'full' (the whole UNet finetuned so), 'craft' (reward "
+        "finetuning with CAS) or 'generic-reward' (reward finetuning with the evaluator's "
+        "similarity of image and plain label prompt, no knowledge)."
+    )
     prompts: Literal["label", "enriched"] = Field(
         "label",
         description="Training captions and sampling prompts: the label prompt, or the "
@@ -390,21 +412,29 @@ class MethodConfig(Strict):
         description="Align methods: the method whose result reward finetuning starts from "
         "(a zero-shot, lora or full method, e.g. lora-enriched).",
     )
-    steps: int = Field(300, ge=0)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    steps: int = Field(
+        300,
+        ge=0,
+        description="Optimizer steps of training: diffusion-loss steps (lora, full) or reward "
+        "steps (align methods). Kinds lora and full with 0 train nothing; zero-shot ignores it.",
+    )
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="Images per optimizer step (align methods: over all GPUs together, so a "
+        "multiple of their number).",
+    )
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
     rank: int = Field(8, ge=1, description="LoRA rank (kind lora and align methods).")
     alpha: float | None = Field(None, description="LoRA alpha; default = rank.")
     target_modules: list[str] = Field(
         ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2"],
         description="UNet module names that get LoRA layers (kind lora and align methods).",
     )
-    # left out of dumps at its default, so that run digests from before it existed still hold
     label_prompt_share: float | None = Field(
         None,
         ge=0,
         le=1,
-        exclude_if=lambda v: v is None,
         description="Methods with prompts: enriched: share of training captions (and, for "
         "craft, reward prompts) that are the label's plain prompt ('dermoscopy image, "
         "nevus'), the rest drawn uniformly from its enriched prompts; None = the plain prompt "
@@ -428,11 +458,9 @@ class MethodConfig(Strict):
         description="Steps between resumable checkpoints. Not part of run digests: changing "
         "it reruns nothing, and a preempted run resumes from its last checkpoint.",
     )
-    weight_decay: float = 0.0
-    # like checkpoint_every, not part of run digests (MethodConfig.in_effect)
+    weight_decay: float = Field(0.0, description="AdamW weight decay (0 = none).")
     gradient_checkpointing: bool = Field(
         False,
-        exclude_if=lambda v: not v,
         description="Kinds lora and full: keep only each UNet block's inputs and recompute the "
         "rest in the backward pass (one more forward for much less activation memory; the "
         "same gradients up to float rounding), e.g. to fit a full Stable Diffusion finetune "
@@ -447,42 +475,31 @@ class MethodConfig(Strict):
         """Reward finetuning of another method's result (the ``align`` stage)."""
         return self.kind in ALIGN_KINDS
 
-    def in_effect(self, training: bool = False) -> MethodConfig:
-        """This method with the settings that change nothing it makes at their defaults:
-        ``checkpoint_every`` always (where a resumed run restarts, not what it learns: resume
-        is bit-exact), ``gradient_checkpointing`` (memory, not what is learnt), every training
-        setting of zero-shot, the LoRA shape of full, and for the job that trains it
-        (``training``: adapt, align) a generic-reward method's ``prompts``, which generate
-        alone reads (``label_prompt_share`` where it changes nothing is refused at
-        validation). Run digests hash this (with :meth:`AlignSettings.in_effect`), so changing
-        one alone reruns nothing, a preempted run resumes after it, and a run that left them
-        at their defaults keeps its digest."""
-        inert = ["checkpoint_every", "gradient_checkpointing"]
-        if self.kind == "zero-shot":
-            inert += ["steps", "batch_size", "lr", "weight_decay"]
-        if self.kind in ("zero-shot", "full"):
-            inert += ["rank", "alpha", "target_modules"]
-        if training and self.kind == "generic-reward":  # it trains on the plain label prompt
-            inert.append("prompts")
-        method = self.at_defaults(inert)
-        if not self.is_align:
-            return method
-        return method.model_copy(update={"align": self.align_settings.in_effect(self.kind)})
-
     @property
     def align_settings(self) -> AlignSettings:
         return self.align if self.align is not None else AlignSettings()
 
 
 class SamplingConfig(Strict):
-    scheduler: Literal["ddim"] = "ddim"
-    steps: int = Field(20, ge=1)
-    guidance_scale: float = Field(3.0, ge=0)
+    """How generators sample images (craft generate, and align methods' rollouts)."""
+
+    scheduler: Literal["ddim"] = Field(
+        "ddim", description="Sampler of the denoising chain (DDIM, the only one)."
+    )
+    steps: int = Field(
+        20, ge=1, description="Denoising steps per image (align methods: see align.sample_steps)."
+    )
+    guidance_scale: float = Field(
+        3.0,
+        ge=0,
+        description="Classifier-free guidance scale: 0 = unconditional, 1 = the conditional "
+        "prediction alone, higher follows the prompt more closely.",
+    )
     timestep_spacing: Literal["trailing", "leading", "linspace"] = Field(
         "trailing", description="'trailing' keeps the last step away from t=0."
     )
     n_per_label: int = Field(64, ge=1, description="Generated images per label per seed.")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Images generated together (craft generate).")
 
 
 class StudyConfig(Strict):
@@ -491,36 +508,86 @@ class StudyConfig(Strict):
     method_a: Name = Field(description="The method whose win rate is reported (craft).")
     method_b: Name = Field(description="The comparison: the strongest baseline.")
     seed: int | None = Field(None, description="Run seed whose samples are paired (first seed).")
-    pairs_per_label: int = Field(8, ge=1, le=200)
+    pairs_per_label: int = Field(
+        8, ge=1, le=200, description="Image pairs (one of each method) shown per label."
+    )
     study_seed: int = Field(0, description="Seed of the pair choice, their order and sides.")
 
 
 class ReportConfig(Strict):
-    grid_per_label: int = Field(8, ge=1, le=32)
+    """The HTML report of ``craft report``."""
+
+    grid_per_label: int = Field(
+        8, ge=1, le=32, description="Generated images per label in each run's sample grid."
+    )
 
 
 class Resources(Strict):
-    """Per-rule cluster resources; the SLURM profile may override them."""
+    """One rule's cluster resources: the one place a job's threads, memory, runtime, GPUs and
+    nodes are set (the SLURM profile holds only the site: account, partitions, QoS). A rule
+    with ``gpu > 0`` is a GPU job (the profile's partition file sends it to a GPU partition);
+    every other rule is a CPU job. Not part of any job spec: changing them reruns nothing."""
 
-    threads: int = Field(1, ge=1)
-    mem_mb: int = Field(4000, ge=100)
-    runtime: int = Field(60, ge=1, description="Minutes.")
-    gpu: int = Field(0, ge=0)
+    threads: int = Field(1, ge=1, description="CPU threads of the job (sbatch --cpus-per-task).")
+    mem_mb: int = Field(4000, ge=100, description="Memory of the job in MB (sbatch --mem).")
+    runtime: int = Field(60, ge=1, description="Wall-clock limit in minutes (sbatch --time).")
+    gpu: int = Field(
+        0,
+        ge=0,
+        description="GPUs per node (sbatch --gpus-per-node); 0 = a CPU job. align with more "
+        "than one GPU runs one process per GPU (torchrun, DeepSpeed ZeRO).",
+    )
+    gpu_model: str | None = Field(
+        None, description="GPU type to ask for (--gpus-per-node=MODEL:N), e.g. a100; None: any."
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        description="Nodes of the job (align only): one torchrun per node under srun, joined "
+        "by a c10d rendezvous on the first node.",
+    )
+
+
+def _gpu(runtime: int, gpu: int = 1) -> Resources:
+    return Resources(gpu=gpu, runtime=runtime)
 
 
 class ResourcesConfig(Strict):
-    prepare: Resources = Resources(runtime=30)
-    knowledge: Resources = Resources(runtime=60)
-    evaluator: Resources = Resources(gpu=1, runtime=120)
-    reference: Resources = Resources(gpu=1, runtime=60)
-    score: Resources = Resources(gpu=1, runtime=60)
-    pretrain: Resources = Resources(gpu=1, runtime=120)
-    adapt: Resources = Resources(gpu=1, runtime=240)
-    align: Resources = Resources(gpu=1, runtime=240)
-    generate: Resources = Resources(gpu=1, runtime=60)
-    evaluate: Resources = Resources(runtime=30)
-    report: Resources = Resources(runtime=30)
-    downstream: Resources = Resources(gpu=1, runtime=120)
+    """Resources per rule (``evaluate`` serves evaluate_oracle, memorization, audit and
+    fidelity; ``report`` serves report and study_export; ``evaluator`` train_evaluator)."""
+
+    prepare: Resources = Field(Resources(runtime=30), description="craft prepare.")
+    knowledge: Resources = Field(
+        Resources(runtime=60), description="craft knowledge build (a GPU for a model backend)."
+    )
+    evaluator: Resources = Field(_gpu(120), description="craft evaluator train.")
+    reference: Resources = Field(_gpu(60), description="craft reference.")
+    score: Resources = Field(_gpu(60), description="craft score.")
+    pretrain: Resources = Field(_gpu(120), description="craft pretrain.")
+    adapt: Resources = Field(_gpu(240), description="craft adapt.")
+    align: Resources = Field(_gpu(240), description="craft align (the only rule with nodes).")
+    generate: Resources = Field(_gpu(60), description="craft generate.")
+    evaluate: Resources = Field(
+        Resources(runtime=30),
+        description="evaluate_oracle, memorization, audit, fidelity.",
+    )
+    report: Resources = Field(Resources(runtime=30), description="craft report, study export.")
+    downstream: Resources = Field(_gpu(120), description="craft downstream.")
+
+    @model_validator(mode="after")
+    def _nodes_for_align(self) -> ResourcesConfig:
+        for name in type(self).model_fields:
+            r = getattr(self, name)
+            if name != "align" and r.nodes != 1:
+                raise ValueError(
+                    f"resources.{name}.nodes: only align spans nodes; remove nodes here"
+                )
+        if self.align.nodes > 1 and self.align.gpu < 1:
+            raise ValueError(
+                "resources.align.nodes: several nodes train one process per GPU; set "
+                "resources.align.gpu to 1 or more"
+            )
+        return self
 
 
 # ----------------------------------------------------------------------------- root
@@ -529,21 +596,48 @@ class ResourcesConfig(Strict):
 class CraftConfig(Strict):
     """The whole of config.yaml."""
 
-    results: Path = Path("results")
-    seeds: list[int] = Field([0], min_length=1)
-    modalities: dict[Name, ModalityConfig] = Field(min_length=1)
-    methods: dict[Name, MethodConfig] = Field(min_length=1)
-    models: ModelsConfig = ModelsConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    sampling: SamplingConfig = SamplingConfig()
-    knowledge: KnowledgeConfig = KnowledgeConfig()
-    cas: CasConfig = CasConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
+    results: Path = Field(
+        Path("results"),
+        description="Folder of every stage's outputs (data, knowledge, models, runs, report).",
+    )
+    seeds: list[int] = Field(
+        [0],
+        min_length=1,
+        description="Run seeds: every method is trained and sampled once per seed and modality.",
+    )
+    modalities: dict[Name, ModalityConfig] = Field(
+        min_length=1, description="The image modalities, by name (lowercase, digits, _ and -)."
+    )
+    methods: dict[Name, MethodConfig] = Field(
+        min_length=1, description="The methods compared, by name (lowercase, digits, _ and -)."
+    )
+    models: ModelsConfig = Field(
+        ModelsConfig(), description="The foundation generator and its GPU precision."
+    )
+    pretrain: PretrainConfig = Field(
+        PretrainConfig(),
+        description="Training of the phantom foundations (only with models.generator 'pretrain').",
+    )
+    sampling: SamplingConfig = Field(
+        SamplingConfig(), description="How images are sampled from the generators."
+    )
+    knowledge: KnowledgeConfig = Field(
+        KnowledgeConfig(), description="The knowledge stage: enriched prompts and checklists."
+    )
+    cas: CasConfig = Field(
+        CasConfig(), description="The Clinical Alignment Score: evaluators, weights, the tail."
+    )
+    evaluation: EvaluationConfig = Field(
+        EvaluationConfig(),
+        description="Evaluations beyond CAS: downstream, memorization, audit, fidelity.",
+    )
     study: StudyConfig | None = Field(
         None, description="Export a blinded study page per modality (None: no study)."
     )
-    report: ReportConfig = ReportConfig()
-    resources: ResourcesConfig = ResourcesConfig()
+    report: ReportConfig = Field(ReportConfig(), description="The HTML report.")
+    resources: ResourcesConfig = Field(
+        ResourcesConfig(), description="Cluster resources of each workflow rule."
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> CraftConfig:
@@ -670,7 +764,7 @@ class CraftConfig(Strict):
                     f"{where}.align.checklist_weight: only kind craft scores the checklist "
                     f"(this kind {k.kind} method's reward knows no checklist); remove it"
                 )
-            gpus = self.resources.align.gpu
+            gpus = max(self.resources.align.gpu, 1) * self.resources.align.nodes
             if gpus > 1 and a.zero_stage == 0:
                 raise ValueError(
                     f"{where}.align.zero_stage: resources.align.gpu is {gpus}; several GPUs "
@@ -697,8 +791,6 @@ class CraftConfig(Strict):
                     "evaluator, but cas.evaluators has none; add one or set eval_every: 0"
                 )
 
-    # -- slices: what each job depends on; their digests decide what reruns -------------
-
     def modality(self, name: str) -> ModalityConfig:
         try:
             return self.modalities[name]
@@ -715,158 +807,21 @@ class CraftConfig(Strict):
                 f"method '{name}' is not in the config (configured: {', '.join(self.methods)})"
             ) from None
 
-    def _drawn_modality(self, modality: str) -> dict[str, Any]:
-        """The modality fields a job that draws its own phantoms uses (not the data set)."""
-        m = self.modality(modality)
-        return {
-            "phantom": getattr(m.source, "phantom", None),
-            **m.model_dump(
-                mode="json", include={"labels", "description", "resolution", "channels"}
-            ),
-        }
-
-    def knowledge_slice(self, modality: str) -> dict[str, Any]:
-        m = self.modality(modality)
-        phantom = m.source.phantom if m.source.kind == "phantom" else None
-        return self.knowledge.slice_for(modality, m.description, list(m.labels), phantom)
-
-    def cas_slice(
-        self, stage: str, modality: str, evaluator: str, method: str | None = None
-    ) -> dict[str, Any]:
-        """What a CAS job uses: ``evaluator`` (training), ``reference`` or ``score``."""
-        if evaluator not in self.cas.evaluators:
-            raise CraftError(
-                f"evaluator '{evaluator}' is not in the config "
-                f"(configured: {', '.join(self.cas.evaluators)})"
-            )
-        ev = self.cas.evaluators[evaluator].model_dump(mode="json")
-        out: dict[str, Any] = {"knowledge": self.knowledge_slice(modality), "evaluator": ev}
-        if stage == "evaluator":  # trained on its own drawn phantoms, not on the data set
-            return {**out, "modality": self._drawn_modality(modality)}
-        if ev["source"] != "train":
-            ev.pop("train")  # a pretrained evaluator: its training settings do not matter
-        cas = self.cas.model_dump(mode="json", exclude={"evaluators"})
-        out["cas"] = cas
-        if stage == "reference":
-            return {**out, "modality": self.slice("prepare", modality)["modality"]}
-        if stage == "score":
-            return {**out, **self.slice("generate", modality, method)}
-        raise ValueError(f"unknown CAS stage {stage!r}")
-
-    def slice(self, stage: str, modality: str, method: str | None = None) -> dict[str, Any]:
-        """The plain-data part of the config that one stage's job for (modality, method) uses."""
-        m = self.modality(modality).model_dump(mode="json")
-        out: dict[str, Any] = {"modality": m}
-        if stage == "prepare":
-            return out
-        if stage == "knowledge":
-            return self.knowledge_slice(modality)
-        if stage == "study":
-            if self.study is None:
-                raise CraftError("the config has no study section")
-            st = self.study.model_dump(mode="json")
-            st["seed"] = self.seeds[0] if st["seed"] is None else st["seed"]
-            return {
-                "study": st,
-                **{
-                    f"generate_{side}": self.slice("generate", modality, st[f"method_{side}"])
-                    for side in ("a", "b")
-                },
-            }
-        gen = self.models.model_dump(mode="json")
-        gen["generator"] = self.models.generator_for(modality)
-        out["models"] = gen
-        if self.models.generator == "pretrain":
-            out["pretrain"] = self.pretrain.model_dump(mode="json")
-        if stage == "pretrain":
-            # The foundation draws its own phantoms: the prepared data set (n_per_label,
-            # splits) does not reach it, so changing those must not retrain it.
-            out["modality"] = self._drawn_modality(modality)
-            gen.pop("gpu_precision", None)  # pretrain trains in float32 everywhere
-            return out
-        if method is not None:
-            out.update(self._method_slice(modality, method, stage in ("adapt", "align")))
-        if stage in ("adapt", "align"):
-            return out
-        out["sampling"] = self.sampling.model_dump(mode="json")
-        if stage == "generate":
-            return out
-        if stage in ("evaluate", "report"):
-            out["report"] = self.report.model_dump(mode="json")
-            return out
-        raise ValueError(f"unknown stage {stage!r}")
-
     def align_evaluators(self, method: str) -> list[str]:
         """Evaluators an align method uses: the reward one, and the out-of-family one that its
         held-out evaluations (early stopping) score with."""
         a = self.method(method).align_settings
         return [self.cas.reward_evaluator] + self.out_of_family_evaluators[: int(a.eval_every > 0)]
 
-    def _method_slice(self, modality: str, method: str, training: bool) -> dict[str, Any]:
-        """A method's part of a slice. An align method's includes what its starting model was
-        made with (the init method's adapt slice), the knowledge, the sampler it trains through
-        (not what generate alone reads: images per label, batch size, sampling.steps under
-        align.sample_steps) and the CAS slices (evaluator, reference) of its evaluators.
-        ``training``: the slice of the job that trains it (adapt, align)."""
-        k = self.method(method)
-        d = k.in_effect(training).model_dump(mode="json")  # what changes nothing: at defaults
-        out: dict[str, Any] = {"method": d}
-        if not k.is_align:
-            d.pop("init"), d.pop("align")  # absent before align methods existed: same digests
-            if k.prompts == "enriched":
-                out["knowledge"] = self.knowledge_slice(modality)
-            return out
-        out["knowledge"] = self.knowledge_slice(modality)
-        out["init"] = self.slice("adapt", modality, k.init)
-        a = k.align_settings
-        out["rollout"] = {  # what reward finetuning samples with (generate: all of sampling)
-            "scheduler": self.sampling.scheduler,
-            "steps": a.sample_steps or self.sampling.steps,
-            "guidance_scale": self.sampling.guidance_scale,
-            "timestep_spacing": self.sampling.timestep_spacing,
-        }
-        out["cas_evaluators"] = {
-            ev: self.cas_slice("reference", modality, ev) for ev in self.align_evaluators(method)
-        }
-        return out
-
-    def digest(self, stage: str, modality: str, method: str | None = None) -> str:
-        return digest_of(self.slice(stage, modality, method))
-
-    def cas_digest(
-        self, stage: str, modality: str, evaluator: str, method: str | None = None
-    ) -> str:
-        return digest_of(self.cas_slice(stage, modality, evaluator, method))
-
-    # -- evaluation stages (craft.evaluate): downstream, memorization, audit, fidelity ------
-
-    def evaluation_slice(self, stage: str, modality: str, method: str) -> dict[str, Any]:
-        """What an evaluation job reads: the samples (the generate slice, which holds the
-        modality and so the data set), its own settings, and for the audit the knowledge and
-        the auditing evaluators (their CAS evaluator slices: a retrained evaluator reruns it)."""
-        if stage not in ("downstream", "memorization", "audit", "fidelity"):
-            raise ValueError(f"unknown evaluation stage {stage!r}")
-        settings = getattr(self.evaluation, stage)
-        out = {**self.slice("generate", modality, method), stage: settings.model_dump(mode="json")}
-        if stage == "audit":
-            m = self.modality(modality)
-            phantom = m.source.phantom if m.source.kind == "phantom" else None
-            out["knowledge"] = self.knowledge_slice(modality)
-            out["auditors"] = {
-                name: self.cas_slice("evaluator", modality, name)
-                for name in settings.auditor_names(self.cas, phantom)
-                if name != "oracle"
-            }
-        return out
-
-    def evaluation_digest(self, stage: str, modality: str, method: str) -> str:
-        return digest_of(self.evaluation_slice(stage, modality, method))
-
-
-def digest_of(data: Any) -> str:
-    """Short, stable content digest of plain data (sorted-key JSON, sha256)."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def spec(
+        self,
+        stage: str,
+        modality: str | None = None,
+        method: str | None = None,
+        evaluator: str | None = None,
+    ) -> Spec:
+        """The typed spec of one job (craft.specs): what it reads; its digest reruns it."""
+        return job_spec(self, stage, modality, method, evaluator)
 
 
 # ----------------------------------------------------------------------------- loading

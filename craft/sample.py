@@ -76,7 +76,7 @@ def generate(
     writer = AppendWriter(
         out,
         "samples",
-        cfg.digest("generate", modality, method),
+        cfg.spec("generate", modality, method).digest,
         fields={
             "images": ((res, res, ch), np.uint8),
             "labels": ((), np.int64),

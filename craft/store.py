@@ -1,6 +1,6 @@
 """The HDF5 layer every stage reads and writes through.
 
-Contract (DESIGN.md, "Contracts"):
+Contract (docs/design.md, "Contracts"):
 - every file carries attrs ``craft_kind``, ``craft_schema``, ``craft_version``, ``config_digest``
   (of the config slice that made it), ``created`` and ``command`` (the producing command line);
 - images are uint8 NHWC, one chunk per image;

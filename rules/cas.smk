@@ -9,12 +9,10 @@ rule train_evaluator:
         "../envs/craft.yaml"
     threads: res("evaluator", "threads")
     resources:
-        runtime=res("evaluator", "runtime"),
-        mem_mb=res("evaluator", "mem_mb"),
-        gpu=res("evaluator", "gpu"),
+        **get_resources("evaluator"),
     params:
         config=CONFIG_FILE,
-        settings=get_cas_settings("evaluator"),
+        spec=get_spec("train_evaluator"),
     shell:
         "craft evaluator train --config {params.config} --modality {wildcards.modality}"
         " --evaluator {wildcards.evaluator} --knowledge {input.knowledge} --out {output.model}"
@@ -34,12 +32,10 @@ rule reference:
         "../envs/craft.yaml"
     threads: res("reference", "threads")
     resources:
-        runtime=res("reference", "runtime"),
-        mem_mb=res("reference", "mem_mb"),
-        gpu=res("reference", "gpu"),
+        **get_resources("reference"),
     params:
         config=CONFIG_FILE,
-        settings=get_cas_settings("reference"),
+        spec=get_spec("reference"),
     shell:
         "craft reference --config {params.config} --modality {wildcards.modality}"
         " --evaluator {wildcards.evaluator} --out {output.reference} --threads {threads}"
@@ -63,12 +59,10 @@ rule score:
         "../envs/craft.yaml"
     threads: res("score", "threads")
     resources:
-        runtime=res("score", "runtime"),
-        mem_mb=res("score", "mem_mb"),
-        gpu=res("score", "gpu"),
+        **get_resources("score"),
     params:
         config=CONFIG_FILE,
-        settings=get_cas_settings("score"),
+        spec=get_spec("score"),
     shell:
         "craft score --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --evaluator {wildcards.evaluator}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from craft.config import dump_config, validate_config
 from craft.errors import CraftError
+from craft.launch import align_launcher, rule_resources
 from craft.paths import Layout
 
 try:
@@ -54,30 +55,49 @@ wildcard_constraints:
     evaluator="[a-z0-9][a-z0-9_-]*",
 
 
-def get_settings(stage):
-    """Params function: the plain config slice a stage's job depends on (rerun trigger)."""
+def get_spec(stage):
+    """Params function: the digest of the job's spec (craft.specs), its rerun key. The spec
+    holds what the job reads of the config; what it reads from other jobs are its inputs.
+    """
 
-    def settings(wildcards):
-        return CFG.slice(stage, wildcards.modality, wildcards.get("method"))
+    def spec(wildcards):
+        return CFG.spec(
+            stage,
+            wildcards.get("modality"),
+            wildcards.get("method"),
+            wildcards.get("evaluator"),
+        ).digest
 
-    return settings
-
-
-def get_cas_settings(stage):
-    """Params function of the CAS rules (evaluator training, reference, score)."""
-
-    def settings(wildcards):
-        return CFG.cas_slice(
-            stage, wildcards.modality, wildcards.evaluator, wildcards.get("method")
-        )
-
-    return settings
+    return spec
 
 
 def get_knowledge_review(wildcards):
     """A clinician-edited review file pinned in knowledge.review (an input: edits rerun)."""
     pinned = CFG.knowledge.review.get(wildcards.modality)
     return [str(pinned)] if pinned else []
+
+
+def get_curated_knowledge(wildcards):
+    """The curated knowledge YAML a modality's knowledge is built from (shipped or the
+    user's own, knowledge.curated): an input, so that editing it reruns what reads it.
+    """
+    from craft.knowledge.curated import curated_path, resolve_base
+
+    kn = CFG.knowledge
+    if wildcards.modality in kn.review or kn.backend.kind != "curated":
+        return []
+    m = CFG.modality(wildcards.modality)
+    phantom = m.source.phantom if m.source.kind == "phantom" else None
+    try:
+        return [
+            str(
+                curated_path(
+                    resolve_base(dict(kn.curated), wildcards.modality, phantom)
+                )
+            )
+        ]
+    except CraftError as err:
+        sys.exit(f"craft: error: knowledge.curated.{wildcards.modality}: {err}")
 
 
 def get_method_knowledge(wildcards):
@@ -94,11 +114,11 @@ def one_of(names):
 
 
 def get_align_launcher(wildcards):
-    """``craft``, or torchrun over the rule's GPUs (DeepSpeed ZeRO, one process per GPU)."""
-    gpus = res("align", "gpu")
-    if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node={gpus} -m craft.cli"
-    return "craft"
+    """How the align job starts its processes (craft.launch): ``craft`` for one GPU; torchrun
+    with one process per GPU the job was granted; with several nodes, one torchrun per node
+    under srun, joined by a c10d rendezvous on the first node."""
+    r = CFG.resources.align
+    return align_launcher(r.gpu, r.nodes)
 
 
 def get_init_card(wildcards):
@@ -128,15 +148,6 @@ def get_trained_evaluator(wildcards):
     if CFG.cas.evaluators[wildcards.evaluator].source == "train":
         return [str(LAYOUT.evaluator(wildcards.modality, wildcards.evaluator))]
     return []
-
-
-def get_evaluation_settings(stage):
-    """Params function of the evaluation rules (downstream, memorization, audit, fidelity)."""
-
-    def settings(wildcards):
-        return CFG.evaluation_slice(stage, wildcards.modality, wildcards.method)
-
-    return settings
 
 
 def get_auditor_evaluators(wildcards):
@@ -187,11 +198,18 @@ def get_report_dir(wildcards, output):
 
 def get_study_samples(wildcards):
     """The two samples.h5 the study pairs images from (named a and b)."""
-    st = CFG.slice("study", wildcards.modality)["study"]
+    st = CFG.spec("study", wildcards.modality)
     return {
-        side: str(LAYOUT.samples(wildcards.modality, st[f"method_{side}"], st["seed"]))
+        side: str(
+            LAYOUT.samples(wildcards.modality, getattr(st, f"method_{side}"), st.seed)
+        )
         for side in ("a", "b")
     }
+
+
+def get_study_settings(wildcards):
+    """The study's settings as plain data (the export command's arguments)."""
+    return CFG.spec("study", wildcards.modality).plain()
 
 
 def get_study_dir(wildcards, output):
@@ -208,5 +226,12 @@ def get_final_output():
 
 
 def res(stage, key):
-    """A rule's resources from config.resources.<stage>."""
+    """One resource of a rule from config.resources.<stage>."""
     return getattr(getattr(CFG.resources, stage), key)
+
+
+def get_resources(stage):
+    """A rule's resources, all from config.resources.<stage> (craft.launch): memory, time,
+    CPUs, and for a GPU job its GPUs (the profile's partition file sends a job that asks for
+    GPUs to a GPU partition, every other job to a CPU one)."""
+    return rule_resources(getattr(CFG.resources, stage))

@@ -7,10 +7,9 @@ rule prepare:
         "../envs/craft.yaml"
     threads: res("prepare", "threads")
     resources:
-        runtime=res("prepare", "runtime"),
-        mem_mb=res("prepare", "mem_mb"),
+        **get_resources("prepare"),
     params:
         config=CONFIG_FILE,
-        settings=get_settings("prepare"),
+        spec=get_spec("prepare"),
     shell:
         "craft prepare --config {params.config} --modality {wildcards.modality} --out {output.h5} > {log} 2>&1"

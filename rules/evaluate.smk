@@ -10,11 +10,10 @@ rule evaluate_oracle:
         "../envs/craft.yaml"
     threads: res("evaluate", "threads")
     resources:
-        runtime=res("evaluate", "runtime"),
-        mem_mb=res("evaluate", "mem_mb"),
+        **get_resources("evaluate"),
     params:
         config=CONFIG_FILE,
-        settings=get_settings("evaluate"),
+        spec=get_spec("evaluate_oracle"),
     shell:
         "craft evaluate oracle --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
@@ -33,12 +32,10 @@ rule downstream:
         "../envs/craft.yaml"
     threads: res("downstream", "threads")
     resources:
-        runtime=res("downstream", "runtime"),
-        mem_mb=res("downstream", "mem_mb"),
-        gpu=res("downstream", "gpu"),
+        **get_resources("downstream"),
     params:
         config=CONFIG_FILE,
-        settings=get_evaluation_settings("downstream"),
+        spec=get_spec("downstream"),
     shell:
         "craft downstream --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
@@ -67,12 +64,10 @@ rule memorization:
         "../envs/craft.yaml"
     threads: res("evaluate", "threads")
     resources:
-        runtime=res("evaluate", "runtime"),
-        mem_mb=res("evaluate", "mem_mb"),
-        gpu=res("evaluate", "gpu"),
+        **get_resources("evaluate"),
     params:
         config=CONFIG_FILE,
-        settings=get_evaluation_settings("memorization"),
+        spec=get_spec("memorization"),
     shell:
         "craft memorization --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
@@ -99,12 +94,10 @@ rule audit:
         "../envs/craft.yaml"
     threads: res("evaluate", "threads")
     resources:
-        runtime=res("evaluate", "runtime"),
-        mem_mb=res("evaluate", "mem_mb"),
-        gpu=res("evaluate", "gpu"),
+        **get_resources("evaluate"),
     params:
         config=CONFIG_FILE,
-        settings=get_evaluation_settings("audit"),
+        spec=get_spec("audit"),
     shell:
         "craft audit --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
@@ -124,12 +117,10 @@ rule fidelity:
         "../envs/craft.yaml"
     threads: res("evaluate", "threads")
     resources:
-        runtime=res("evaluate", "runtime"),
-        mem_mb=res("evaluate", "mem_mb"),
-        gpu=res("evaluate", "gpu"),
+        **get_resources("evaluate"),
     params:
         config=CONFIG_FILE,
-        settings=get_evaluation_settings("fidelity"),
+        spec=get_spec("fidelity"),
     shell:
         "craft fidelity --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"

@@ -1,6 +1,7 @@
 rule knowledge:
     input:
         review=get_knowledge_review,
+        curated=get_curated_knowledge,
     output:
         json=str(LAYOUT.knowledge("{modality}")),
         review=str(LAYOUT.knowledge_review("{modality}")),
@@ -10,12 +11,10 @@ rule knowledge:
         "../envs/craft.yaml"
     threads: res("knowledge", "threads")
     resources:
-        runtime=res("knowledge", "runtime"),
-        mem_mb=res("knowledge", "mem_mb"),
-        gpu=res("knowledge", "gpu"),
+        **get_resources("knowledge"),
     params:
         config=CONFIG_FILE,
-        settings=get_settings("knowledge"),
+        spec=get_spec("knowledge"),
     shell:
         "craft knowledge build --config {params.config} --modality {wildcards.modality}"
         " --out {output.json} > {log} 2>&1"

@@ -14,10 +14,10 @@ rule report:
         "../envs/craft.yaml"
     threads: res("report", "threads")
     resources:
-        runtime=res("report", "runtime"),
-        mem_mb=res("report", "mem_mb"),
+        **get_resources("report"),
     params:
         config=CONFIG_FILE,
+        spec=get_spec("report"),
         out=get_report_dir,
     shell:
         "craft report --config {params.config} --out {params.out} > {log} 2>&1"

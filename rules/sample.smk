@@ -10,12 +10,10 @@ rule generate:
         "../envs/craft.yaml"
     threads: res("generate", "threads")
     resources:
-        runtime=res("generate", "runtime"),
-        mem_mb=res("generate", "mem_mb"),
-        gpu=res("generate", "gpu"),
+        **get_resources("generate"),
     params:
         config=CONFIG_FILE,
-        settings=get_settings("generate"),
+        spec=get_spec("generate"),
     shell:
         "craft generate --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
         " --seed {wildcards.seed} --model {input.card} --out {output.samples} --threads {threads}"

@@ -10,16 +10,16 @@ rule study_export:
         "../envs/craft.yaml"
     threads: res("report", "threads")
     resources:
-        runtime=res("report", "runtime"),
-        mem_mb=res("report", "mem_mb"),
+        **get_resources("report"),
     params:
         config=CONFIG_FILE,
-        settings=get_settings("study"),
+        spec=get_spec("study"),
+        study=get_study_settings,
         out=get_study_dir,
     shell:
         "craft study export --config {params.config} --modality {wildcards.modality}"
-        " --method-a {params.settings[study][method_a]}"
-        " --method-b {params.settings[study][method_b]}"
-        " --seed {params.settings[study][seed]} --samples-a {input.a} --samples-b {input.b}"
-        " --pairs-per-label {params.settings[study][pairs_per_label]}"
-        " --study-seed {params.settings[study][study_seed]} --out {params.out} > {log} 2>&1"
+        " --method-a {params.study[method_a]}"
+        " --method-b {params.study[method_b]}"
+        " --seed {params.study[seed]} --samples-a {input.a} --samples-b {input.b}"
+        " --pairs-per-label {params.study[pairs_per_label]}"
+        " --study-seed {params.study[study_seed]} --out {params.out} > {log} 2>&1"

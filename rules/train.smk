@@ -7,12 +7,10 @@ rule pretrain:
         "../envs/craft.yaml"
     threads: res("pretrain", "threads")
     resources:
-        runtime=res("pretrain", "runtime"),
-        mem_mb=res("pretrain", "mem_mb"),
-        gpu=res("pretrain", "gpu"),
+        **get_resources("pretrain"),
     params:
         config=CONFIG_FILE,
-        settings=get_settings("pretrain"),
+        spec=get_spec("pretrain"),
     shell:
         "craft pretrain --config {params.config} --modality {wildcards.modality} --out {output.model}"
         " --threads {threads} > {log} 2>&1"
@@ -33,12 +31,10 @@ rule adapt:
         "../envs/craft.yaml"
     threads: res("adapt", "threads")
     resources:
-        runtime=res("adapt", "runtime"),
-        mem_mb=res("adapt", "mem_mb"),
-        gpu=res("adapt", "gpu"),
+        **get_resources("adapt"),
     params:
         config=CONFIG_FILE,
-        settings=get_settings("adapt"),
+        spec=get_spec("adapt"),
     shell:
         "craft adapt --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
         " --seed {wildcards.seed} --out {output.card} --threads {threads} > {log} 2>&1"
@@ -63,12 +59,10 @@ rule align:
         "../envs/craft.yaml"
     threads: res("align", "threads")
     resources:
-        runtime=res("align", "runtime"),
-        mem_mb=res("align", "mem_mb"),
-        gpu=res("align", "gpu"),
+        **get_resources("align"),
     params:
         config=CONFIG_FILE,
-        settings=get_settings("align"),
+        spec=get_spec("align"),
         launcher=get_align_launcher,
     shell:
         "{params.launcher} align --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"

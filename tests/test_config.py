@@ -1,19 +1,20 @@
-"""The config contract: validation errors are one line naming the field, slices decide reruns."""
+"""The config contract: validation errors are one line naming the field (reruns: test_specs)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from craft.config import CraftConfig, dump_config, load_config, validate_config
 from craft.errors import CraftError
 from tests.conftest import BIN, REPO, write_config
 
 DEFAULT = REPO / "config.yaml"
-STAGES = ("prepare", "pretrain", "adapt", "generate", "evaluate", "report")
 
 
 def default_data() -> dict:
@@ -130,149 +131,6 @@ def test_load_config_names_the_file(tmp_path):
         load_config(tmp_path / "broken.yaml")
 
 
-# ----------------------------------------------------------------------------- slices
-
-
-def digests(cfg: CraftConfig) -> dict[tuple[str, str, str | None], str]:
-    """Every (stage, modality, method) digest of a config."""
-    out = {}
-    for m in cfg.modalities:
-        for stage in ("prepare", "pretrain"):
-            out[(stage, m, None)] = cfg.digest(stage, m)
-        for k in cfg.methods:
-            for stage in STAGES:
-                out[(stage, m, k)] = cfg.digest(stage, m, k)
-    return out
-
-
-def changed_keys(mutate) -> set[tuple[str, str, str | None]]:
-    before = digests(validate_config(default_data()))
-    after = digests(validate_config(changed(mutate)))
-    assert before.keys() == after.keys()
-    return {key for key in before if before[key] != after[key]}
-
-
-def test_digest_is_stable_and_plain_data():
-    a, b = validate_config(default_data()), validate_config(default_data())
-    assert digests(a) == digests(b)
-    s = a.slice("generate", "phantom-cxr", "lora")
-    assert yaml.safe_load(yaml.safe_dump(s)) == s  # plain scalars, lists and dicts only
-    with pytest.raises(CraftError, match="nope"):
-        a.digest("adapt", "nope", "lora")
-    with pytest.raises(CraftError, match="nope"):
-        a.digest("adapt", "phantom-cxr", "nope")
-
-
-def test_modality_change_touches_only_that_modality():
-    keys = changed_keys(lambda d: d["modalities"]["phantom-cxr"].update(resolution=24))
-    every_cxr = {k for k in digests(validate_config(default_data())) if k[1] == "phantom-cxr"}
-    assert keys == every_cxr
-
-
-def test_method_change_touches_only_that_methods_downstream_digests():
-    keys = changed_keys(lambda d: d["methods"]["lora"].update(steps=151))
-    assert keys, "changing methods.lora.steps changed no digest"
-    assert {k[2] for k in keys} == {"lora"}
-    assert {k[1] for k in keys} == {"phantom-cxr", "phantom-derm"}
-    assert {"adapt", "generate"} <= {k[0] for k in keys}
-    assert not {k[0] for k in keys} & {"prepare", "pretrain"}
-
-
-def test_sampling_change_reruns_training_only_where_it_samples_with_it():
-    def stages_changed(**sampling) -> set[tuple[str, str]]:
-        keys = changed_keys(lambda d: d["sampling"].update(sampling))
-        return {(k[0], k[2]) for k in keys}
-
-    align_methods = {k for k, m in default_data()["methods"].items() if "align" in m}
-    trained = lambda pairs: {m for stage, m in pairs if stage in ("prepare", "pretrain", "adapt")}  # noqa: E731
-    # what generate alone reads (images per label, batch size) retrains nothing; nor do
-    # sampling.steps, which the default's align methods replace by align.sample_steps
-    for change in ({"n_per_label": 5}, {"batch_size": 7}, {"steps": 16}):
-        pairs = stages_changed(**change)
-        assert "generate" in {stage for stage, _ in pairs} and not trained(pairs), change
-    # the guidance scale is what reward finetuning samples with: it reruns, and only it
-    assert trained(stages_changed(guidance_scale=4.0)) == align_methods
-
-    def without_sample_steps(d):
-        for name in align_methods:
-            d["methods"][name]["align"].pop("sample_steps")
-
-    before = validate_config(changed(without_sample_steps))
-    after = validate_config(
-        changed(lambda d: (without_sample_steps(d), d["sampling"].update(steps=16)))
-    )
-    for name in align_methods:
-        assert before.digest("align", "phantom-cxr", name) != after.digest(
-            "align", "phantom-cxr", name
-        )
-    assert before.digest("adapt", "phantom-cxr", "lora") == after.digest(
-        "adapt", "phantom-cxr", "lora"
-    )
-
-
-def test_pretrain_change_does_not_touch_prepare():
-    keys = changed_keys(lambda d: d.setdefault("pretrain", {}).update(steps=301))
-    stages = {k[0] for k in keys}
-    assert "pretrain" in stages and "adapt" in stages
-    assert "prepare" not in stages
-
-
-def test_data_set_change_does_not_retrain_the_foundation():
-    keys = changed_keys(lambda d: d["modalities"]["phantom-cxr"]["source"].update(n_per_label=77))
-    stages = {k[0] for k in keys if k[1] == "phantom-cxr"}
-    assert {"prepare", "adapt", "generate"} <= stages
-    assert "pretrain" not in stages
-    assert {k[1] for k in keys} == {"phantom-cxr"}
-
-
-def test_gpu_precision_reruns_the_generator_stages_only_when_changed():
-    base = validate_config(default_data())
-    assert "gpu_precision" not in base.slice("generate", "phantom-cxr", "lora")["models"]
-    mutate = lambda d: d.setdefault("models", {}).update(gpu_precision="float32")  # noqa: E731
-    keys = changed_keys(mutate)
-    assert {"adapt", "generate"} <= {k[0] for k in keys}
-    assert not {k[0] for k in keys} & {"prepare", "pretrain"}
-    f32 = validate_config(changed(mutate))
-    assert f32.digest("align", "phantom-cxr", "craft") != base.digest(
-        "align", "phantom-cxr", "craft"
-    )
-
-
-def test_method_settings_that_change_nothing_rerun_nothing():
-    def method(name: str, **values):
-        return lambda d: d["methods"][name].update(values)
-
-    # where a preempted run restarts is not what it learns: no method reruns, on any stage
-    for name in ("lora", "full", "craft"):
-        assert changed_keys(method(name, checkpoint_every=7)) == set(), name
-    for name in ("lora", "full"):  # memory, not what is learnt
-        assert changed_keys(method(name, gradient_checkpointing=True)) == set(), name
-    with pytest.raises(CraftError, match=r"methods.craft.gradient_checkpointing: .*align\."):
-        validate_config(changed(method("craft", gradient_checkpointing=True)))
-    zero_shot = {"steps": 9, "batch_size": 3, "lr": 0.1, "weight_decay": 0.1}
-    lora_shape = {"rank": 2, "alpha": 4.0, "target_modules": ["to_q"]}
-    for name, values in (("zero-shot", zero_shot), ("zero-shot", lora_shape), ("full", lora_shape)):
-        for key, value in values.items():
-            assert changed_keys(method(name, **{key: value})) == set(), (name, key)
-    # what they do change still reruns
-    assert {k[2] for k in changed_keys(method("lora", rank=2))} == {"lora"}
-    assert {k[2] for k in changed_keys(method("lora-enriched", label_prompt_share=0.5))} == {
-        "lora-enriched",
-        "generic-reward",
-        "craft",
-    }
-    assert {k[2] for k in changed_keys(method("full", lr=0.1))} == {"full"}
-    # dumps (craft config show) keep what the file says
-    data = default_data()
-    method("full", rank=2)(data)
-    assert validate_config(data).method("full").model_dump()["rank"] == 2
-
-
-def test_resources_and_seeds_change_no_digest():
-    assert changed_keys(lambda d: d.update(resources={"adapt": {"threads": 4}})) == set()
-    assert changed_keys(lambda d: d.update(seeds=[0, 1, 2])) == set()
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -292,6 +150,30 @@ def test_cli_config_check_and_show(tmp_path):
     resolved = yaml.safe_load(shown.stdout)
     assert resolved["sampling"]["timestep_spacing"] == "trailing"  # a default, filled in
     assert validate_config(resolved) == load_config(DEFAULT)
+
+    # every field of every node is printed, at its default too (none is left out)
+    def missing(node, model, path=""):
+        out = []
+        for name, field in model.model_fields.items():
+            where = f"{path}{name}"
+            if name not in node:
+                out.append(where)
+                continue
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel) and node[name] is not None:
+                out += missing(node[name], kind, where + ".")
+        return out
+
+    assert missing(resolved, CraftConfig) == []
+    craft_align = resolved["methods"]["craft"]["align"]
+    for name in ("reward_power", "realism_weight", "tolerance_se", "compile"):
+        assert name in craft_align, name
+    assert "gpu_precision" in resolved["models"]
+
+    schema = craft("config", "schema", cwd=tmp_path)
+    assert schema.returncode == 0, schema.stderr
+    defs = json.loads(schema.stdout)["$defs"]
+    assert "reward_power" in defs["AlignSettings"]["properties"]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The Clinical Alignment Score (CAS): evaluators, the real-image reference, scoring, the tail.
 
-DESIGN.md, "The four CAS dimensions". Modules:
+docs/design.md, "The four CAS dimensions". Modules:
 
 - :mod:`craft.cas.evaluators`: one :class:`~craft.cas.evaluators.Evaluator` interface over
   Hugging Face CLIP/SigLIP models and open_clip models (BiomedCLIP), by hub id or dir;

@@ -1,6 +1,6 @@
 """The Clinical Alignment Score of images: four dimensions, calibration, CAS, the tail.
 
-DESIGN.md, "The four CAS dimensions". For images x with requested labels y and prompts p,
+docs/design.md, "The four CAS dimensions". For images x with requested labels y and prompts p,
 with evaluator E (image embedding e = E(x), L2-normalised):
 
 1. label fidelity      P(y | x) = softmax_l(logits(e, t_l))_y, t_l = the mean embedding of

@@ -22,7 +22,7 @@ class EvaluatorArchitecture(_Strict):
 
     hidden_size: int = Field(64, ge=8, description="Width of both towers.")
     layers: int = Field(2, ge=1, description="Transformer layers per tower.")
-    heads: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1, description="Attention heads per transformer layer.")
     patch_size: int = Field(4, ge=1, description="ViT patch side in pixels.")
     projection_dim: int = Field(64, ge=8, description="Width of the shared embedding space.")
     text_max_length: int = Field(32, ge=8, description="Tokens per text (SigLIP pads to it).")
@@ -31,9 +31,14 @@ class EvaluatorArchitecture(_Strict):
 class EvaluatorTraining(_Strict):
     """Training of a phantom evaluator on phantoms paired with the knowledge stage's texts."""
 
-    steps: int = Field(700, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(2e-3, gt=0)
+    steps: int = Field(700, ge=1, description="Optimizer steps (time_limit_s may stop earlier).")
+    batch_size: int = Field(64, ge=2, description="Training images per optimizer step.")
+    lr: float = Field(
+        2e-3,
+        gt=0,
+        description="Peak AdamW learning rate: linear warmup over the first 5% of the steps, "
+        "then cosine decay.",
+    )
     n_images: int = Field(3000, ge=16, description="Phantoms drawn for training (own seed).")
     hybrid_fraction: float = Field(
         0.25,
@@ -54,19 +59,27 @@ class EvaluatorTraining(_Strict):
     time_limit_s: float | None = Field(
         None, gt=0, description="Stop early after this many seconds (the steps stay the cap)."
     )
-    architecture: EvaluatorArchitecture = EvaluatorArchitecture()
+    architecture: EvaluatorArchitecture = Field(
+        EvaluatorArchitecture(), description="Size of the tiny evaluator that is trained."
+    )
 
 
 class JudgeConfig(_Strict):
     """An MLLM that answers the checklist instead of the VLM (VQAScore: P("yes"))."""
 
     source: str = Field(description="Image-text-to-text model: hub id or dir (LLaVA, Qwen2-VL).")
-    revision: str | None = None
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit); None = the default branch."
+    )
     prompt: str = Field(
         "{question} Answer yes or no.", description="Asked per item; {question} is filled in."
     )
-    yes: str = "yes"
-    no: str = "no"
+    yes: str = Field(
+        "yes", description="Answer word whose probability is P(item holds); must be one token."
+    )
+    no: str = Field(
+        "no", description="Answer word of the negation; P(yes) is renormalised over the two."
+    )
 
 
 class EvaluatorConfig(_Strict):
@@ -85,7 +98,11 @@ class EvaluatorConfig(_Strict):
     adapter: Literal["auto", "hf", "open_clip"] = Field(
         "auto", description="Loader; 'auto' picks open_clip for hf-hub:/open_clip dirs."
     )
-    revision: str | None = None
+    revision: str | None = Field(
+        None,
+        description="Hub revision (branch, tag or commit) of a pretrained source; None = the "
+        "default branch.",
+    )
     role: Literal["reward", "out-of-family"] = Field(
         description="The one reward evaluator (CRAFT's reward and in-family CAS) or an "
         "out-of-family evaluator that only scores."
@@ -94,7 +111,9 @@ class EvaluatorConfig(_Strict):
     judge: JudgeConfig | None = Field(
         None, description="Optional MLLM judge of the checklist (else the VLM itself)."
     )
-    train: EvaluatorTraining = EvaluatorTraining()
+    train: EvaluatorTraining = Field(
+        EvaluatorTraining(), description="Training of the tiny evaluator (source 'train' only)."
+    )
 
     @model_validator(mode="after")
     def _trainable(self) -> EvaluatorConfig:
@@ -106,10 +125,24 @@ class EvaluatorConfig(_Strict):
 class CasWeights(_Strict):
     """Weights of the four calibrated dimensions in CAS (normalised to sum to one)."""
 
-    label_fidelity: float = Field(1.0, ge=0)
-    prompt_alignment: float = Field(1.0, ge=0)
-    checklist_adherence: float = Field(1.0, ge=0)
-    plausibility: float = Field(1.0, ge=0)
+    label_fidelity: float = Field(
+        1.0, ge=0, description="Weight of label fidelity, P(requested label | image)."
+    )
+    prompt_alignment: float = Field(
+        1.0, ge=0, description="Weight of prompt alignment, the image's similarity to its prompt."
+    )
+    checklist_adherence: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of checklist adherence, the weighted share of the label's checklist "
+        "items that hold as expected.",
+    )
+    plausibility: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of plausibility, the closeness to real training images of the "
+        "label (soft k-NN).",
+    )
 
     @model_validator(mode="after")
     def _positive(self) -> CasWeights:
@@ -133,9 +166,14 @@ class CasConfig(_Strict):
     """The Clinical Alignment Score: evaluators, weights, calibration and the tail."""
 
     evaluators: dict[_NAME, EvaluatorConfig] = Field(
-        default_factory=_default_evaluators, min_length=1
+        default_factory=_default_evaluators,
+        min_length=1,
+        description="The evaluators by name: exactly one with role reward, the others "
+        "out-of-family (default: a tiny CLIP reward evaluator, a tiny SigLIP out-of-family).",
     )
-    weights: CasWeights = CasWeights()
+    weights: CasWeights = Field(
+        CasWeights(), description="Weights of the four calibrated dimensions in CAS."
+    )
     aggregation: Literal["geometric", "arithmetic"] = Field(
         "geometric",
         description="How CAS averages its calibrated dimensions (weighted): geometric, so that "

@@ -68,7 +68,7 @@ def prepare(cfg: CraftConfig, modality: str, out: Path) -> Path:
     splits = np.array(assign_splits(rows, fractions, m.splits.seed))
     label_idx = np.array([m.labels.index(r.label) for r in rows], dtype=np.int64)
     attrs = {"labels": list(m.labels), "modality": modality, "findings": finding_names}
-    with atomic_h5(out, "data", cfg.digest("prepare", modality), attrs=attrs) as f:
+    with atomic_h5(out, "data", cfg.spec("prepare", modality).digest, attrs=attrs) as f:
         for split in SPLITS:
             sel = np.flatnonzero(splits == split)
             g = f.create_group(split)

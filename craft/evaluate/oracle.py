@@ -241,7 +241,7 @@ def evaluate_oracle(
         shift = distribution_shift(phantom, samples.images, requested, test, val, result=result)
         metrics.update(shift)
     write_metrics(
-        out, modality, method, seed, "oracle", metrics, cfg.digest("evaluate", modality, method)
+        out, modality, method, seed, "oracle", metrics, cfg.spec("evaluate_oracle", modality).digest
     )
     log(
         f"{modality}/{method}/{seed}: oracle label agreement "

@@ -48,8 +48,8 @@ class DownstreamConfig(_Strict):
         4, ge=1, description="Stop after this many epochs without a lower real val loss."
     )
     lr: float = Field(3e-3, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(32, ge=2)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(32, ge=2, description="Images per training step.")
     seed: int = Field(0, description="Seed of weights, data order and budget subsets.")
 
     @field_validator("budgets")
@@ -173,7 +173,15 @@ class FidelityConfig(_Strict):
 class EvaluationConfig(_Strict):
     """Evaluations that do not come from the reward evaluator."""
 
-    downstream: DownstreamConfig = DownstreamConfig()
-    memorization: MemorizationConfig = MemorizationConfig()
-    audit: AuditConfig = AuditConfig()
-    fidelity: FidelityConfig = FidelityConfig()
+    downstream: DownstreamConfig = Field(
+        DownstreamConfig(), description="Classifiers trained on generated images (downstream)."
+    )
+    memorization: MemorizationConfig = Field(
+        MemorizationConfig(), description="Nearest training images of the generated ones."
+    )
+    audit: AuditConfig = Field(
+        AuditConfig(), description="Checklist pass rates by auditors other than the reward one."
+    )
+    fidelity: FidelityConfig = Field(
+        FidelityConfig(), description="Frechet distance and KID against the real test split."
+    )

@@ -112,13 +112,10 @@ def build_knowledge(
 
 def build_from_config(cfg: Any, modality: str, out: Path | str) -> ModalityKnowledge:
     """``build_knowledge`` with everything taken from a CraftConfig (``cfg.knowledge``)."""
-    from craft.config import digest_of
-
     m = cfg.modality(modality)
     phantom = m.source.phantom if m.source.kind == "phantom" else None
     settings: KnowledgeConfig = cfg.knowledge
-    # The same slice as cfg.slice("knowledge", modality): the digest the workflow records.
-    digest = digest_of(settings.slice_for(modality, m.description, list(m.labels), phantom))
+    digest = cfg.spec("knowledge", modality).digest  # the job's spec (craft.specs)
     return build_knowledge(
         settings,
         modality,

@@ -7,7 +7,7 @@ imports only pydantic (the Snakefile validates the config at parse time).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -22,30 +22,40 @@ class _Strict(BaseModel):
 class CuratedBackend(_Strict):
     """The YAML knowledge base shipped in craft/knowledge/curated/ (offline, no model)."""
 
-    kind: Literal["curated"]
+    kind: Literal["curated"] = Field(description="Backend type: 'curated' (shipped YAML).")
 
 
 class TransformersBackend(_Strict):
     """A local chat / instruction model or vision-language model run with transformers."""
 
-    kind: Literal["transformers"]
+    kind: Literal["transformers"] = Field(
+        description="Backend type: 'transformers' (a local model)."
+    )
     model: str = Field(description="Any from_pretrained source: hub id or local dir.")
-    revision: str | None = None
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit); None = the default branch."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': cuda if available.")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Dtype the weights are loaded in; 'auto': the model's saved dtype."
+    )
     batch_size: int = Field(4, ge=1, description="Requests generated together (left-padded).")
-    max_new_tokens: int = Field(1536, ge=16)
+    max_new_tokens: int = Field(1536, ge=16, description="Most tokens generated per answer.")
     do_sample: bool = Field(False, description="False: greedy, deterministic decoding.")
     temperature: float = Field(0.7, gt=0, description="Only with do_sample.")
     top_p: float = Field(0.9, gt=0, le=1, description="Only with do_sample.")
-    seed: int = 0
-    trust_remote_code: bool = False
+    seed: int = Field(0, description="Torch seed set before each generation (do_sample only).")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped in the model's repository (transformers)."
+    )
 
 
 class OpenAIBackend(_Strict):
     """An OpenAI-compatible chat-completions endpoint (a vLLM server, or a hosted API)."""
 
-    kind: Literal["openai"]
+    kind: Literal["openai"] = Field(
+        description="Backend type: 'openai' (an OpenAI-compatible HTTP endpoint)."
+    )
     base_url: str = Field(description="Up to /v1, e.g. http://gpu-node-3:8000/v1.")
     model: str = Field(description="Model name the server knows, e.g. Qwen/Qwen2-VL-7B-Instruct.")
     api_key_env: str | None = Field(
@@ -58,9 +68,15 @@ class OpenAIBackend(_Strict):
     backoff_s: float = Field(1.0, ge=0, description="First retry wait; doubles on each retry.")
     max_backoff_s: float = Field(60.0, ge=0, description="Cap on a wait (Retry-After included).")
     requests_per_minute: float | None = Field(None, gt=0, description="Client-side rate limit.")
-    max_tokens: int = Field(1536, ge=16)
-    temperature: float = Field(0.0, ge=0)
-    seed: int | None = 0
+    max_tokens: int = Field(
+        1536, ge=16, description="Most tokens per answer (a cut-off answer is logged)."
+    )
+    temperature: float = Field(
+        0.0, ge=0, description="Sampling temperature (0 = the least random)."
+    )
+    seed: int | None = Field(
+        0, description="Seed sent with each request (servers may ignore it); None: not sent."
+    )
     json_mode: bool = Field(
         False, description="Send response_format json_object (OpenAI, vLLM support it)."
     )
@@ -95,8 +111,14 @@ class EnrichmentConfig(_Strict):
 class KnowledgeConfig(_Strict):
     """The knowledge stage: enriched prompts and clinical checklists per modality."""
 
-    backend: KnowledgeBackendConfig = CuratedBackend(kind="curated")
-    enrichment: EnrichmentConfig = EnrichmentConfig()
+    backend: KnowledgeBackendConfig = Field(
+        CuratedBackend(kind="curated"),
+        description="Where prompts and checklists come from: the curated YAML knowledge base, "
+        "a local transformers model or an OpenAI-compatible endpoint.",
+    )
+    enrichment: EnrichmentConfig = Field(
+        EnrichmentConfig(), description="What the model backends are asked for, and checks."
+    )
     include_label_prompt: bool = Field(
         True, description="Put the plain label prompt ('chest radiograph, cardiomegaly') first."
     )
@@ -120,32 +142,3 @@ class KnowledgeConfig(_Strict):
                         f"knowledge.{field}.{m}: not a configured modality "
                         f"(configured: {', '.join(names)})"
                     )
-
-    def for_modality(self, modality: str) -> dict[str, Any]:
-        """Plain data of the settings one modality's knowledge job depends on (rerun trigger).
-
-        A pinned review file replaces every other setting; its content is the job's input.
-        """
-        if modality in self.review:
-            return {"review": str(self.review[modality])}
-        out = self.model_dump(mode="json", exclude={"curated", "review"})
-        if self.backend.kind != "curated":
-            out["curated"] = None
-        else:
-            out.pop("enrichment")
-            out["curated"] = self.curated.get(modality)
-        return out
-
-    def slice_for(
-        self, modality: str, description: str, labels: list[str], phantom: str | None
-    ) -> dict[str, Any]:
-        """The config slice of one modality's knowledge job: what it reads, nothing more."""
-        return {
-            "modality": {
-                "name": modality,
-                "description": description,
-                "labels": list(labels),
-                "phantom": phantom,
-            },
-            "knowledge": self.for_modality(modality),
-        }

@@ -74,6 +74,36 @@ def portable(data: Any) -> Any:
     return data
 
 
+def method_specs(config: Any, modality: str, method: str) -> dict[str, Any]:
+    """The portable job specs that made a method's samples: the data set, the knowledge where
+    the method reads it, the run (and for an align method the run it starts from), and
+    generate. Sites pool a method only where these agree."""
+    k = config.method(method)
+    out = {"prepare": config.spec("prepare", modality).plain()}
+    if k.is_align or k.prompts == "enriched":
+        out["knowledge"] = config.spec("knowledge", modality).plain()
+    if k.is_align:
+        out["init"] = config.spec("adapt", modality, k.init).plain()
+        out["align"] = config.spec("align", modality, method).plain()
+    else:
+        out["adapt"] = config.spec("adapt", modality, method).plain()
+    out["generate"] = config.spec("generate", modality, method).plain()
+    return portable(out)
+
+
+def evaluator_specs(config: Any, modality: str, evaluator: str) -> dict[str, Any]:
+    """The portable job specs of an evaluator's scores: its training (a trained one), its
+    reference on the real images, and the scoring."""
+    out = {}
+    if config.cas.evaluators[evaluator].source == "train":
+        out["train_evaluator"] = config.spec("train_evaluator", modality, evaluator=evaluator)
+        out["train_evaluator"] = out["train_evaluator"].plain()
+    for stage in ("reference", "score"):
+        out[stage] = config.spec(stage, modality, evaluator=evaluator).plain()
+    out["prepare"] = config.spec("prepare", modality).plain()
+    return portable(out)
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -139,17 +169,15 @@ def export_summary(results_dir: Path, config, out: Path, site: str) -> Path:
                 {
                     "modality": modality,
                     "method": method,
-                    "method_digest": digest_of(portable(config.slice("adapt", modality, method))),
+                    "method_digest": digest_of(method_specs(config, modality, method)),
                     "evaluator_digests": {
-                        ev: digest_of(portable(config.cas_slice("reference", modality, ev)))
-                        for ev in evaluators
+                        ev: digest_of(evaluator_specs(config, modality, ev)) for ev in evaluators
                     },
                     "seeds": sorted(seeds[(modality, method)]),
-                    # The config slices behind the digests, so a mismatch can name its keys.
-                    "method_slice": portable(config.slice("adapt", modality, method)),
+                    # The job specs behind the digests, so a mismatch can name its keys.
+                    "method_slice": method_specs(config, modality, method),
                     "evaluator_slices": {
-                        ev: portable(config.cas_slice("reference", modality, ev))
-                        for ev in evaluators
+                        ev: evaluator_specs(config, modality, ev) for ev in evaluators
                     },
                 }
             )

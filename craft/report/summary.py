@@ -3,7 +3,7 @@
 Every evaluation stage writes one JSON metrics file per (modality, method, seed) and stage
 (:class:`MetricsFile`). :func:`per_seed_table` reads them into one long table with a row per
 (modality, method, seed, metric); :func:`summarize` reduces that over seeds to the contract of
-``results/report/summary.csv`` (DESIGN.md, "Contracts"): ``modality, method, metric, mean, sd,
+``results/report/summary.csv`` (docs/design.md, "Contracts"): ``modality, method, metric, mean, sd,
 n_seeds``. A NaN (or null) metric value means "missing": it is dropped, as if it were absent.
 """
 
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from craft.atomic import atomic_write_text
 from craft.errors import CraftError
 
-#: Columns of summary.csv, in order (DESIGN.md, "Contracts").
+#: Columns of summary.csv, in order (docs/design.md, "Contracts").
 SUMMARY_COLUMNS = ("modality", "method", "metric", "mean", "sd", "n_seeds")
 #: Columns of :func:`per_seed_table`.
 PER_SEED_COLUMNS = ("modality", "method", "seed", "metric", "value")

@@ -67,7 +67,8 @@ def adapt(
     """Adapt the foundation model to a modality's training split with one method."""
     m = cfg.modality(modality)
     k = cfg.method(method)
-    digest = cfg.digest("adapt", modality, method)
+    spec = cfg.spec("adapt", modality, method)
+    digest = spec.digest
     card_path = Path(card_path)
     run_dir = card_path.parent
     card = ModelCard(
@@ -101,6 +102,7 @@ def adapt(
         lr=k.lr,
         seed=seed,
         config_digest=digest,
+        job_spec=spec.plain(),
         rank=k.rank,
         alpha=k.alpha,
         target_modules=list(k.target_modules),

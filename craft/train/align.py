@@ -243,7 +243,8 @@ def align(
     lay = Layout(cfg.results)
     card_path = Path(card_path)
     run_dir = card_path.parent
-    digest = cfg.digest("align", modality, method)
+    spec = cfg.spec("align", modality, method)
+    digest = spec.digest
     init_card = lay.card(modality, k.init, seed)
     if not init_card.is_file():
         raise CraftError(
@@ -329,6 +330,7 @@ def align(
         lr=k.lr,
         seed=seed,
         config_digest=digest,
+        job_spec=spec.plain(),
         rank=k.rank,
         alpha=k.alpha,
         target_modules=list(k.target_modules),

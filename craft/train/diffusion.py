@@ -69,6 +69,7 @@ class FinetuneSettings:
     lr: float
     seed: int
     config_digest: str
+    job_spec: dict | None = None  # the job's spec (craft.specs), saved in each checkpoint
     rank: int = 8
     alpha: float | None = None
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
@@ -146,16 +147,31 @@ class DiffusionFinetune:
             if p.requires_grad
         }
 
+    def resumable(self, state: dict, world: int | None = None) -> bool:
+        """Whether a checkpoint's run state was made with this run's settings (and number of
+        processes); if not, one log line names the settings that differ, and the run starts
+        over (the checkpoint is replaced at the first save)."""
+        from craft.specs import describe_changes
+
+        same = state["config_digest"] == self.s.config_digest
+        if same and (world is None or state.get("world") == world):
+            return True
+        if not same:
+            why = describe_changes(state.get("job_spec"), self.s.job_spec or {})
+        else:
+            why = f"processes: {state.get('world')} -> {world}"
+        log(
+            f"WARNING: not resuming from {self.checkpoint_dir}: it was made with other "
+            f"settings ({why}); starting over"
+        )
+        return False
+
     def _maybe_resume(self) -> None:
         state_file = self.checkpoint_dir / "state.pt"
         if not state_file.is_file():
             return
         state = torch.load(state_file, weights_only=False)
-        if state["config_digest"] != self.s.config_digest:
-            log(
-                f"WARNING: checkpoint {self.checkpoint_dir} was made with other settings "
-                f"(digest {state['config_digest']} != {self.s.config_digest}); starting over"
-            )
+        if not self.resumable(state):
             return
         weights = load_file(self.checkpoint_dir / "trainable.safetensors")
         missing = self.modules.load_state_dict(weights, strict=False)
@@ -269,6 +285,7 @@ class DiffusionFinetune:
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),
                 "config_digest": self.s.config_digest,
+                "job_spec": self.s.job_spec,
                 "seed": self.s.seed,
                 "extra": self.extra_state(tmp),
             },

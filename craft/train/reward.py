@@ -453,15 +453,7 @@ class RewardFinetune(DiffusionFinetune):
         if not state_file.is_file():
             return
         state = torch.load(state_file, weights_only=False)
-        same = (state["config_digest"], state.get("world")) == (
-            self.s.config_digest,
-            self.parallel.world,
-        )
-        if not same:
-            log(
-                f"WARNING: checkpoint {self.checkpoint_dir} was made with other settings or "
-                f"another number of processes; starting over"
-            )
+        if not self.resumable(state, self.parallel.world):
             return
         self.engine.load_checkpoint(
             str(self.checkpoint_dir / "zero"), tag="ckpt", load_lr_scheduler_states=False
@@ -488,6 +480,7 @@ class RewardFinetune(DiffusionFinetune):
             state = {
                 "step": self.step,
                 "config_digest": self.s.config_digest,
+                "job_spec": self.s.job_spec,
                 "seed": self.s.seed,
                 "world": p.world,
                 "extra": self.extra_state(tmp),

@@ -16,11 +16,6 @@ REPO = Path(__file__).resolve().parents[2]
 def test_defaults_are_curated_and_offline():
     k = KnowledgeConfig()
     assert k.backend.kind == "curated" and k.include_label_prompt
-    assert k.for_modality("phantom-cxr") == {
-        "backend": {"kind": "curated"},
-        "include_label_prompt": True,
-        "curated": None,
-    }
 
 
 def test_backends_parse_and_reject_bad_values():
@@ -49,27 +44,22 @@ def test_backends_parse_and_reject_bad_values():
             KnowledgeConfig.model_validate({"backend": bad})
 
 
-def test_for_modality_holds_only_that_modalitys_pins():
-    k = KnowledgeConfig.model_validate(
-        {
-            "backend": {"kind": "transformers", "model": "Qwen/Qwen2-VL-7B-Instruct"},
-            "review": {"a": "reviews/a.yaml", "b": "reviews/b.yaml"},
-        }
-    )
-    a, b, c = (k.for_modality(m) for m in "abc")
-    assert a == {"review": "reviews/a.yaml"} and b == {"review": "reviews/b.yaml"}
-    assert c["backend"]["model"] == "Qwen/Qwen2-VL-7B-Instruct" and "enrichment" in c
-    assert "review" not in c and "reviews/a.yaml" not in str(c)
-    sl = k.slice_for("c", "chest radiograph", ["x", "y"], None)
-    assert sl == {
-        "modality": {
-            "name": "c",
-            "description": "chest radiograph",
-            "labels": ["x", "y"],
-            "phantom": None,
-        },
-        "knowledge": c,
+def test_the_knowledge_spec_holds_only_that_modalitys_pins():
+    from craft.config import validate_config
+    from tests.conftest import tiny_config
+
+    data = tiny_config()
+    data["knowledge"] = {
+        "backend": {"kind": "transformers", "model": "Qwen/Qwen2-VL-7B-Instruct"},
+        "review": {"phantom-cxr": "reviews/a.yaml"},
     }
+    cfg = validate_config(data)
+    a, c = (cfg.spec("knowledge", m).plain() for m in ("phantom-cxr", "phantom-derm"))
+    assert a["knowledge"] == {"kind": "review", "review": "reviews/a.yaml"}
+    assert c["knowledge"]["backend"]["model"] == "Qwen/Qwen2-VL-7B-Instruct"
+    assert c["knowledge"]["n_prompts"] == 4 and "reviews/a.yaml" not in str(c)
+    assert c["modality"] == "phantom-derm" and c["labels"] == ["nevus", "melanoma"]
+    k = KnowledgeConfig.model_validate({"review": {"a": "a.yaml", "b": "b.yaml"}})
     k.check_modalities(["a", "b"])
     with pytest.raises(ValueError, match=r"knowledge.review.b: not a configured modality"):
         k.check_modalities(["a"])
@@ -113,4 +103,4 @@ def test_build_from_config_when_mounted(tmp_path):
     k = build_from_config(cfg, "phantom-derm", tmp_path / "phantom-derm.json")
     assert list(k.labels) == ["nevus", "melanoma"]
     assert all(it.oracle_criterion for it in k.checklist)
-    assert k.provenance["config_digest"] == cfg.digest("knowledge", "phantom-derm")
+    assert k.provenance["config_digest"] == cfg.spec("knowledge", "phantom-derm").digest

@@ -18,7 +18,15 @@ from craft.config import load_config, validate_config
 from craft.errors import CraftError
 from craft.evaluate import write_metrics
 from craft.paths import Layout
-from craft.report.aggregate import AGGREGATE_COLUMNS, MANIFEST, aggregate, export_summary
+from craft.report.aggregate import (
+    AGGREGATE_COLUMNS,
+    MANIFEST,
+    aggregate,
+    evaluator_specs,
+    export_summary,
+    method_specs,
+)
+from craft.specs import digest_of, run_stage
 from tests.conftest import REPO, tiny_config, write_config
 
 MODALITY = "phantom-cxr"
@@ -55,7 +63,7 @@ def make_site(root: Path, site: str, cfg, rng) -> dict[tuple[str, int, str], flo
                     seed,
                     stage,
                     metrics,
-                    cfg.digest("adapt", MODALITY, method),
+                    cfg.spec(run_stage(cfg, method), MODALITY, method).digest,
                 )
                 values.update({(method, seed, k): v for k, v in metrics.items()})
     return values
@@ -93,9 +101,10 @@ def test_export_holds_metrics_and_manifest_only(sites):
     cfg = site_config(Path("unused"))
     run = next(r for r in manifest["runs"] if r["method"] == "craft")
     assert run["seeds"] == SEEDS["site-a"]
-    assert run["method_digest"] == cfg.digest("adapt", MODALITY, "craft")
+    assert run["method_digest"] == digest_of(method_specs(cfg, MODALITY, "craft"))
+    assert run["method_slice"]["align"] == cfg.spec("align", MODALITY, "craft").plain()
     assert run["evaluator_digests"] == {
-        ev: cfg.cas_digest("reference", MODALITY, ev) for ev in ("clip", "siglip")
+        ev: digest_of(evaluator_specs(cfg, MODALITY, ev)) for ev in ("clip", "siglip")
     }
     assert set(manifest["files"]) == set(names) - {MANIFEST}
 
@@ -161,7 +170,7 @@ def test_mismatched_method_config_is_refused_naming_the_key(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg
     assert f"{MODALITY}/lora:" in msg and "method digest" in msg
-    assert "site-a" in msg and "site-b" in msg and "method.steps" in msg
+    assert "site-a" in msg and "site-b" in msg and "adapt.method.training.steps" in msg
     assert "lora-enriched" not in msg and "(+" not in msg  # only lora differs
     assert not (tmp_path / "agg" / "summary.csv").exists()
 
@@ -172,10 +181,10 @@ def test_mismatched_method_config_is_refused_naming_the_key(tmp_path):
     assert (m["method"], m["what"], m["keys"], m["sites"]) == (
         "lora",
         "method",
-        ["method.steps"],
+        ["adapt.method.training.steps"],
         ["site-a", "site-b"],
     )
-    assert "method.steps" in index.read_text()
+    assert "adapt.method.training.steps" in index.read_text()
     df = pd.read_csv(tmp_path / "agg" / "summary.csv")
     assert rows(df, "pooled", "lora", "cas_mean__clip")["n_seeds"] == 5
 

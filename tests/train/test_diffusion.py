@@ -50,8 +50,11 @@ def training_data() -> TrainingData:
     return TrainingData(images, labels, caption)
 
 
-def settings(mode: str, digest: str = "d1", steps: int = STEPS, every: int = 3) -> FinetuneSettings:
+def settings(
+    mode: str, digest: str = "d1", steps: int = STEPS, every: int = 3, spec: dict | None = None
+) -> FinetuneSettings:
     return FinetuneSettings(
+        job_spec=spec,
         mode=mode,
         steps=steps,
         batch_size=4,
@@ -164,16 +167,20 @@ def test_resume_is_bit_exact(mode, base, reference, tmp_path):
 
 def test_checkpoint_of_other_settings_is_ignored(base, reference, tmp_path, capsys):
     ckpt = tmp_path / "checkpoint"
-    first = recipe(base, settings("lora", digest="other"), ckpt)
+    old_spec = {"method": {"training": {"lr": 0.02, "steps": STEPS}}}
+    first = recipe(base, settings("lora", digest="other", spec=old_spec), ckpt)
     crash_at(first, 4)
     with pytest.raises(Crash):
         first.train()
     assert checkpoint_step(ckpt) == 3
     capsys.readouterr()
 
-    second = recipe(base, settings("lora", digest="d1"), ckpt)
+    new_spec = {"method": {"training": {"lr": 0.01, "steps": STEPS}}}
+    second = recipe(base, settings("lora", digest="d1", spec=new_spec), ckpt)
     assert second.step == 0
-    assert "other settings" in capsys.readouterr().err
+    # one line naming the setting that differs and its two values
+    err = [line for line in capsys.readouterr().err.splitlines() if "not resuming" in line]
+    assert len(err) == 1 and "method.training.lr: 0.02 -> 0.01" in err[0], err
     second.train()
     # Started over from the base weights, not from the foreign checkpoint's.
     assert_same_weights(weights(second), reference["lora"]["weights"])

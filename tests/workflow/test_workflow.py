@@ -111,6 +111,37 @@ def test_the_paper_config_plans_every_method_of_the_study(env):
     assert all("gpu=1" in r.split(", ") and "mem_mb=48000" in r.split(", ") for r in asked), asked
 
 
+@pytest.mark.parametrize("gpus,nodes", [(2, 1), (2, 2)])
+def test_a_multi_gpu_align_job_asks_for_its_gpus_and_starts_one_process_per_gpu(
+    tmp_path, env, gpus, nodes
+):
+    """resources.align is all the align rule reads: the GPUs it asks SLURM for, and the
+    launcher (torchrun on one node; srun + torchrun with a c10d rendezvous on several)."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["results"] = str(tmp_path / "results")
+    cfg["resources"] = {"align": {"gpu": gpus, "nodes": nodes, "threads": 4}}
+    for method in cfg["methods"].values():
+        if "align" in method:
+            method["align"]["zero_stage"] = 2
+    write_config(tmp_path / "config.yaml", cfg)
+    out = snakemake(tmp_path, env, "-n", "-p", "--configfile", str(tmp_path / "config.yaml")).stdout
+    blocks = [b for b in re.split(r"\n(?=rule \w+:)", out) if b.startswith("rule align:")]
+    assert blocks, out[-2000:]
+    for block in blocks:
+        resources = re.search(r"resources: (.*)", block).group(1).split(", ")
+        assert "cpus_per_task=4" in resources, resources
+        if nodes == 1:
+            assert f"gpu={gpus}" in resources, resources
+            assert (
+                f"torchrun --standalone --nproc_per_node=${{SLURM_GPUS_ON_NODE:-{gpus}}}" in block
+            )
+        else:
+            assert f"nodes={nodes}" in resources and f"gres=gpu:{gpus}" in resources, resources
+            assert f"srun --nodes={nodes} --ntasks-per-node=1" in block, block
+            assert "--rdzv_backend=c10d" in block and "$SLURM_JOB_NODELIST" in block, block
+        assert "-m craft.cli align --config" in block, block
+
+
 def test_lint_is_clean(env):
     proc = snakemake(REPO, env, "--lint", "--config", "results=/tmp/craft-dryrun-results")
     assert "Congratulations" in proc.stdout + proc.stderr
@@ -237,6 +268,52 @@ def test_tiny_workflow_runs_and_reruns_only_what_a_change_touches(workdir, env):
     runs = {(w["modality"], w["method"]) for rule, w in jobs if "method" in w}
     assert runs == {("phantom-cxr", "lora"), ("phantom-derm", "lora")}, jobs
     assert "prepare" not in {rule for rule, _ in jobs}
+
+    # Settings that change how a job runs, not what it makes: nothing reruns.
+    cfg = tiny_config()
+    cfg["methods"]["lora"]["checkpoint_every"] = 7
+    cfg["resources"] = {"adapt": {"threads": 3, "mem_mb": 999}}
+    write_config(workdir / "config.yaml", cfg)
+    assert "Nothing to be done" in snakemake(workdir, env, "-n").stdout
+
+    # The report's grid: only the report (the oracle never reads it).
+    cfg = tiny_config()
+    cfg["report"] = {"grid_per_label": 3}
+    write_config(workdir / "config.yaml", cfg)
+    jobs = jobs_to_run(snakemake(workdir, env, "-n").stdout)
+    assert {rule for rule, _ in jobs} == {"report", "all"}, jobs
+
+    # More images per label: generate and what reads the samples, no training job.
+    cfg = tiny_config()
+    cfg["sampling"]["n_per_label"] = 3
+    write_config(workdir / "config.yaml", cfg)
+    rules = {rule for rule, _ in jobs_to_run(snakemake(workdir, env, "-n").stdout)}
+    assert {"generate", "score", "downstream", "evaluate_oracle", "report"} <= rules, rules
+    assert not rules & {"prepare", "pretrain", "adapt", "knowledge", "reference"}, rules
+
+    # The user's own curated knowledge file, edited in place: its modality's knowledge and
+    # what reads it rerun (the file is the knowledge job's input).
+    from craft.knowledge.curated import curated_path
+
+    mine = workdir / "my-cxr.yaml"
+    shutil.copy(curated_path("phantom-cxr"), mine)
+    cfg = tiny_config()
+    cfg["knowledge"] = {"curated": {"phantom-cxr": str(mine)}}
+    write_config(workdir / "config.yaml", cfg)
+    snakemake(workdir, env, "--cores", "2", "results/knowledge/phantom-cxr.json")
+    assert (
+        "Nothing to be done"
+        in snakemake(workdir, env, "-n", "results/knowledge/phantom-cxr.json").stdout
+    )
+    mine.write_text(mine.read_text().replace("clear lungs", "clear lungs, sharp angles", 1))
+    target = "results/knowledge/phantom-cxr.json"
+    jobs = jobs_to_run(snakemake(workdir, env, "-n", target).stdout)
+    assert ("knowledge", {"modality": "phantom-cxr"}) in jobs, jobs
+    jobs = jobs_to_run(snakemake(workdir, env, "-n").stdout)
+    touched = {w.get("modality") for rule, w in jobs if rule not in ("all", "report")}
+    assert touched == {"phantom-cxr"}, jobs
+    record = json.loads((workdir / "results/knowledge/job-phantom-cxr.json").read_text())
+    assert str(mine) in record["inputs"]["curated"], record["inputs"]
 
     # A clinician's review of one modality's knowledge, pinned in the config: only that
     # modality's knowledge-dependent jobs rerun, and so they do after an edit of one item.

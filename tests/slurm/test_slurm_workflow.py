@@ -245,6 +245,16 @@ def sacct_table(jobs: list[dict]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def run_jobs(prefix: str, since: str, out: Path) -> tuple[list[dict], str]:
+    """This run's SLURM jobs in their final states and their table (printed, and saved as
+    out/sacct.txt)."""
+    jobs = wait_for_final_states(prefix, since)
+    table = sacct_table(jobs)
+    (out / "sacct.txt").write_text(table + "\n")
+    print(f"\nsacct of SLURM run {prefix}:\n{table}")
+    return jobs, table
+
+
 def localrules(log_text: str) -> set[str]:
     return set(re.findall(r"^localrule (\w+):", log_text, re.M))
 
@@ -355,10 +365,7 @@ def test_workflow_on_slurm_matches_local(tmp_path, slurm_cluster, craft_env):
     expected = job_stats(log_text)
     for rule in localrules(log_text):
         expected.pop(rule, None)
-    jobs = wait_for_final_states(prefix, since)
-    table = sacct_table(jobs)
-    (tmp_path / "sacct.txt").write_text(table + "\n")
-    print(f"\nsacct of SLURM run {prefix}:\n{table}")
+    jobs, table = run_jobs(prefix, since, tmp_path)
     assert Counter(j["rule"] for j in jobs) == expected, f"jobs in sacct vs planned:\n{table}"
     assert {"prepare", "pretrain", "adapt", "generate", "report"} <= set(expected)
     for j in jobs:
@@ -446,10 +453,7 @@ def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft
             finish(proc, timeout=1)
         cancel_leftovers(prefix)
 
-    jobs = wait_for_final_states(prefix, since)
-    table = sacct_table(jobs)
-    (tmp_path / "sacct.txt").write_text(table + "\n")
-    print(f"\nsacct of SLURM run {prefix}:\n{table}")
+    jobs, table = run_jobs(prefix, since, tmp_path)
     adapt = [j for j in jobs if j["rule"] == "adapt"]
     assert [j["JobID"] for j in adapt][:1] == [cancelled], table
     assert adapt[0]["State"].startswith("CANCELLED"), table
@@ -519,9 +523,7 @@ def test_a_two_gpu_align_job_runs_two_processes_and_matches_one_process(
         if proc.poll() is None:
             finish(proc, timeout=1)
         cancel_leftovers(prefix)
-    jobs = wait_for_final_states(prefix, since)
-    table = sacct_table(jobs)
-    print(f"\nsacct of SLURM run {prefix}:\n{table}")
+    jobs, table = run_jobs(prefix, since, tmp_path)
     gpus = gpu_rules(data)
     for j in jobs:
         assert j["State"] == "COMPLETED" and j["ExitCode"] == "0:0", f"{j['JobID']}:\n{table}"

@@ -47,10 +47,13 @@ class PhantomSource(Strict):
 
 
 class ManifestSource(Strict):
-    """A hospital's image set: a CSV with path,label[,split] and a folder of images."""
+    """A hospital's image set: a CSV with path,label[,split][,patient] and a folder of images."""
 
     kind: Literal["manifest"] = Field(description="Source type: 'manifest' (a CSV of images).")
-    manifest: Path = Field(description="CSV file with columns path,label and optional split.")
+    manifest: Path = Field(
+        description="CSV file with columns path,label and optional split and patient (or "
+        "patient_id): a patient's images all go to one split."
+    )
     image_root: Path = Field(description="Folder that relative paths in the manifest start from.")
     resize: Literal["pad", "crop", "squash"] = Field(
         "pad",

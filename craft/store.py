@@ -18,7 +18,7 @@ import shlex
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -209,9 +209,21 @@ class Split:
     labels: np.ndarray  # (N,) int64 index into label_names
     label_names: list[str]
     paths: list[str]
+    patients: list[str] = field(default_factory=list)  # "" where unknown
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def _strings(ds) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else v for v in ds[()]]
+
+
+def read_patients(path: Path, split: str) -> list[str]:
+    """The patient of each image of one split ("" where unknown, and for files without them)."""
+    with open_h5(path, "data") as f:
+        g = f[split]
+        return _strings(g["patients"]) if "patients" in g else [""] * g["labels"].shape[0]
 
 
 def read_split(path: Path, split: str, config_digest: str | None = None) -> Split:
@@ -226,7 +238,8 @@ def read_split(path: Path, split: str, config_digest: str | None = None) -> Spli
             images=g["images"][()],
             labels=g["labels"][()].astype(np.int64),
             label_names=json_attr(f, "labels"),
-            paths=[p.decode() if isinstance(p, bytes) else p for p in g["paths"][()]],
+            paths=_strings(g["paths"]),
+            patients=_strings(g["patients"]) if "patients" in g else [""] * len(g["labels"]),
         )
 
 

@@ -77,6 +77,13 @@ def get_knowledge_review(wildcards):
     return [str(pinned)] if pinned else []
 
 
+def get_manifest(wildcards):
+    """A hospital data set's manifest CSV (an input: editing it, say adding a patient column,
+    reruns prepare and what reads its data)."""
+    source = CFG.modality(wildcards.modality).source
+    return [str(source.manifest)] if source.kind == "manifest" else []
+
+
 def get_curated_knowledge(wildcards):
     """The curated knowledge YAML a modality's knowledge is built from (shipped or the
     user's own, knowledge.curated): an input, so that editing it reruns what reads it.

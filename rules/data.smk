@@ -1,4 +1,6 @@
 rule prepare:
+    input:
+        manifest=get_manifest,
     output:
         h5=str(LAYOUT.data("{modality}")),
     log:

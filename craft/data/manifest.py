@@ -1,10 +1,13 @@
-"""The manifest: a CSV naming each image of a modality with its label and optional split.
+"""The manifest: a CSV naming each image of a modality with its label, and optionally its
+patient and split.
 
-Format: a header with ``path`` and ``label`` and optionally ``split`` (other columns are
-ignored; names are matched ignoring case and surrounding spaces). ``path`` is absolute or
-relative to the image root; ``split`` is ``train``, ``val``, ``test`` or empty (assigned by
-:func:`assign_splits`). Blank lines are skipped; values are stripped of surrounding spaces.
-Every problem is one :class:`CraftError` line naming the CSV file and its line number.
+Format: a header with ``path`` and ``label`` and optionally ``split`` and ``patient`` (or
+``patient_id``); other columns are ignored; names are matched ignoring case and surrounding
+spaces. ``path`` is absolute or relative to the image root; ``split`` is ``train``, ``val``,
+``test`` or empty (assigned by :func:`assign_splits`). ``patient`` names whom the image is of:
+all images of one patient go to one split, so no patient is both trained on and tested on.
+Blank lines are skipped; values are stripped of surrounding spaces. Every problem is one
+:class:`CraftError` line naming the CSV file and its line number.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +26,10 @@ import numpy as np
 from craft.errors import CraftError
 
 SPLITS = ("train", "val", "test")
+#: Header names of the patient column (the first that is present).
+PATIENT_COLUMNS = ("patient", "patient_id")
+#: At most this many folds of patients are dealt to the splits (fractions to 1/20).
+MAX_FOLDS = 20
 _LABELS_KEY = "modalities.<name>.labels"
 
 
@@ -33,6 +41,7 @@ class ManifestRow:
     path: Path
     label: str
     split: str | None
+    patient: str | None = None
 
 
 def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> list[ManifestRow]:
@@ -64,6 +73,14 @@ def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> li
             "the header must name path,label[,split]"
         )
     col = {c: names.index(c) for c in ("path", "label", "split") if c in names}
+    patient_cols = [c for c in PATIENT_COLUMNS if c in names]
+    if len(patient_cols) > 1:
+        raise CraftError(
+            f"{csv_path}: the header (line {header_line}) has both {' and '.join(patient_cols)}; "
+            "keep one patient column"
+        )
+    if patient_cols:
+        col["patient"] = names.index(patient_cols[0])
 
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
@@ -100,7 +117,12 @@ def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> li
         seen[key] = line
         if not path.is_file():
             missing_files.append((line, path))
-        rows.append(ManifestRow(row=line, path=path, label=label, split=split or None))
+        patient = rec[col["patient"]].strip() if "patient" in col else ""
+        rows.append(
+            ManifestRow(
+                row=line, path=path, label=label, split=split or None, patient=patient or None
+            )
+        )
 
     if missing_files:
         line, path = missing_files[0]
@@ -134,12 +156,15 @@ def _records(reader):
 def assign_splits(rows: Sequence[ManifestRow], fractions: dict[str, float], seed: int) -> list[str]:
     """Split of each row: explicit splits are kept, the rest split stratified by label.
 
-    For each label, the rows without a split are divided by ``fractions`` (largest remainder),
-    with at least one row in every split of nonzero fraction that the label's explicit rows do
-    not already cover. Which rows go where depends only on ``seed``, the label and the set of
-    paths, not on the manifest's row order or on other labels.
+    Without patients, for each label the rows without a split are divided by ``fractions``
+    (largest remainder), with at least one row in every split of nonzero fraction that the
+    label's explicit rows do not already cover. With patients (any row naming one), whole
+    patients are dealt instead (:func:`_assign_patients`). Which rows go where depends only on
+    ``seed``, the labels, patients and paths, not on the manifest's row order.
     """
     frac = _check_fractions(fractions)
+    if any(r.patient is not None for r in rows):
+        return _assign_patients(rows, frac, seed)
     result: list[str | None] = [r.split for r in rows]
     by_label: dict[str, list[int]] = defaultdict(list)
     explicit: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SPLITS, 0))
@@ -170,6 +195,95 @@ def assign_splits(rows: Sequence[ManifestRow], fractions: dict[str, float], seed
                 result[todo[j]] = s
             start += counts[s]
     return list(result)  # every entry is set: explicit or assigned
+
+
+def patient_groups(rows: Sequence[ManifestRow]) -> dict[str, list[int]]:
+    """Row indices of each patient; a row that names no patient is a patient of its own."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        groups[f"p:{r.patient}" if r.patient is not None else f"row:{r.path}"].append(i)
+    return groups
+
+
+def _assign_patients(rows: Sequence[ManifestRow], frac: dict[str, float], seed: int) -> list[str]:
+    """Splits dealt by patient: a patient's rows share one split, stratified by label.
+
+    A patient with an explicit split on some rows takes it for all of them (two different
+    explicit splits are refused). The other patients are dealt into folds by scikit-learn's
+    StratifiedGroupKFold (each fold with about the same label mix, no patient in two folds),
+    and whole folds go to the splits by ``fractions`` (largest remainder over the folds, at
+    least one fold for every split of nonzero fraction that no explicit row covers).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = patient_groups(rows)
+    result: list[str | None] = [None] * len(rows)
+    todo: list[str] = []
+    for key in sorted(groups):
+        idx = groups[key]
+        named = {rows[i].split for i in idx} - {None}
+        if len(named) > 1:
+            where = ", ".join(f"line {rows[i].row} ({rows[i].split})" for i in idx if rows[i].split)
+            raise CraftError(
+                f"patient {rows[idx[0]].patient!r} has rows in {len(named)} splits: {where}; give "
+                "all rows of a patient the same split, or leave the split empty to assign it"
+            )
+        if named:
+            for i in idx:
+                result[i] = next(iter(named))
+        else:
+            todo.append(key)
+    required = [s for s in SPLITS if frac[s] > 0 and s not in set(result)]
+    if len(todo) < len(required):
+        raise CraftError(
+            f"{len(todo)} patient(s) have no explicit split, but {len(required)} are needed to "
+            f"put one in each of {', '.join(required)}; add patients, set their split in the "
+            "manifest, or set that split's fraction to 0 in modalities.<name>.splits"
+        )
+    if todo:
+        n_folds = min(_fold_count(frac), len(todo))
+        counts = _allocate(n_folds, frac, required)
+        fold_split = [s for s in SPLITS for _ in range(counts[s])]
+        fold_split = [fold_split[j] for j in np.random.default_rng(seed).permutation(n_folds)]
+        members = [i for key in todo for i in groups[key]]
+        if n_folds == 1:
+            folds = [np.arange(len(members))]
+        else:
+            labels = [rows[i].label for i in members]
+            group_ids = [key for key in todo for _ in groups[key]]
+            with warnings.catch_warnings():  # "least populated class has only N members"
+                warnings.simplefilter("ignore", UserWarning)
+                sgkf = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+                folds = [test for _, test in sgkf.split(members, labels, group_ids)]
+        for f, test in enumerate(folds):
+            for j in test:
+                result[members[j]] = fold_split[f]
+    _check_every_label_split(rows, result, frac, groups)
+    return list(result)
+
+
+def _fold_count(frac: dict[str, float]) -> int:
+    """The fewest folds (2 to MAX_FOLDS) whose whole numbers give the fractions exactly."""
+    for k in range(2, MAX_FOLDS + 1):
+        if all(abs(frac[s] * k - round(frac[s] * k)) < 1e-6 for s in SPLITS):
+            return k
+    return MAX_FOLDS
+
+
+def _check_every_label_split(rows, result, frac, groups) -> None:
+    """Every label has an image in every split of nonzero fraction, or one line says why not."""
+    present = {(r.label, result[i]) for i, r in enumerate(rows)}
+    for label in dict.fromkeys(r.label for r in rows):
+        for s in SPLITS:
+            if frac[s] > 0 and (label, s) not in present:
+                n = sum(r.label == label for r in rows)
+                patients = sum(any(rows[i].label == label for i in idx) for idx in groups.values())
+                raise CraftError(
+                    f"label {label!r} has no image in the {s} split once whole patients are "
+                    f"dealt (its {n} image(s) come from {patients} patient(s)); add patients with "
+                    f"that label, set splits explicitly in the manifest, or set the {s} fraction "
+                    "to 0 in modalities.<name>.splits"
+                )
 
 
 def _check_fractions(fractions: dict[str, float]) -> dict[str, float]:

@@ -1,10 +1,12 @@
 """``craft prepare``: a modality's images -> ``results/data/{modality}.h5`` with splits.
 
 Sources: a hospital manifest (CSV + image folder; PNG/JPEG 8/16-bit, DICOM) or the phantom
-generator. Splits are stratified by label and seeded; rows with an explicit split keep it.
-Layout: ``{split}/images`` uint8 NHWC (one chunk per image), ``{split}/labels`` int64,
-``{split}/paths`` str, and for phantoms ``{split}/findings`` float (N, F) with the finding names
-in the ``findings`` attr. The ``labels`` attr lists the label names in config order.
+generator. Splits are stratified by label and seeded, whole patients at a time where the
+manifest names them; rows with an explicit split keep it. Layout: ``{split}/images`` uint8
+NHWC (one chunk per image), ``{split}/labels`` int64, ``{split}/paths`` str,
+``{split}/patients`` str ("" where the manifest names none), and for phantoms
+``{split}/findings`` float (N, F) with the finding names in the ``findings`` attr. The
+``labels`` attr lists the label names in config order.
 """
 
 from __future__ import annotations
@@ -75,8 +77,19 @@ def prepare(cfg: CraftConfig, modality: str, out: Path) -> Path:
             image_dataset(g, "images", images[sel])
             g.create_dataset("labels", data=label_idx[sel])
             g.create_dataset("paths", data=[str(rows[i].path) for i in sel], dtype=STR)
+            g.create_dataset("patients", data=[rows[i].patient or "" for i in sel], dtype=STR)
             if findings is not None:
                 g.create_dataset("findings", data=findings[sel])
     counts = {s: int((splits == s).sum()) for s in SPLITS}
     log(f"wrote {out}: {counts} images, labels {list(m.labels)}")
+    named = [r for r in rows if r.patient is not None]
+    if named:
+        patients = {s: {r.patient for r, x in zip(rows, splits, strict=True) if x == s}
+                    for s in SPLITS}  # fmt: skip
+        rest = len(rows) - len(named)
+        log(
+            f"{len({r.patient for r in named})} patients, none in two splits: "
+            f"{ {s: len(p - {None}) for s, p in patients.items()} }"
+            + (f"; {rest} rows name no patient (each taken as its own)" if rest else "")
+        )
     return Path(out)

@@ -203,12 +203,16 @@ def nearest_neighbours(
     keys: np.ndarray | Iterable[np.ndarray],
     chunk_size: int = 4096,
     normalise: bool = True,
+    query_groups: np.ndarray | None = None,
+    key_groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each query row, the index and cosine similarity of its most similar key row.
 
     Computed in (chunk_size x chunk_size) blocks with a running maximum, so memory is
     O(N_queries * D + chunk_size^2) whatever the number of keys; ``keys`` may be one array or an
     iterable of arrays (a stream; indices count across it). Ties keep the first key.
+    With ``query_groups`` and ``key_groups`` (int per row, -1 for none; e.g. the patient), a
+    key of the query's own group is never its neighbour.
     Returns (N_queries,) int64 indices and float32 similarities; -1 and -inf if no keys.
     """
     if chunk_size < 1:
@@ -220,6 +224,10 @@ def nearest_neighbours(
     n = q_all.shape[0]
     best_sim = torch.full((n,), -math.inf, device=dev)
     best_idx = torch.full((n,), -1, dtype=torch.int64, device=dev)
+    grouped = query_groups is not None and key_groups is not None
+    if grouped:
+        qg = torch.as_tensor(np.asarray(query_groups, np.int64), device=dev)
+        kg = torch.as_tensor(np.asarray(key_groups, np.int64), device=dev)
     offset = 0
     for block in _blocks(keys, chunk_size):
         k = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(dev)
@@ -231,6 +239,10 @@ def nearest_neighbours(
             k = F.normalize(k, dim=1, eps=1e-12)
         for i in range(0, n, chunk_size):
             s = q_all[i : i + chunk_size] @ k.T
+            if grouped:
+                g = qg[i : i + chunk_size, None]
+                same = (g == kg[None, offset : offset + k.shape[0]]) & (g >= 0)
+                s = s.masked_fill(same, -math.inf)
             m, a = s.max(1)
             better = m > best_sim[i : i + chunk_size]
             best_sim[i : i + chunk_size] = torch.where(better, m, best_sim[i : i + chunk_size])

@@ -13,7 +13,11 @@ same modality, so their rate says how often the threshold fires without any copy
 Metrics (``metrics-memorization.json``): ``memorization_rate`` (embedding view),
 ``memorization_rate_reference`` (real test vs train), ``memorization_rate_pixel`` and
 ``memorization_rate_pixel_reference``, ``memorization_similarity_median`` (+ ``_reference``),
-and ``memorization_rate__{label}`` per requested label. Artifacts beside it:
+``memorization_rate__{label}`` per requested label, and
+``memorization_reference_patients_known``: the share of test images whose patient the
+manifest names. For those, train images of the same patient are left out of the reference
+search (a patient's second scan is no copy); patient-grouped splits already keep a patient
+out of one of the two, so this guards data prepared otherwise. Artifacts beside it:
 ``memorization.h5`` (per generated / test image: nearest train index and similarity, both
 views; the top pairs) and ``memorization-pairs.png`` (the most similar pairs).
 """
@@ -40,7 +44,7 @@ from craft.evaluate.features import (
 )
 from craft.evaluate.settings import MemorizationConfig
 from craft.progress import log
-from craft.store import atomic_h5, open_h5, read_samples, read_split
+from craft.store import atomic_h5, open_h5, read_patients, read_samples, read_split
 
 #: Grid of the tiny encoder's pooled map here: fine enough to tell two phantoms apart.
 TINY_GRID = 8
@@ -78,8 +82,14 @@ def nearest_training(
     centre: bool,
     cache_dir: Path | None = None,
     what: str = "",
+    query_groups: list[np.ndarray] | None = None,
+    train_groups: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each query image set, (index, similarity) of the nearest train image of ``data_h5``.
+
+    With ``query_groups`` (one int array per query set) and ``train_groups`` (the patient of
+    each train image as an int, -1 where unknown), no train image of a query's own patient is
+    its neighbour.
 
     Train images stream from the file in chunks, so neither they nor the similarity matrix are
     held at once. With ``centre`` the search needs the train mean first: a first pass computes
@@ -125,7 +135,8 @@ def nearest_training(
             yield v - mean if mean is not None else v
 
     try:
-        idx, sim = nearest_neighbours(stacked, keys(), chunk_size)
+        groups = np.concatenate(query_groups) if query_groups is not None else None
+        idx, sim = nearest_neighbours(stacked, keys(), chunk_size, True, groups, train_groups)
     finally:
         cache = None  # drop the memory map before its file goes
         if path is not None:
@@ -147,7 +158,14 @@ def _view(
     settings: MemorizationConfig,
     cache_dir: Path | None = None,
     what: str = "",
+    patients: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> NearestResult:
+    """Nearest train images of the generated and the real test images; ``patients`` (test,
+    train patient ints) keeps a test image's own patient out of its reference search."""
+    query_groups = train_groups = None
+    if patients is not None:
+        query_groups = [np.full(len(generated), -1, np.int64), patients[0]]
+        train_groups = patients[1]
     (gi, gs), (ri, rs) = nearest_training(
         data_h5,
         [generated, test],
@@ -156,6 +174,8 @@ def _view(
         settings.centre,
         cache_dir,
         what,
+        query_groups,
+        train_groups,
     )
     return NearestResult(gi, gs, ri, rs)
 
@@ -199,10 +219,34 @@ def pairs_figure(
     return out
 
 
+def patient_ids(data_h5: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    """(test, train) patient of each image as ints (-1 where unknown) and the share of test
+    images whose patient is known."""
+    test, train = read_patients(data_h5, "test"), read_patients(data_h5, "train")
+    ids = {p: i for i, p in enumerate(sorted((set(test) | set(train)) - {""}))}
+    as_ints = lambda ps: np.array([ids.get(p, -1) for p in ps], np.int64)  # noqa: E731
+    t = as_ints(test)
+    return t, as_ints(train), float((t >= 0).mean()) if len(t) else 0.0
+
+
 def _train_rows(data_h5: Path, rows: np.ndarray) -> np.ndarray:
     with open_h5(data_h5, "data") as f:
         ds = f["train"]["images"]
         return np.stack([ds[int(i)] for i in rows]) if len(rows) else ds[:0]
+
+
+def _patients_line(known: float) -> str:
+    if known == 1:
+        return "reference: the patient of every test image is known; same-patient pairs excluded"
+    if known == 0:
+        return (
+            "reference: patients unknown (no patient column in the manifest); a test image may "
+            "meet a train image of its own patient, which raises the reference rate"
+        )
+    return (
+        f"reference: patients known for {known:.0%} of the test images (their same-patient "
+        "pairs excluded); the rest may meet a train image of their own patient"
+    )
 
 
 def memorization(
@@ -243,7 +287,11 @@ def memorization(
         return pixel_vectors(x, settings.pixel_size)
 
     threshold = settings.threshold
-    pixel = _view(data_h5, samples.images, test.images, pixels, settings, what="pixels")
+    test_patients, train_patients, known = patient_ids(data_h5)
+    patients = (test_patients, train_patients)
+    pixel = _view(
+        data_h5, samples.images, test.images, pixels, settings, what="pixels", patients=patients
+    )
     if settings.encoder == "pixels":
         main = pixel
     else:
@@ -255,7 +303,14 @@ def memorization(
             return embed(encoder, x, settings.batch_size)
 
         main = _view(
-            data_h5, samples.images, test.images, vectorise, settings, artifacts, settings.encoder
+            data_h5,
+            samples.images,
+            test.images,
+            vectorise,
+            settings,
+            artifacts,
+            settings.encoder,
+            patients,
         )
     metrics = {
         "memorization_rate": _rate(main.similarity, threshold),
@@ -268,6 +323,7 @@ def memorization(
         "memorization_rate_pixel_reference": _rate(
             pixel.reference_similarity, settings.pixel_threshold
         ),
+        "memorization_reference_patients_known": known,
     }
     for i, label in enumerate(samples.label_names):
         sel = samples.labels == i
@@ -285,6 +341,7 @@ def memorization(
         "labels": list(samples.label_names),
         "samples": str(samples_h5),
         "data": str(data_h5),
+        "reference_patients_known": known,
     }
     with atomic_h5(artifacts / "memorization.h5", "memorization", config_digest, attrs=attrs) as f:
         for name, res in (("embedding", main), ("pixels", pixel)):
@@ -306,6 +363,7 @@ def memorization(
         f"memorized above {threshold:g})",
     )
     write_metrics(out, modality, method, seed, "memorization", metrics, config_digest)
+    log(_patients_line(known))
     log(
         f"{modality}/{method}/{seed}: memorization rate {metrics['memorization_rate']:.3f} "
         f"(real test reference {metrics['memorization_rate_reference']:.3f}), pixel view "

@@ -224,6 +224,32 @@ def _curves_section(modality, method_order, first_seed, curves, fig_dir) -> list
     ]
 
 
+def _patients_note(rows: pd.DataFrame) -> list[str]:
+    """Whether the memorization reference (real test vs train) knew the patients."""
+    known = rows.loc[rows["metric"] == "memorization_reference_patients_known", "mean"]
+    if known.empty:
+        return []
+    share = float(known.min())
+    if share >= 1:
+        text = (
+            "Memorization reference: every test image's patient is known; train images of the "
+            "same patient were left out of its search."
+        )
+    elif share <= 0:
+        text = (
+            "Memorization reference: patients unknown (the data names none; a manifest names them "
+            "in a patient column), so "
+            "a test image may have met a train image of its own patient; the reference rate "
+            "may be high for that reason."
+        )
+    else:
+        text = (
+            f"Memorization reference: patients known for {share:.0%} of the test images "
+            "(their same-patient train images left out); the others may meet their own patient."
+        )
+    return [f'<p class="note">{_e(text)}</p>']
+
+
 def _run_figures_section(modality, method_order, first_seed, run_figures, fig_dir) -> list:
     parts = []
     for method, seed in _first_runs(modality, method_order, first_seed):
@@ -309,6 +335,7 @@ def build_report(
         else:
             parts.append(_main_table(rows, methods))
             parts.append(_all_table(rows, methods))
+            parts += _patients_note(rows)
         grid_methods = [k for k in method_order if (modality, k) in first_seed]
         if grid_methods:
             by_method = {

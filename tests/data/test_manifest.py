@@ -217,3 +217,94 @@ def test_bad_fractions():
         assign_splits(rows_for({"a": 5}), {"train": 0.5, "val": 0.1, "test": 0.1}, seed=0)
     with pytest.raises(CraftError, match="unknown split"):
         assign_splits(rows_for({"a": 5}), {"train": 0.9, "holdout": 0.1}, seed=0)
+
+
+# ----------------------------------------------------------------------------- patients
+
+
+def patient_rows(n_patients: int, seed: int = 0) -> list[ManifestRow]:
+    """1-6 images per patient; a patient's label mix: mostly one label, sometimes two."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows, line = [], 2
+    for p in range(n_patients):
+        main = LABELS[p % 2]
+        for i in range(int(rng.integers(1, 7))):
+            label = main if rng.random() < 0.8 else LABELS[(p + 1) % 2]
+            path = Path(f"/data/p{p:03d}/{i}.png")
+            rows.append(ManifestRow(line, path, label, None, patient=f"P{p:03d}"))
+            line += 1
+    return rows
+
+
+def test_manifest_reads_a_patient_or_patient_id_column(tmp_path, root):
+    csv = write_csv(tmp_path, "path,label,Patient_ID\na.png,normal,P1\nb.png,effusion,\n")
+    rows = read_manifest(csv, root, LABELS)
+    assert [(r.path.name, r.patient) for r in rows] == [("a.png", "P1"), ("b.png", None)]
+    csv = write_csv(tmp_path, "path,label,patient\na.png,normal, P7 \nb.png,effusion,P7\n")
+    assert [r.patient for r in read_manifest(csv, root, LABELS)] == ["P7", "P7"]
+    csv = write_csv(tmp_path, "path,label,patient,patient_id\na.png,normal,P1,P1\n")
+    with pytest.raises(CraftError, match=r"both patient and patient_id; keep one"):
+        read_manifest(csv, root, LABELS)
+
+
+def test_no_patient_is_in_two_splits_and_labels_stay_stratified():
+    rows = patient_rows(120)
+    splits = assign_splits(rows, FRACTIONS, seed=0)
+    where: dict[str, set] = {}
+    for r, s in zip(rows, splits, strict=True):
+        where.setdefault(r.patient, set()).add(s)
+    assert all(len(s) == 1 for s in where.values())
+    # the per-image split (what craft did before) puts many patients in two splits
+    flat = assign_splits([ManifestRow(r.row, r.path, r.label, None) for r in rows], FRACTIONS, 0)
+    mixed = {}
+    for r, s in zip(rows, flat, strict=True):
+        mixed.setdefault(r.patient, set()).add(s)
+    assert sum(len(s) > 1 for s in mixed.values()) > 20
+    per = Counter((r.label, s) for r, s in zip(rows, splits, strict=True))
+    for label in LABELS:
+        n = sum(r.label == label for r in rows)
+        for s, f in FRACTIONS.items():
+            assert abs(per[label, s] / n - f) < 0.06, (label, s, per)
+
+
+def test_patient_splits_depend_on_seed_not_on_row_order():
+    rows = patient_rows(60, seed=1)
+    a = assign_splits(rows, FRACTIONS, seed=5)
+    b = assign_splits(rows[::-1], FRACTIONS, seed=5)
+    assert dict(zip((r.path for r in rows), a, strict=True)) == dict(
+        zip((r.path for r in rows[::-1]), b, strict=True)
+    )
+    assert a != assign_splits(rows, FRACTIONS, seed=6)
+
+
+def test_a_patients_explicit_split_takes_all_its_rows_and_two_splits_are_refused():
+    rows = patient_rows(40)
+    first = rows[0].patient
+    rows[0] = ManifestRow(rows[0].row, rows[0].path, rows[0].label, "test", patient=first)
+    splits = assign_splits(rows, FRACTIONS, seed=0)
+    assert {s for r, s in zip(rows, splits, strict=True) if r.patient == first} == {"test"}
+    twin = next(i for i, r in enumerate(rows) if r.patient == first and i > 0)
+    rows[twin] = ManifestRow(rows[twin].row, rows[twin].path, rows[twin].label, "train", first)
+    with pytest.raises(
+        CraftError, match=rf"patient 'P000' has rows in 2 splits: line 2 \(test\), line {twin + 2}"
+    ):
+        assign_splits(rows, FRACTIONS, seed=0)
+
+
+def test_rows_without_a_patient_are_patients_of_their_own():
+    rows = patient_rows(40)
+    rows += [ManifestRow(900 + i, Path(f"/data/x/{i}.png"), LABELS[i % 2], None) for i in range(20)]
+    splits = assign_splits(rows, FRACTIONS, seed=0)
+    assert set(splits[-20:]) == {"train", "val", "test"}
+
+
+def test_too_few_patients_for_a_label_in_a_split_is_one_line():
+    rows = patient_rows(40)
+    rows += [ManifestRow(900 + i, Path(f"/data/r/{i}.png"), "rare", None, "R1") for i in range(9)]
+    with pytest.raises(
+        CraftError, match=r"label 'rare' has no image in the (val|test|train) split .*9 image\(s\) "
+        r"come from 1 patient\(s\)"
+    ):  # fmt: skip
+        assign_splits(rows, FRACTIONS, seed=0)

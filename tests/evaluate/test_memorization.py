@@ -149,3 +149,34 @@ def test_the_train_vector_cache_changes_nothing_and_is_removed(cxr_data, tmp_pat
         np.testing.assert_allclose(cs, ds, atol=1e-6)
     np.testing.assert_array_equal(cached[1][0], np.arange(5))
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_patients_second_scan_in_test_is_left_out_of_the_reference(cxr_data, tmp_path):
+    """Test images that are near copies of their own patient's train images: counted as
+    memorized by the reference while patients are unknown, left out once they are known."""
+    import shutil
+
+    from craft.store import STR
+
+    data = shutil.copyfile(cxr_data, tmp_path / "cxr.h5")
+    train = read_train(cxr_data)
+    rng = np.random.default_rng(0)
+    with h5py.File(data, "r+") as f:
+        n_test = f["test/labels"].shape[0]
+        rescan = train.images[:n_test].astype(int) + rng.normal(0, 3, train.images[:n_test].shape)
+        f["test/images"][...] = np.clip(rescan, 0, 255).astype(np.uint8)
+        f["test/labels"][...] = train.labels[:n_test]
+    samples = drawn_samples(tmp_path / "s.h5", CXR, CXR_LABELS, 4, seed=77)
+    unknown, _ = _run(MemorizationConfig(), data, samples, tmp_path / "a")
+    assert unknown["memorization_reference_patients_known"] == 0.0
+    assert unknown["memorization_rate_reference"] > 0.9  # rescans look like copies
+    with h5py.File(data, "r+") as f:
+        f["train"].create_dataset("patients", data=[f"P{i}" for i in range(len(train))], dtype=STR)
+        f["test"].create_dataset("patients", data=[f"P{i}" for i in range(n_test)], dtype=STR)
+    known, run = _run(MemorizationConfig(), data, samples, tmp_path / "b")
+    assert known["memorization_reference_patients_known"] == 1.0
+    assert known["memorization_rate_reference"] < 0.1
+    with h5py.File(run / "memorization.h5") as f:
+        ref = f["embedding/reference_nn_index"][()]
+    assert (ref != np.arange(n_test)).all()  # never the patient's own train image
+    assert known["memorization_rate"] == unknown["memorization_rate"]  # generated: unchanged

@@ -600,3 +600,24 @@ def test_cli_claim_judges_craft_against_the_other_kinds_and_checks(tmp_path):
     assert lost.returncode == 1 and "craft" not in pd.read_csv(tmp_path / "lora.csv")["best_other"]
     unknown = claim("--method", "nope")
     assert unknown.returncode == 2 and "nope" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("known", "says"),
+    [(1.0, "patient is known; train images"), (0.0, "patients unknown"), (0.5, "50%")],
+)
+def test_the_report_says_whether_the_memorization_reference_knew_the_patients(
+    tmp_path, known, says
+):
+    row = {"modality": "m", "method": "a", "metric": "", "mean": 0.0, "sd": 0.0, "n_seeds": 1}
+    rows = [
+        {**row, "metric": "memorization_rate", "mean": 0.01},
+        {**row, "metric": "memorization_reference_patients_known", "mean": known},
+    ]
+    summary = pd.DataFrame(rows)[list(SUMMARY_COLUMNS)]
+    text = build_report(summary, {}, tmp_path / "r", "t").read_text()
+    assert says in text
+    others = {"patient is known; train images", "patients unknown", "50%"} - {says}
+    assert not any(o in text for o in others)
+    plain = build_report(summary.iloc[:1], {}, tmp_path / "p", "t").read_text()
+    assert "Memorization reference" not in plain

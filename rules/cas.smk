@@ -14,9 +14,10 @@ rule train_evaluator:
         config=CONFIG_FILE,
         spec=get_spec("train_evaluator"),
     shell:
-        "craft evaluator train --config {params.config} --modality {wildcards.modality}"
+        ATTEMPT_LOG
+        + "craft evaluator train --config {params.config} --modality {wildcards.modality}"
         " --evaluator {wildcards.evaluator} --knowledge {input.knowledge} --out {output.model}"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads}"
 
 
 rule reference:
@@ -37,9 +38,10 @@ rule reference:
         config=CONFIG_FILE,
         spec=get_spec("reference"),
     shell:
-        "craft reference --config {params.config} --modality {wildcards.modality}"
+        ATTEMPT_LOG
+        + "craft reference --config {params.config} --modality {wildcards.modality}"
         " --evaluator {wildcards.evaluator} --out {output.reference} --threads {threads}"
-        " > {log} 2>&1"
+        ""
 
 
 rule score:
@@ -64,6 +66,7 @@ rule score:
         config=CONFIG_FILE,
         spec=get_spec("score"),
     shell:
-        "craft score --config {params.config} --modality {wildcards.modality}"
+        ATTEMPT_LOG
+        + "craft score --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --evaluator {wildcards.evaluator}"
-        " --samples {input.samples} --out {output.scores} --threads {threads} > {log} 2>&1"
+        " --samples {input.samples} --out {output.scores} --threads {threads}"

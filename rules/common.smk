@@ -17,7 +17,15 @@ except CraftError as err:
 
 LAYOUT = Layout(CFG.results)
 RESULTS = str(CFG.results)
-LOGS = "logs"
+# Logs live under the results folder, so that two configs with two results folders keep their
+# own. Each attempt of a job writes its own file, {log}.attempts/<UTC time>-<pid>.log, so that a
+# retried or rerun job keeps what a failed or preempted attempt said; {log} is a hard link to
+# the newest attempt's file (Snakemake removes {log} before each attempt, not the attempts).
+LOGS = f"{RESULTS}/logs"
+ATTEMPT_LOG = (
+    'attempt="{log}.attempts/$(date -u +%Y%m%dT%H%M%SZ)-$$.log"; mkdir -p "{log}.attempts"; '
+    ': > "$attempt"; ln -f "$attempt" "{log}"; exec >> "$attempt" 2>&1; '
+)
 MODALITIES = list(CFG.modalities)
 METHODS = list(CFG.methods)
 SEEDS = [str(s) for s in CFG.seeds]

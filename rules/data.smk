@@ -14,4 +14,5 @@ rule prepare:
         config=CONFIG_FILE,
         spec=get_spec("prepare"),
     shell:
-        "craft prepare --config {params.config} --modality {wildcards.modality} --out {output.h5} > {log} 2>&1"
+        ATTEMPT_LOG
+        + "craft prepare --config {params.config} --modality {wildcards.modality} --out {output.h5}"

@@ -15,9 +15,10 @@ rule evaluate_oracle:
         config=CONFIG_FILE,
         spec=get_spec("evaluate_oracle"),
     shell:
-        "craft evaluate oracle --config {params.config} --modality {wildcards.modality}"
+        ATTEMPT_LOG
+        + "craft evaluate oracle --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
-        " --data {input.data} --out {output.metrics} > {log} 2>&1"
+        " --data {input.data} --out {output.metrics}"
 
 
 rule downstream:
@@ -37,9 +38,10 @@ rule downstream:
         config=CONFIG_FILE,
         spec=get_spec("downstream"),
     shell:
-        "craft downstream --config {params.config} --modality {wildcards.modality}"
+        ATTEMPT_LOG
+        + "craft downstream --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
-        " --data {input.data} --out {output.metrics} --threads {threads} > {log} 2>&1"
+        " --data {input.data} --out {output.metrics} --threads {threads}"
 
 
 rule memorization:
@@ -69,9 +71,10 @@ rule memorization:
         config=CONFIG_FILE,
         spec=get_spec("memorization"),
     shell:
-        "craft memorization --config {params.config} --modality {wildcards.modality}"
+        ATTEMPT_LOG
+        + "craft memorization --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
-        " --data {input.data} --out {output.metrics} --threads {threads} > {log} 2>&1"
+        " --data {input.data} --out {output.metrics} --threads {threads}"
 
 
 rule audit:
@@ -99,10 +102,11 @@ rule audit:
         config=CONFIG_FILE,
         spec=get_spec("audit"),
     shell:
-        "craft audit --config {params.config} --modality {wildcards.modality}"
+        ATTEMPT_LOG
+        + "craft audit --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
         " --knowledge {input.knowledge} --out {output.metrics} --threads {threads}"
-        " > {log} 2>&1"
+        ""
 
 
 rule fidelity:
@@ -122,6 +126,7 @@ rule fidelity:
         config=CONFIG_FILE,
         spec=get_spec("fidelity"),
     shell:
-        "craft fidelity --config {params.config} --modality {wildcards.modality}"
+        ATTEMPT_LOG
+        + "craft fidelity --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
-        " --data {input.data} --out {output.metrics} --threads {threads} > {log} 2>&1"
+        " --data {input.data} --out {output.metrics} --threads {threads}"

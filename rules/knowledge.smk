@@ -16,5 +16,6 @@ rule knowledge:
         config=CONFIG_FILE,
         spec=get_spec("knowledge"),
     shell:
-        "craft knowledge build --config {params.config} --modality {wildcards.modality}"
-        " --out {output.json} > {log} 2>&1"
+        ATTEMPT_LOG
+        + "craft knowledge build --config {params.config} --modality {wildcards.modality}"
+        " --out {output.json}"

@@ -20,4 +20,4 @@ rule report:
         spec=get_spec("report"),
         out=get_report_dir,
     shell:
-        "craft report --config {params.config} --out {params.out} > {log} 2>&1"
+        ATTEMPT_LOG + "craft report --config {params.config} --out {params.out}"

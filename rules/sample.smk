@@ -15,6 +15,7 @@ rule generate:
         config=CONFIG_FILE,
         spec=get_spec("generate"),
     shell:
-        "craft generate --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
+        ATTEMPT_LOG
+        + "craft generate --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
         " --seed {wildcards.seed} --model {input.card} --out {output.samples} --threads {threads}"
-        " > {log} 2>&1"
+        ""

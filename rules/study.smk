@@ -17,9 +17,10 @@ rule study_export:
         study=get_study_settings,
         out=get_study_dir,
     shell:
-        "craft study export --config {params.config} --modality {wildcards.modality}"
+        ATTEMPT_LOG
+        + "craft study export --config {params.config} --modality {wildcards.modality}"
         " --method-a {params.study[method_a]}"
         " --method-b {params.study[method_b]}"
         " --seed {params.study[seed]} --samples-a {input.a} --samples-b {input.b}"
         " --pairs-per-label {params.study[pairs_per_label]}"
-        " --study-seed {params.study[study_seed]} --out {params.out} > {log} 2>&1"
+        " --study-seed {params.study[study_seed]} --out {params.out}"

@@ -12,8 +12,9 @@ rule pretrain:
         config=CONFIG_FILE,
         spec=get_spec("pretrain"),
     shell:
-        "craft pretrain --config {params.config} --modality {wildcards.modality} --out {output.model}"
-        " --threads {threads} > {log} 2>&1"
+        ATTEMPT_LOG
+        + "craft pretrain --config {params.config} --modality {wildcards.modality} --out {output.model}"
+        " --threads {threads}"
 
 
 rule adapt:
@@ -36,8 +37,9 @@ rule adapt:
         config=CONFIG_FILE,
         spec=get_spec("adapt"),
     shell:
-        "craft adapt --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
-        " --seed {wildcards.seed} --out {output.card} --threads {threads} > {log} 2>&1"
+        ATTEMPT_LOG
+        + "craft adapt --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
+        " --seed {wildcards.seed} --out {output.card} --threads {threads}"
 
 
 rule align:
@@ -65,5 +67,6 @@ rule align:
         spec=get_spec("align"),
         launcher=get_align_launcher,
     shell:
-        "{params.launcher} align --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
-        " --seed {wildcards.seed} --out {output.card} --threads {threads} > {log} 2>&1"
+        ATTEMPT_LOG
+        + "{params.launcher} align --config {params.config} --modality {wildcards.modality} --method {wildcards.method}"
+        " --seed {wildcards.seed} --out {output.card} --threads {threads}"

@@ -179,7 +179,7 @@ def cancel_leftovers(prefix: str) -> None:
 def failure_report(log: Path, workdir: Path) -> str:
     """Tail of the snakemake output and of every job log that shows an error."""
     parts = [f"--- {log} (tail)", "\n".join(log.read_text().splitlines()[-40:])]
-    for f in sorted(workdir.glob("logs/**/*.log")) + sorted(
+    for f in sorted(workdir.glob("results/logs/**/*.log")) + sorted(
         workdir.glob(".snakemake/slurm_logs/**/*.log")
     ):
         text = f.read_text(errors="replace")
@@ -464,7 +464,14 @@ def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft
             assert j["State"] == "COMPLETED" and j["ExitCode"] == "0:0", table
 
     # the retry resumed from the checkpoint, not from step 0, and trained to the end
-    adapt_log = (workdir / "logs" / "adapt" / MODALITY / "lora" / f"{SEED}.log").read_text()
+    adapt_path = workdir / "results/logs/adapt" / MODALITY / "lora" / f"{SEED}.log"
+    adapt_log = adapt_path.read_text()
+    # each attempt kept its own log: the cancelled one says it stopped and saved its checkpoint
+    attempts = sorted(adapt_path.with_name(adapt_path.name + ".attempts").iterdir())
+    assert len(attempts) == 2, attempts
+    assert adapt_path.samefile(attempts[-1])
+    first = attempts[0].read_text()
+    assert "rerun the same command to resume" in first, first[-2000:]
     m = re.search(r"resumed from \S+ at step (\d+)", adapt_log)
     assert m, f"the retried adapt job did not resume:\n{adapt_log[-2000:]}"
     step = int(m.group(1))
@@ -531,7 +538,7 @@ def test_a_two_gpu_align_job_runs_two_processes_and_matches_one_process(
         assert j["Partition"] == want, f"{j['rule']} on {j['Partition']}:\n{table}"
     aligned = [j for j in jobs if j["rule"] == "align"]
     assert len(aligned) == 1 and "gres/gpu=2" in aligned[0]["AllocTRES"], table
-    align_log = (workdir / "logs/align" / MODALITY / "craft" / f"{SEED}.log").read_text()
+    align_log = (workdir / "results/logs/align" / MODALITY / "craft" / f"{SEED}.log").read_text()
     assert "DeepSpeed ZeRO-2: 2 processes x 2 images" in align_log, align_log[-2000:]
 
     # the same recipe in one process without DeepSpeed, from the same start and references

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -81,18 +82,25 @@ def test_dry_run_expands_modalities_methods_seeds(env):
     assert seeds == {"0", "1", "2"}
 
 
-def test_the_paper_config_plans_every_method_of_the_study(env):
+def test_the_paper_config_plans_every_method_of_the_study(env, tmp_path):
     """configs/craft-paper.yaml (real models, four modalities) plans all six methods, the
-    evaluations with real models and the study; no file it names needs to exist for the plan."""
+    evaluations with real models and the study. Its manifests are the prepare jobs' inputs, so
+    they must exist (here: header-only CSVs where the config's /data placeholders point)."""
+    text = (REPO / "configs" / "craft-paper.yaml").read_text()
+    text = text.replace("/data/", f"{tmp_path}/data/")
+    for manifest in re.findall(r"manifest: (\S+)", text):
+        Path(manifest).parent.mkdir(parents=True, exist_ok=True)
+        Path(manifest).write_text("path,label,patient\n")
+    (tmp_path / "paper.yaml").write_text(text)
     out = snakemake(
         REPO,
         env,
         "-n",
         "--configfile",
-        str(REPO / "configs" / "craft-paper.yaml"),
+        str(tmp_path / "paper.yaml"),
         "--replace-workflow-config",
         "--config",
-        "results=/tmp/craft-dryrun-paper",
+        f"results={tmp_path}/results",
     ).stdout
     cfg = yaml.safe_load((REPO / "configs" / "craft-paper.yaml").read_text())
     assert list(cfg["methods"]) == [
@@ -388,3 +396,23 @@ def test_killed_generate_resumes_without_duplicates(workdir, env):
     a, b = read_samples(workdir / "ref.h5"), read_samples(samples)
     assert (a.images == b.images).all() and (a.seeds == b.seeds).all()
     assert len(set(b.seeds.tolist())) == len(b.seeds)  # no duplicates
+
+
+@pytest.mark.slow
+def test_logs_live_under_results_and_every_attempt_keeps_its_own(tmp_path, env):
+    """Two configs with two results folders keep their own logs; a rerun job keeps the earlier
+    attempt's log beside the new one, and ``{log}`` is the newest attempt's."""
+    cfg = tiny_config(results="site-a")
+    cfg["modalities"] = {"phantom-cxr": cfg["modalities"]["phantom-cxr"]}
+    write_config(tmp_path / "config.yaml", cfg)
+    target = "site-a/data/phantom-cxr.h5"
+    snakemake(tmp_path, env, "--cores", "1", target)
+    snakemake(tmp_path, env, "--cores", "1", "--forcerun", "prepare", target)
+    log = tmp_path / "site-a/logs/prepare/phantom-cxr.log"
+    attempts = sorted((tmp_path / "site-a/logs/prepare/phantom-cxr.log.attempts").iterdir())
+    assert len(attempts) == 2, attempts
+    for a in attempts:
+        assert "wrote" in a.read_text(), a.read_text()[-500:]
+    newest = max(attempts, key=lambda a: a.stat().st_mtime_ns)
+    assert log.samefile(newest)
+    assert not (tmp_path / "logs").exists()

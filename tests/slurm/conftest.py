@@ -1,7 +1,8 @@
 """Fixtures of the SLURM tests: a real cluster (scripts/slurm/up.sh) and the craft venv on PATH.
 
 The tests are skipped, with the reason, when ``sinfo`` is not on the PATH or the cluster does
-not answer; CI (``make test``, as root) runs scripts/slurm/up.sh before pytest.
+not answer; CI (``make test``, as root) runs scripts/slurm/up.sh before pytest and sets
+CRAFT_REQUIRE_SLURM=1, under which a cluster that is not usable fails the tests instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ class Cluster:
     gpu_partition: str = "gpu"
 
 
+def _unusable(reason: str):
+    """Skip, or fail where a usable cluster is required (CRAFT_REQUIRE_SLURM=1, as in CI)."""
+    if os.environ.get("CRAFT_REQUIRE_SLURM") == "1":
+        pytest.fail(f"CRAFT_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
+
+
 def _out(cmd: list[str], timeout: float = 20) -> tuple[int, str]:
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -43,11 +51,11 @@ def _out(cmd: list[str], timeout: float = 20) -> tuple[int, str]:
 def slurm_cluster() -> Cluster:
     """The local test cluster, or a skip naming what is missing."""
     if shutil.which("sinfo") is None:
-        pytest.skip(f"sinfo is not on PATH: no SLURM on this machine (as root, {UP} starts one)")
+        _unusable(f"sinfo is not on PATH: no SLURM on this machine (as root, {UP} starts one)")
     want = Cluster()
     rc, out = _out(["sinfo", "-h", "-o", "%P|%a|%T"])
     if rc != 0:
-        pytest.skip(f"SLURM cluster is not up (sinfo: {' '.join(out.split())[:200]}); run {UP}")
+        _unusable(f"SLURM cluster is not up (sinfo: {' '.join(out.split())[:200]}); run {UP}")
     rows = [line.split("|") for line in out.splitlines() if line.count("|") == 2]
     partitions = {p.rstrip("*") for p, _, _ in rows}
     ready = {
@@ -57,20 +65,20 @@ def slurm_cluster() -> Cluster:
     }
     for p in (want.partition, want.gpu_partition):
         if p not in partitions:
-            pytest.skip(
+            _unusable(
                 f"SLURM partition '{p}' does not exist ({sorted(partitions)}): "
                 f"not the cluster of {UP}"
             )
         if p not in ready:
-            pytest.skip(f"SLURM partition '{p}' has no usable node ({out!r}); run {UP}")
+            _unusable(f"SLURM partition '{p}' has no usable node ({out!r}); run {UP}")
     rc, out = _out(["sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID"])
     if rc != 0:
-        pytest.skip(f"sacct does not work (no accounting: {out[:200]}); run {UP}")
+        _unusable(f"sacct does not work (no accounting: {out[:200]}); run {UP}")
     rc, out = _out(
         ["sacctmgr", "-n", "-P", "-s", "list", "user", getpass.getuser(), "format=account"]
     )
     if rc != 0 or want.account not in out.split():
-        pytest.skip(
+        _unusable(
             f"user {getpass.getuser()} has no SLURM account '{want.account}' "
             f"(sacctmgr: {out[:200]!r}); run {UP} as root"
         )

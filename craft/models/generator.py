@@ -160,6 +160,28 @@ def _has_subfolder(source: str, name: str, revision: str | None) -> bool:
         return False
 
 
+#: The parts every generator folder has (a Stable Diffusion pipeline folder; ``vae/`` optional).
+PIPELINE_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+def _check_pipeline_dir(path: Path) -> None:
+    """A local generator folder is a pipeline folder, or one line says which folder to name."""
+    missing = [p for p in PIPELINE_PARTS if not (path / p).is_dir()]
+    if not missing:
+        return
+    if (path.parent / "model_index.json").is_file() or (path.parent / "unet").is_dir():
+        raise CraftError(
+            f"generator '{path}' is the '{path.name}' subfolder of a pipeline; set "
+            f"models.generator to the pipeline folder '{path.parent}'"
+        )
+    raise CraftError(
+        f"generator folder '{path}' has no {', '.join(p + '/' for p in missing)}: "
+        "models.generator must name a Stable Diffusion pipeline folder (model_index.json, "
+        f"{', '.join(p + '/' for p in PIPELINE_PARTS)}, optional vae/), as save_pretrained or "
+        "a hub download writes it"
+    )
+
+
 def load_generator(
     source: str | Path,
     revision: str | None = None,
@@ -174,6 +196,8 @@ def load_generator(
             f"generator '{source}' is neither a local dir nor a hub id (org/name; relative "
             f"dirs are taken from {Path.cwd()}); fix models.generator in the config"
         )
+    if Path(source).is_dir():
+        _check_pipeline_dir(Path(source))
     try:
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", revision=revision)
         text_encoder = CLIPTextModel.from_pretrained(

@@ -171,8 +171,17 @@ def test_load_generator_errors_are_craft_errors(tmp_path):
     # a relative dir that is not there (from another working directory): no hub lookup
     with pytest.raises(CraftError, match=r"relative dirs are taken from /"):
         load_generator("assets/phantom-foundation/no-such-modality")
-    with pytest.raises(CraftError, match="cannot load generator"):
+    with pytest.raises(CraftError, match=r"has no unet/, text_encoder/.*pipeline folder"):
         load_generator(tmp_path)  # exists, but holds no model
+
+
+def test_a_pipelines_unet_subfolder_is_refused_naming_the_pipeline_folder(vae_dir):
+    with pytest.raises(CraftError) as err:
+        load_generator(vae_dir / "unet")
+    assert str(err.value) == (
+        f"generator '{vae_dir / 'unet'}' is the 'unet' subfolder of a pipeline; set "
+        f"models.generator to the pipeline folder '{vae_dir}'"
+    )
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -214,7 +214,8 @@ class ModelsConfig(Strict):
     generator: str = Field(
         "pretrain",
         description="'pretrain' (train a tiny foundation per modality in the workflow) or any "
-        "from_pretrained source: a hub id (runwayml/stable-diffusion-v1-5) or a local dir; "
+        "from_pretrained source: a hub id (stable-diffusion-v1-5/stable-diffusion-v1-5) or a "
+        "local dir; "
         "'{modality}' in it is replaced by the modality's name (one model per modality, e.g. "
         "the shipped phantom foundations: assets/phantom-foundation/{modality}).",
     )

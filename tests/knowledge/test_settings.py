@@ -77,7 +77,7 @@ def test_craft_paper_config_validates():
         knowledge = KnowledgeConfig.model_validate(data.pop("knowledge"))
         cfg = validate_config(data)
     assert knowledge.backend.kind == "transformers"
-    assert cfg.models.generator == "runwayml/stable-diffusion-v1-5"
+    assert cfg.models.generator == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert set(cfg.modalities) == {"chexpert", "ham10000", "fundus-dr", "nct-crc-he"}
     knowledge.check_modalities(list(cfg.modalities))
 

@@ -88,7 +88,7 @@ def test_the_paper_config_plans_every_method_of_the_study(env, tmp_path):
     they must exist (here: header-only CSVs where the config's /data placeholders point)."""
     text = (REPO / "configs" / "craft-paper.yaml").read_text()
     text = text.replace("/data/", f"{tmp_path}/data/")
-    for manifest in re.findall(r"manifest: (\S+)", text):
+    for manifest in re.findall(r"^ +manifest: (\S+)", text, re.M):
         Path(manifest).parent.mkdir(parents=True, exist_ok=True)
         Path(manifest).write_text("path,label,patient\n")
     (tmp_path / "paper.yaml").write_text(text)

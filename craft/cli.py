@@ -34,6 +34,10 @@ study_app = typer.Typer(no_args_is_help=True, help="Blinded physician preference
 app.add_typer(study_app, name="study")
 profile_app = typer.Typer(no_args_is_help=True, help="Install Snakemake profiles for a site.")
 app.add_typer(profile_app, name="profile")
+models_app = typer.Typer(
+    no_args_is_help=True, help="Pretrained models a config names: offline check and download."
+)
+app.add_typer(models_app, name="models")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Config YAML file.")]
 ModalityOpt = Annotated[
@@ -147,6 +151,37 @@ def config_jobs(
         changes = spec_changes(job_spec(cfg, *job).plain(), job_spec(other, *job).plain())
         if changes:
             print(f"{name}: {'; '.join(changes)}")
+
+
+@models_app.command("check")
+def models_check(config: ConfigOpt = Path("config.yaml")) -> None:
+    """List every pretrained model the config names that a job could not load offline (from
+    a local folder or the Hugging Face cache), one line each; exits 1 if there is one."""
+    from craft.models.hub import check_offline, config_models, with_dependencies
+
+    cfg = _load(config)
+    problems = check_offline(cfg, str(config))
+    for line in problems:
+        print(f"craft: missing: {line}", file=sys.stderr)
+    n = len(list(with_dependencies(config_models(cfg))))
+    if problems:
+        raise typer.Exit(1)
+    print(f"{config}: all {n} pretrained model(s) load offline")
+
+
+@models_app.command("fetch")
+def models_fetch(config: ConfigOpt = Path("config.yaml")) -> None:
+    """Download every hub model the config names, and what each needs besides (an open_clip
+    model's text tower and tokenizer), into the Hugging Face cache; run it where there is
+    internet (a login node), then compute nodes can run with HF_HUB_OFFLINE=1."""
+    from craft.models.hub import fetch_all
+
+    cfg = _load(config)
+    done = fetch_all(cfg, log=lambda line: print(f"craft: {line}", file=sys.stderr))
+    for ref, path in done:
+        print(f"{ref.describe()}: {path}")
+    check = f"HF_HUB_OFFLINE=1 craft models check -c {config}"
+    print(f"{len(done)} model(s) ready; check them offline: {check}")
 
 
 @app.command()

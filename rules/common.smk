@@ -8,12 +8,23 @@ from pathlib import Path
 from craft.config import dump_config, validate_config
 from craft.errors import CraftError
 from craft.launch import align_launcher, rule_resources
+from craft.models.hub import check_offline, hub_offline
 from craft.paths import Layout
 
 try:
     CFG = validate_config(config)
 except CraftError as err:
     sys.exit(f"craft: error: {err}")
+
+# With the hub switched off (HF_HUB_OFFLINE=1, as on compute nodes without internet), every
+# pretrained model the config names must load from a local folder or the Hugging Face cache:
+# say which do not before anything is submitted, one line each (craft models check).
+if hub_offline():
+    _missing = check_offline(CFG, str(workflow.configfiles[-1]))
+    if _missing:
+        sys.exit(
+            "\n".join(f"craft: error: not available offline: {line}" for line in _missing)
+        )
 
 LAYOUT = Layout(CFG.results)
 RESULTS = str(CFG.results)

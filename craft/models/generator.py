@@ -18,6 +18,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from craft.errors import CraftError
+from craft.models.hub import PIPELINE_PARTS, load_error
 
 
 @dataclass
@@ -149,19 +150,15 @@ def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def _has_subfolder(source: str, name: str, revision: str | None) -> bool:
+    """Whether the pipeline has part ``name``: its folder, or its model_index.json entry (from
+    the hub or, offline, the cache; a pipeline without it would silently lose its VAE)."""
     path = Path(source)
     if path.exists():
         return (path / name).is_dir()
-    from huggingface_hub import file_exists  # hub ids: ask the hub (or its local cache)
+    from huggingface_hub import hf_hub_download
 
-    try:
-        return file_exists(source, f"{name}/config.json", revision=revision)
-    except Exception:  # offline: fall back on the cache's model_index.json
-        return False
-
-
-#: The parts every generator folder has (a Stable Diffusion pipeline folder; ``vae/`` optional).
-PIPELINE_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+    index = hf_hub_download(source, "model_index.json", revision=revision)
+    return name in json.loads(Path(index).read_text())
 
 
 def _check_pipeline_dir(path: Path) -> None:
@@ -187,8 +184,10 @@ def load_generator(
     revision: str | None = None,
     timestep_spacing: str = "trailing",
     dtype: torch.dtype = torch.float32,
+    field: str = "models.generator",
 ) -> Generator:
-    """Load every part from a hub id or a local dir (Stable Diffusion folder layout)."""
+    """Load every part from a hub id or a local dir (Stable Diffusion folder layout); a failure
+    is one line naming ``field`` (the config field the source comes from)."""
     source = str(source)
     local_looking = source.startswith((".", "/", "~")) or source.count("/") > 1
     if not Path(source).exists() and ("/" not in source or local_looking):
@@ -210,9 +209,8 @@ def load_generator(
             vae = AutoencoderKL.from_pretrained(
                 source, subfolder="vae", revision=revision, torch_dtype=dtype
             )
-    except OSError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CraftError(f"cannot load generator from '{source}': {first}") from None
+    except (OSError, ValueError) as err:  # missing files, no network, a cache miss offline
+        raise load_error(field, source, err) from None
     # The saved config keeps its own clip_sample: True for pixel-space models (their x0 lies
     # in [-1, 1]), False for latent ones such as Stable Diffusion.
     scheduler = DDIMScheduler.from_config(scheduler.config, timestep_spacing=timestep_spacing)

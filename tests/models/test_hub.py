@@ -1,0 +1,219 @@
+"""Offline compute nodes: `craft models check` lists what a job could not load from the
+Hugging Face cache, and hub ids load from that cache with the hub switched off (HF_HUB_OFFLINE=1),
+BiomedCLIP's second hub model (its BERT text tower) included."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from craft.config import TinyUNet
+from craft.models.generator import save_generator
+from craft.models.tiny import build_tiny_generator
+from tests.conftest import BIN
+from tests.hub_cache import cache_repo, offline_env
+
+SD, BIOMEDCLIP, BERT = "site/tiny-sd", "site/tiny-biomedclip", "site/tiny-pubmedbert"
+
+
+def tiny_bert(out: Path) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    out.mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(out / "vocab.txt")).save_pretrained(out)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+def tiny_biomedclip(out: Path, bert: Path, text_tower_id: str) -> Path:
+    """An open_clip folder in BiomedCLIP's hub layout whose text tower is the Hugging Face
+    model ``text_tower_id`` (built here from the local ``bert``, then renamed to the id)."""
+    import open_clip
+
+    from craft.cas.evaluators import OPEN_CLIP_CONFIG, save_open_clip_dir
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },  # fmt: skip
+        "text_cfg": {
+            "hf_model_name": str(bert),
+            "hf_tokenizer_name": str(bert),
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": 32,
+        },
+    }
+    torch.manual_seed(0)
+    path = save_open_clip_dir(open_clip.CustomTextCLIP(**cfg), cfg, out, {"size": 32})
+    saved = json.loads((path / OPEN_CLIP_CONFIG).read_text())
+    saved["model_cfg"]["text_cfg"].update(
+        hf_model_name=text_tower_id, hf_tokenizer_name=text_tower_id
+    )
+    (path / OPEN_CLIP_CONFIG).write_text(json.dumps(saved))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Saved folders: a latent (VAE) pipeline, a BERT and a BiomedCLIP-layout open_clip model."""
+    root = tmp_path_factory.mktemp("hub-models")
+    arch = TinyUNet(block_out_channels=[8, 16, 16], cross_attention_dim=16, text_layers=1,
+                    text_max_length=16)  # fmt: skip
+    save_generator(build_tiny_generator(arch, 16, 3, with_vae=True, seed=1), root / "sd")
+    bert = tiny_bert(root / "bert")
+    return {SD: root / "sd", BERT: bert, BIOMEDCLIP: tiny_biomedclip(root / "bmc", bert, BERT)}
+
+
+def site_config(tmp_path: Path, clip_dir: Path) -> Path:
+    (tmp_path / "m.csv").write_text("path,label\n")
+    cfg = {
+        "modalities": {
+            "ct": {
+                "source": {
+                    "kind": "manifest",
+                    "manifest": str(tmp_path / "m.csv"),
+                    "image_root": str(tmp_path),
+                },  # fmt: skip
+                "labels": ["normal", "lesion"],
+                "description": "CT slice",
+                "resolution": 16,
+                "channels": 3,
+            }
+        },
+        "models": {"generator": SD},
+        "methods": {"zero-shot": {"kind": "zero-shot"}},
+        "cas": {
+            "evaluators": {
+                "biomedclip": {
+                    "family": "biomedclip",
+                    "role": "reward",
+                    "source": f"hf-hub:{BIOMEDCLIP}",
+                },  # fmt: skip
+                "clip": {"family": "clip", "role": "out-of-family", "source": str(clip_dir)},
+            }
+        },
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def craft(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "craft"), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_models_check_lists_each_model_an_offline_job_could_not_load(tmp_path, built):
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    clip = tmp_path / "clip"
+    config = site_config(tmp_path, clip)
+    env = offline_env(cache)
+
+    empty = craft(["models", "check", "-c", str(config)], env)
+    assert empty.returncode == 1, empty.stderr
+    lines = empty.stderr.strip().splitlines()
+    assert lines == [
+        f"craft: missing: models.generator: '{SD}': not in the Hugging Face cache; run "
+        f"`craft models fetch --config {config}` on a machine with internet",
+        f"craft: missing: cas.evaluators.biomedclip.source: 'hf-hub:{BIOMEDCLIP}': not in the "
+        f"Hugging Face cache; run `craft models fetch --config {config}` on a machine with "
+        "internet",
+        f"craft: missing: cas.evaluators.clip.source: '{clip}': no such "
+        "folder; fix cas.evaluators.clip.source or copy the model there",
+    ], lines
+
+    # the pipeline without its VAE, BiomedCLIP without its BERT: both named
+    snapshot = cache_repo(cache, SD, built[SD])
+    for f in (snapshot / "vae").iterdir():
+        f.unlink()
+    cache_repo(cache, BIOMEDCLIP, built[BIOMEDCLIP])
+    clip.mkdir()
+    (clip / "config.json").write_text("{}")
+    partial = craft(["models", "check", "-c", str(config)], env)
+    assert partial.returncode == 1
+    lines = partial.stderr.strip().splitlines()
+    assert len(lines) == 3, "\n".join(lines)
+    assert (
+        "models.generator: 'site/tiny-sd': in the Hugging Face cache without vae/config.json"
+        in lines[0]
+    )
+    assert (
+        f"cas.evaluators.biomedclip.source: '{BERT}' (the text tower and tokenizer of "
+        f"'hf-hub:{BIOMEDCLIP}'): "
+        "not in the Hugging Face cache" in lines[1]
+    ), lines
+    assert (
+        "cas.evaluators.clip.source" in lines[2]
+        and "the folder has no model.safetensors" in lines[2]
+    )
+
+    cache_repo(cache, SD, built[SD])
+    cache_repo(cache, BERT, built[BERT])
+    for f in built[BERT].iterdir():  # a CLIP folder's files: config and weights
+        if f.name in ("config.json", "model.safetensors"):
+            (clip / f.name).write_bytes(f.read_bytes())
+    ok = craft(["models", "check", "-c", str(config)], env)
+    assert ok.returncode == 0, ok.stderr
+    assert "all 4 pretrained model(s) load offline" in ok.stdout
+
+
+def test_hub_ids_load_from_the_cache_with_the_hub_offline(tmp_path, built):
+    cache = tmp_path / "hf-cache"
+    for repo, folder in built.items():
+        cache_repo(cache, repo, folder)
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from craft.cas.evaluators import load_evaluator
+        from craft.models.generator import load_generator
+        gen = load_generator({SD!r})
+        assert gen.vae is not None, "the pipeline's VAE was dropped"
+        ev = load_evaluator("hf-hub:{BIOMEDCLIP}", name="biomedclip")
+        x = torch.rand(2, 3, 16, 16) * 2 - 1
+        print("ok", tuple(ev.encode_images(x).shape), tuple(ev.encode_texts(["a lesion"]).shape))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=offline_env(cache), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ok (2, 32) (1, 32)" in out.stdout
+
+
+def test_an_uncached_hub_id_offline_is_one_line_naming_the_field_and_the_fix(tmp_path):
+    script = "from craft.models.generator import load_generator; load_generator('site/absent')"
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    code = f"import sys\nfrom craft.errors import CraftError\ntry:\n    {script.split('; ')[1]}\nexcept CraftError as e:\n    print(e)\n    sys.exit(2)"
+    out = subprocess.run(
+        [sys.executable, "-c", script.split("; ")[0] + "\n" + code],
+        env=offline_env(cache), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stdout.strip() == (
+        "models.generator: 'site/absent' could not be loaded from the Hugging Face cache and "
+        "the hub is offline (HF_HUB_OFFLINE); run `craft models fetch --config CONFIG` on a "
+        "machine with internet, or name a local folder"
+    )

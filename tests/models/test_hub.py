@@ -203,14 +203,27 @@ def test_hub_ids_load_from_the_cache_with_the_hub_offline(tmp_path, built):
 
 
 def test_an_uncached_hub_id_offline_is_one_line_naming_the_field_and_the_fix(tmp_path):
-    script = "from craft.models.generator import load_generator; load_generator('site/absent')"
+    script = textwrap.dedent(
+        """
+        import sys
+        from craft.errors import CraftError
+        from craft.models.generator import load_generator
+        try:
+            load_generator("site/absent")
+        except CraftError as err:
+            print(err)
+            sys.exit(2)
+        """
+    )
     cache = tmp_path / "hf-cache"
     cache.mkdir()
-    code = f"import sys\nfrom craft.errors import CraftError\ntry:\n    {script.split('; ')[1]}\nexcept CraftError as e:\n    print(e)\n    sys.exit(2)"
     out = subprocess.run(
-        [sys.executable, "-c", script.split("; ")[0] + "\n" + code],
-        env=offline_env(cache), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-c", script],
+        env=offline_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stdout.strip() == (
         "models.generator: 'site/absent' could not be loaded from the Hugging Face cache and "

@@ -341,6 +341,39 @@ def _knowledge_in(cfg, modality: str, path: Path | None) -> Path:
     return Path(path)
 
 
+@knowledge_app.command("template")
+def knowledge_template(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here (default: {modality}.yaml).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a curated knowledge file to fill in for a modality the shipped bases do not cover:
+    its labels from the config, each field explained; knowledge build refuses it until every
+    TODO is filled in."""
+    from craft.knowledge.curated import template
+
+    cfg = _load(config)
+    m = cfg.modality(modality)
+    out = Path(out or f"{modality}.yaml")
+    if out.exists() and not force:
+        raise CraftError(f"{out} exists; pass --force to overwrite it, or --out another path")
+    out.write_text(template(modality, m.description, list(m.labels)))
+    print(f"wrote {out}: fill in every TODO, then set knowledge.curated.{modality}: {out}")
+
+
+@knowledge_app.command("schema")
+def knowledge_schema() -> None:
+    """The JSON schema of a curated knowledge file: every field, its type and description."""
+    import json
+
+    from craft.knowledge.curated import CuratedBase
+
+    print(json.dumps(CuratedBase.model_json_schema(), indent=1))
+
+
 @knowledge_app.command("build")
 def knowledge_build(
     config: ConfigOpt = Path("config.yaml"),

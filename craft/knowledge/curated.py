@@ -9,6 +9,7 @@ checklist is cut down to those labels.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -32,32 +33,59 @@ class _Strict(BaseModel):
 
 
 class CuratedLabel(_Strict):
+    """One label: the prompts images of it are drawn from."""
+
     aliases: list[str] = Field([], description="Other names of the label (data set class codes).")
-    prompts: list[str] = Field(min_length=1)
+    prompts: list[str] = Field(
+        min_length=1,
+        description="Findings-rich prompts, each a short caption of an image of this label "
+        "(the generator's text encoder reads at most ~75 tokens): what is visible, where, how "
+        "it looks. Methods with enriched prompts cycle through them.",
+    )
 
 
 class CuratedItem(_Strict):
-    id: str
-    finding: str
-    statement: str
-    negation: str
-    question: str
-    polarity: Literal["present", "absent"]
-    weight: float = 1.0
-    expected: dict[str, bool] = {}
-    scope: Literal["label", "modality"] = "label"
-    oracle_criterion: str | None = None
+    """One checklist item (the fields of craft.knowledge.schema.ChecklistItem)."""
+
+    id: str = Field(description="snake_case, unique within the file: 'heart_enlarged'.")
+    finding: str = Field(description="What it tests: 'cardiomegaly'.")
+    statement: str = Field(
+        description="Declarative and visible in one image: 'the heart is enlarged'."
+    )
+    negation: str = Field(description="Its visual opposite: 'the heart has a normal size'.")
+    question: str = Field(description="The statement as a yes/no question (MLLM judges).")
+    polarity: Literal["present", "absent"] = Field(
+        description="The statement asserts the finding present or absent."
+    )
+    weight: float = Field(1.0, description="Weight in checklist adherence (> 0).")
+    expected: dict[str, bool] = Field(
+        {},
+        description="label -> should the statement hold for an image of that label; a label "
+        "left out: the item does not apply to it. Needed unless scope is 'modality'.",
+    )
+    scope: Literal["label", "modality"] = Field(
+        "label",
+        description="'modality': holds for every label (view, anatomy, no overlays).",
+    )
+    oracle_criterion: str | None = Field(
+        None, description="Phantoms only: the craft.data.oracle criterion this item mirrors."
+    )
 
 
 class CuratedBase(_Strict):
-    """One curated knowledge base file."""
+    """One curated knowledge base file: a modality's labels, prompts and clinical checklist."""
 
-    name: str
-    description: str
+    name: str = Field(description="The base's name (a modality or data set).")
+    description: str = Field(description="What the images are: 'chest radiograph'.")
     notes: str = Field("", description="Which clinical criteria the base follows.")
     phantom: str | None = Field(None, description="The phantom modality it mirrors, if any.")
-    labels: dict[str, CuratedLabel] = Field(min_length=1)
-    checklist: list[CuratedItem]
+    labels: dict[str, CuratedLabel] = Field(
+        min_length=1, description="Every label, by the name the manifest uses (or an alias)."
+    )
+    checklist: list[CuratedItem] = Field(
+        description="Atomic, visually checkable criteria; absence items guard against "
+        "exaggeration (findings of other labels, a finding drawn twice)."
+    )
 
     def knowledge(self, source: str = "curated") -> ModalityKnowledge:
         """The whole base as validated knowledge (its own label names)."""
@@ -102,12 +130,75 @@ def load_curated(name_or_path: str) -> tuple[CuratedBase, str]:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise CraftError(f"{path}: not valid YAML: {err}") from None
+    todo = [i for i, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1)
+            if TODO in line and not line.lstrip().startswith("#")]  # fmt: skip
+    if todo:
+        raise CraftError(
+            f"{path}: line {todo[0]} still holds a {TODO} of the template ({len(todo)} line(s) "
+            "in all); write the clinical content there, then build the knowledge"
+        )
     try:
         base = CuratedBase.model_validate(data)
         base.knowledge()  # the schema's checks (ids, labels, lengths)
     except ValidationError as err:
         raise CraftError(f"{path}: invalid curated knowledge: {validation_message(err)}") from None
     return base, hashlib.sha256(raw).hexdigest()
+
+
+#: The marker of what a template leaves to fill in; a file holding one is refused.
+TODO = "TODO"
+
+
+def template(name: str, description: str, labels: list[str]) -> str:
+    """A curated knowledge file to fill in for a new modality (valid YAML, refused until every
+    TODO is replaced): per label two prompts, and per label one presence item plus one
+    modality-wide item, each field explained in a comment."""
+    lines = [
+        f"# Curated knowledge of '{name}': fill in every {TODO}, then name this file in the",
+        f"# config (knowledge.curated.{name}: this file). `craft knowledge build` checks it;",
+        "# `craft knowledge schema` prints every field. The shipped bases are examples",
+        "# (craft/knowledge/curated/chexpert.yaml, ham10000.yaml, ...).",
+        f"name: {name}",
+        f"description: {description}",
+        "notes: >-",
+        f"  {TODO}: the clinical criteria that the prompts and checklist follow.",
+        "labels:",
+    ]
+    q = json.dumps  # labels quoted: '0', 'mel', 'no finding' stay strings
+    for label in labels:
+        lines += [
+            f"  {q(label)}:",
+            "    aliases: []   # other names of the label, e.g. a data set's class code",
+            "    prompts:      # captions of an image of this label: what is visible, where, how",
+            f"      - {description}, {label}, {TODO} the visible findings",
+            f"      - {description} showing {TODO} (location, size, shape, density or colour)",
+        ]
+    lines += [
+        "checklist:",
+        "  # one atomic, visible criterion per item; expected: label -> should it hold there",
+        "  - id: view_and_anatomy",
+        "    finding: view",
+        f"    statement: {TODO} the standard view of a {description}",
+        f"    negation: {TODO} not a {description}, or another view",
+        f"    question: {TODO} Is this the standard view of a {description}?",
+        "    polarity: present",
+        "    scope: modality   # holds for every label",
+    ]
+    for label in labels:
+        ident = "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+        ident = ident if ident[:1].isalpha() else f"label_{ident}"  # ids start with a letter
+        expected = ", ".join(f"{q(other)}: {str(other == label).lower()}" for other in labels)
+        lines += [
+            f"  - id: {ident}_finding",
+            f"    finding: {q(label)}",
+            f"    statement: {TODO} the finding of {label}, as it is seen",
+            f"    negation: {TODO} its visual opposite",
+            f"    question: {TODO} the statement as a yes/no question?",
+            "    polarity: present",
+            "    weight: 1.0",
+            f"    expected: {{{expected}}}",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def resolve_base(curated: dict[str, str], modality: str, phantom: str | None) -> str:

@@ -148,3 +148,64 @@ def test_unknown_labels_and_bases_are_one_line_errors(tmp_path):
     )
     with pytest.raises(CraftError, match=r"mine.yaml: invalid curated knowledge: .*'cardio'"):
         load_curated(str(bad))
+
+
+def test_a_template_is_refused_until_filled_in_and_then_builds_knowledge(tmp_path):
+    from craft.knowledge.curated import TODO, template
+
+    labels = ["0", "mel", "no finding"]  # a grade, a class code, a name with a space
+    path = tmp_path / "retina.yaml"
+    path.write_text(template("retina", "fundus photograph", labels))
+    with pytest.raises(CraftError, match=r"retina.yaml: line \d+ still holds a TODO of the te"):
+        load_curated(str(path))
+    filled = "\n".join(
+        line.replace(f"{TODO} ", "").replace(f"{TODO}: ", "").replace(TODO, "it")
+        if not line.lstrip().startswith("#") else line
+        for line in path.read_text().splitlines()
+    )  # fmt: skip
+    path.write_text(filled)
+    base, digest = load_curated(str(path))
+    assert list(base.labels) == labels and len(digest) == 64
+    kn = curated_knowledge(base, "retina", "fundus photograph", labels)
+    assert list(kn.labels) == labels
+    items = {it.id: it for it in kn.checklist}
+    assert items["view_and_anatomy"].scope == "modality"
+    assert items["no_finding_finding"].expected == {"0": False, "mel": False, "no finding": True}
+
+
+def test_cli_writes_a_template_for_a_configs_modality_and_the_schema(tmp_path):
+    import json
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import BIN, tiny_config
+
+    cfg = tiny_config()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    craft = [str(BIN / "craft"), "knowledge"]
+    run = subprocess.run(
+        [*craft, "template", "-c", "c.yaml", "-m", "phantom-derm"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    written = yaml.safe_load((tmp_path / "phantom-derm.yaml").read_text())
+    assert list(written["labels"]) == ["nevus", "melanoma"]
+    again = subprocess.run(
+        [*craft, "template", "-c", "c.yaml", "-m", "phantom-derm"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 2 and "exists; pass --force" in again.stderr
+    schema = subprocess.run([*craft, "schema"], capture_output=True, text=True, timeout=120)
+    props = json.loads(schema.stdout)["$defs"]["CuratedItem"]["properties"]
+    assert all(p.get("description") for p in props.values()), props
+
+
+def test_the_documented_example_is_a_valid_base(tmp_path):
+    """docs/knowledge.md's example file loads as written."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "knowledge.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "checklist:" in b)
+    (tmp_path / "retina.yaml").write_text(block)
+    base, _ = load_curated(str(tmp_path / "retina.yaml"))
+    kn = curated_knowledge(base, "retina", base.description, ["0", "moderate"])
+    assert list(kn.labels) == ["0", "moderate"] and len(kn.checklist) == 3

@@ -153,6 +153,38 @@ def config_jobs(
             print(f"{name}: {'; '.join(changes)}")
 
 
+@app.command("init")
+def init(
+    manifest: Annotated[Path, typer.Option(help="CSV with path,label[,patient][,split].")],
+    image_root: Annotated[Path, typer.Option(help="Folder the CSV's relative paths start from.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The config to write.")] = Path(
+        "my.yaml"
+    ),
+    generator: Annotated[
+        str, typer.Option(help="Stable Diffusion pipeline: hub id or local folder.")
+    ] = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    modality: Annotated[
+        str | None, typer.Option(help="Modality name (default: the CSV's folder name).")
+    ] = None,
+    description: Annotated[
+        str, typer.Option(help="What the images are, e.g. 'chest radiograph'.")
+    ] = "medical image",
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+) -> None:
+    """Write a starting config for your own data: labels and counts from the manifest,
+    channels and resolution suggested from the images, hub models, all six methods (and a
+    knowledge template beside it where no shipped knowledge base knows the labels)."""
+    from craft.starter import init as run
+
+    written = run(manifest, image_root, out, generator, modality, description, force)
+    for path in written:
+        print(f"wrote {path}")
+    print(
+        f"next: craft config check {out}; craft models fetch -c {out}; "
+        f"snakemake -n --configfile {out} --replace-workflow-config"
+    )
+
+
 @models_app.command("check")
 def models_check(config: ConfigOpt = Path("config.yaml")) -> None:
     """List every pretrained model the config names that a job could not load offline (from

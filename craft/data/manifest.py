@@ -49,29 +49,7 @@ def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> li
     csv_path = Path(csv_path)
     image_root = Path(image_root)
     allowed = list(labels)
-    if not csv_path.is_file():
-        raise CraftError(f"{csv_path}: manifest not found; check modalities.<name>.source.manifest")
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as f:
-            records = list(_records(csv.reader(f)))
-    except UnicodeDecodeError:
-        raise CraftError(f"{csv_path}: not UTF-8 text; save the manifest as a UTF-8 CSV") from None
-    except csv.Error as err:
-        raise CraftError(f"{csv_path}: not a valid CSV ({err}); fix the file") from None
-    if not records:
-        raise CraftError(
-            f"{csv_path}: empty file; the first line must be a header with path,label[,split]"
-        )
-
-    header_line, header = records[0]
-    names = [h.strip().lower() for h in header]
-    missing = [c for c in ("path", "label") if c not in names]
-    if missing:
-        raise CraftError(
-            f"{csv_path}: missing column(s) {', '.join(missing)} in the header "
-            f"(line {header_line}), which has {', '.join(repr(h) for h in header)}; "
-            "the header must name path,label[,split]"
-        )
+    header_line, header, names, records = _table(csv_path)
     col = {c: names.index(c) for c in ("path", "label", "split") if c in names}
     patient_cols = [c for c in PATIENT_COLUMNS if c in names]
     if len(patient_cols) > 1:
@@ -144,6 +122,45 @@ def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> li
             f"add images for them or remove them from {_LABELS_KEY}"
         )
     return rows
+
+
+def _table(csv_path: Path) -> tuple[int, list[str], list[str], list]:
+    """(header line, header, lower-cased names, records) of a manifest with path and label."""
+    if not csv_path.is_file():
+        raise CraftError(f"{csv_path}: manifest not found; check modalities.<name>.source.manifest")
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:
+            records = list(_records(csv.reader(f)))
+    except UnicodeDecodeError:
+        raise CraftError(f"{csv_path}: not UTF-8 text; save the manifest as a UTF-8 CSV") from None
+    except csv.Error as err:
+        raise CraftError(f"{csv_path}: not a valid CSV ({err}); fix the file") from None
+    if not records:
+        raise CraftError(
+            f"{csv_path}: empty file; the first line must be a header with path,label[,split]"
+        )
+    header_line, header = records[0]
+    names = [h.strip().lower() for h in header]
+    missing = [c for c in ("path", "label") if c not in names]
+    if missing:
+        raise CraftError(
+            f"{csv_path}: missing column(s) {', '.join(missing)} in the header "
+            f"(line {header_line}), which has {', '.join(repr(h) for h in header)}; "
+            "the header must name path,label[,split]"
+        )
+    return header_line, header, names, records
+
+
+def manifest_labels(csv_path: Path) -> dict[str, int]:
+    """The labels of a manifest with their image counts, in order of first appearance."""
+    _, header, names, records = _table(Path(csv_path))
+    at = names.index("label")
+    counts: dict[str, int] = {}
+    for _, rec in records[1:]:
+        label = rec[at].strip() if len(rec) == len(header) else ""
+        if label:
+            counts[label] = counts.get(label, 0) + 1
+    return counts
 
 
 def _records(reader):

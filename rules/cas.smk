@@ -5,8 +5,6 @@ rule train_evaluator:
         model=directory(str(LAYOUT.evaluator("{modality}", "{evaluator}"))),
     log:
         f"{LOGS}/train_evaluator/{{modality}}/{{evaluator}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("evaluator", "threads")
     resources:
         **get_resources("evaluator"),
@@ -29,8 +27,6 @@ rule reference:
         reference=str(LAYOUT.reference("{modality}", "{evaluator}")),
     log:
         f"{LOGS}/reference/{{modality}}/{{evaluator}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("reference", "threads")
     resources:
         **get_resources("reference"),
@@ -57,8 +53,6 @@ rule score:
         ),
     log:
         f"{LOGS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("score", "threads")
     resources:
         **get_resources("score"),

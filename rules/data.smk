@@ -5,8 +5,6 @@ rule prepare:
         h5=str(LAYOUT.data("{modality}")),
     log:
         f"{LOGS}/prepare/{{modality}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("prepare", "threads")
     resources:
         **get_resources("prepare"),

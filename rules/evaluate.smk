@@ -6,8 +6,6 @@ rule evaluate_oracle:
         metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "oracle")),
     log:
         f"{LOGS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),
@@ -29,8 +27,6 @@ rule downstream:
         metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "downstream")),
     log:
         f"{LOGS}/downstream/{{modality}}/{{method}}/{{seed}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("downstream", "threads")
     resources:
         **get_resources("downstream"),
@@ -62,8 +58,6 @@ rule memorization:
         ),
     log:
         f"{LOGS}/memorization/{{modality}}/{{method}}/{{seed}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),
@@ -93,8 +87,6 @@ rule audit:
         ),
     log:
         f"{LOGS}/audit/{{modality}}/{{method}}/{{seed}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),
@@ -117,8 +109,6 @@ rule fidelity:
         metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "fidelity")),
     log:
         f"{LOGS}/fidelity/{{modality}}/{{method}}/{{seed}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),

@@ -7,8 +7,6 @@ rule knowledge:
         review=str(LAYOUT.knowledge_review("{modality}")),
     log:
         f"{LOGS}/knowledge/{{modality}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("knowledge", "threads")
     resources:
         **get_resources("knowledge"),

@@ -10,8 +10,6 @@ rule report:
         html=str(LAYOUT.report() / "index.html"),
     log:
         f"{LOGS}/report.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("report", "threads")
     resources:
         **get_resources("report"),

@@ -6,8 +6,6 @@ rule generate:
         samples=str(LAYOUT.samples("{modality}", "{method}", "{seed}")),
     log:
         f"{LOGS}/generate/{{modality}}/{{method}}/{{seed}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("generate", "threads")
     resources:
         **get_resources("generate"),

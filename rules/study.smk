@@ -6,8 +6,6 @@ rule study_export:
         key=str(LAYOUT.study("{modality}") / "key.json"),
     log:
         f"{LOGS}/study_export/{{modality}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("report", "threads")
     resources:
         **get_resources("report"),

@@ -3,8 +3,6 @@ rule pretrain:
         model=directory(str(LAYOUT.foundation("{modality}"))),
     log:
         f"{LOGS}/pretrain/{{modality}}.log",
-    conda:
-        "../envs/craft.yaml"
     threads: res("pretrain", "threads")
     resources:
         **get_resources("pretrain"),
@@ -28,8 +26,6 @@ rule adapt:
         f"{LOGS}/adapt/{{modality}}/{{method}}/{{seed}}.log",
     wildcard_constraints:
         method=one_of(ADAPT_METHODS),
-    conda:
-        "../envs/craft.yaml"
     threads: res("adapt", "threads")
     resources:
         **get_resources("adapt"),
@@ -57,8 +53,6 @@ rule align:
         f"{LOGS}/align/{{modality}}/{{method}}/{{seed}}.log",
     wildcard_constraints:
         method=one_of(ALIGN_METHODS),
-    conda:
-        "../envs/craft.yaml"
     threads: res("align", "threads")
     resources:
         **get_resources("align"),

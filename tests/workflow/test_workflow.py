@@ -151,8 +151,16 @@ def test_a_multi_gpu_align_job_asks_for_its_gpus_and_starts_one_process_per_gpu(
 
 
 def test_lint_is_clean(env):
-    proc = snakemake(REPO, env, "--lint", "--config", "results=/tmp/craft-dryrun-results")
-    assert "Congratulations" in proc.stdout + proc.stderr
+    """No lint but one: the rules name no conda env or container. craft's jobs run in the
+    venv that `make venv` builds on the shared filesystem (sbatch passes its PATH on); a conda
+    env cannot be built or tested on this project's machines (no conda channel is reachable),
+    so none is shipped (README, "Software on the cluster")."""
+    proc = snakemake(
+        REPO, env, "--lint", "--config", "results=/tmp/craft-dryrun-results", check=False
+    )
+    text = proc.stdout + proc.stderr
+    lints = set(re.findall(r"^    \* (.+?):$", text, re.M))
+    assert lints == {"Specify a conda environment or container for each rule."}, text[-3000:]
 
 
 def test_invalid_config_stops_before_the_dag_with_one_line(workdir, env):

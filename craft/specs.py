@@ -680,8 +680,11 @@ def job_spec(
         cfg.method(method)  # a clear error for an unknown name
     labels = list(m.labels)
     if stage == "prepare":
+        source = m.source.model_dump(mode="json")
+        if m.source.kind == "manifest":  # its splits keep each patient's images together
+            source["split_by"] = "patient"
         return PrepareSpec(
-            source=m.source.model_dump(mode="json"),
+            source=source,
             labels=labels,
             resolution=m.resolution,
             channels=m.channels,

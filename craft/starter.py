@@ -254,9 +254,18 @@ def init(
         knowledge_file = str(knowledge.resolve())
     patients = len({r.patient for r in rows if r.patient is not None})
     text = starter_config(
-        manifest, image_root, name, description, labels, images, generator, knowledge_file,
-        base, patients, out,
-    )  # fmt: skip
+        manifest,
+        image_root,
+        name,
+        description,
+        labels,
+        images,
+        generator,
+        knowledge_file,
+        base,
+        patients,
+        out,
+    )
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text)
     try:

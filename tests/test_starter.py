@@ -26,9 +26,19 @@ def craft(*args, cwd):
 def test_init_writes_a_config_that_checks_and_plans_all_six_methods(tmp_path):
     manifest, images = write_site(tmp_path / "hospital", n_patients=10)
     run = craft(
-        "init", "--manifest", str(manifest), "--image-root", str(images), "--out", "my.yaml",
-        "--modality", "ct-slices", "--description", "CT or MR slice", cwd=tmp_path,
-    )  # fmt: skip
+        "init",
+        "--manifest",
+        str(manifest),
+        "--image-root",
+        str(images),
+        "--out",
+        "my.yaml",
+        "--modality",
+        "ct-slices",
+        "--description",
+        "CT or MR slice",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     assert "wrote my.yaml" in run.stdout and "wrote " in run.stdout
     check = craft("config", "check", "my.yaml", cwd=tmp_path)
@@ -37,8 +47,13 @@ def test_init_writes_a_config_that_checks_and_plans_all_six_methods(tmp_path):
     m = cfg.modality("ct-slices")
     assert m.labels == ["normal", "lesion"] and m.channels == 1 and m.resolution == 64
     assert list(cfg.methods) == [
-        "zero-shot", "lora", "lora-enriched", "full", "generic-reward", "craft"
-    ]  # fmt: skip
+        "zero-shot",
+        "lora",
+        "lora-enriched",
+        "full",
+        "generic-reward",
+        "craft",
+    ]
     assert cfg.methods["craft"].align.checklist_weight == 1.0  # the YAML anchor's merge
     text = (tmp_path / "my.yaml").read_text()
     assert "10 patients: splits keep each patient's images together" in text
@@ -47,17 +62,33 @@ def test_init_writes_a_config_that_checks_and_plans_all_six_methods(tmp_path):
     assert cfg.knowledge.curated == {"ct-slices": str(knowledge)}
     assert "TODO" in knowledge.read_text()
     plan = subprocess.run(
-        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-n", "--configfile",
-         str(tmp_path / "my.yaml"), "--replace-workflow-config"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            str(BIN / "snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-n",
+            "--configfile",
+            str(tmp_path / "my.yaml"),
+            "--replace-workflow-config",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert plan.returncode == 0, plan.stdout[-2000:] + plan.stderr[-2000:]
     counts = job_counts(plan.stdout)
     assert counts["align"] == 6 and counts["adapt"] == 12 and counts["prepare"] == 1, counts
     again = craft(
-        "init", "--manifest", str(manifest), "--image-root", str(images), "--out", "my.yaml",
+        "init",
+        "--manifest",
+        str(manifest),
+        "--image-root",
+        str(images),
+        "--out",
+        "my.yaml",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert again.returncode == 2 and "my.yaml exists; pass --force" in again.stderr
 
 

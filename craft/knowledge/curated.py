@@ -130,8 +130,11 @@ def load_curated(name_or_path: str) -> tuple[CuratedBase, str]:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise CraftError(f"{path}: not valid YAML: {err}") from None
-    todo = [i for i, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1)
-            if TODO in line and not line.lstrip().startswith("#")]  # fmt: skip
+    todo = [
+        i
+        for i, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1)
+        if TODO in line and not line.lstrip().startswith("#")
+    ]
     if todo:
         raise CraftError(
             f"{path}: line {todo[0]} still holds a {TODO} of the template ({len(todo)} line(s) "

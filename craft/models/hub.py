@@ -34,8 +34,12 @@ Loader = Literal[
 ]
 
 #: The files each kind of model needs (any one of a tuple), relative to its repository root.
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-            "pytorch_model.bin.index.json")  # fmt: skip
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 NEEDED: dict[str, list[tuple[str, ...]]] = {
     "pipeline": [
@@ -64,9 +68,22 @@ NEEDED: dict[str, list[tuple[str, ...]]] = {
     "timm": [("config.json",), ("model.safetensors", "pytorch_model.bin")],
 }
 #: What a fetch leaves out: other frameworks' weights, whole-model checkpoints, half variants.
-IGNORE = ["*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.ot", "*.tflite", "*.ckpt",
-          "flax_model*", "tf_model*", "rust_model*", "*.fp16.*", "*non_ema*", "*.md",
-          ".git*"]  # fmt: skip
+IGNORE = [
+    "*.msgpack",
+    "*.h5",
+    "*.onnx",
+    "*.onnx_data",
+    "*.ot",
+    "*.tflite",
+    "*.ckpt",
+    "flax_model*",
+    "tf_model*",
+    "rust_model*",
+    "*.fp16.*",
+    "*non_ema*",
+    "*.md",
+    ".git*",
+]
 
 
 @dataclass(frozen=True)

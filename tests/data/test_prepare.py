@@ -48,3 +48,13 @@ def test_prepare_keeps_each_patient_in_one_split_and_records_the_patients(tmp_pa
         n += len(s)
     assert len(where) == 24 and all(len(v) == 1 for v in where.values()), where
     assert n == sum(1 for _ in manifest.open()) - 1  # every row, once
+
+
+def test_a_manifests_prepare_spec_says_its_splits_keep_patients_together(tmp_path):
+    """So that upgrading reruns prepare where splits were drawn per image before; phantom
+    sources' specs (and so the shipped configs' reruns) are unchanged."""
+    manifest, images = write_site(tmp_path / "site", n_patients=4)
+    cfg = validate_config(site_config(manifest, images))
+    assert cfg.spec("prepare", "site-ct").plain()["source"]["split_by"] == "patient"
+    phantom = validate_config(tiny_config())
+    assert "split_by" not in phantom.spec("prepare", "phantom-cxr").plain()["source"]

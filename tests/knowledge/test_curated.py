@@ -160,9 +160,10 @@ def test_a_template_is_refused_until_filled_in_and_then_builds_knowledge(tmp_pat
         load_curated(str(path))
     filled = "\n".join(
         line.replace(f"{TODO} ", "").replace(f"{TODO}: ", "").replace(TODO, "it")
-        if not line.lstrip().startswith("#") else line
+        if not line.lstrip().startswith("#")
+        else line
         for line in path.read_text().splitlines()
-    )  # fmt: skip
+    )
     path.write_text(filled)
     base, digest = load_curated(str(path))
     assert list(base.labels) == labels and len(digest) == 64
@@ -186,15 +187,21 @@ def test_cli_writes_a_template_for_a_configs_modality_and_the_schema(tmp_path):
     craft = [str(BIN / "craft"), "knowledge"]
     run = subprocess.run(
         [*craft, "template", "-c", "c.yaml", "-m", "phantom-derm"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     written = yaml.safe_load((tmp_path / "phantom-derm.yaml").read_text())
     assert list(written["labels"]) == ["nevus", "melanoma"]
     again = subprocess.run(
         [*craft, "template", "-c", "c.yaml", "-m", "phantom-derm"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 2 and "exists; pass --force" in again.stderr
     schema = subprocess.run([*craft, "schema"], capture_output=True, text=True, timeout=120)
     props = json.loads(schema.stdout)["$defs"]["CuratedItem"]["properties"]

@@ -4,14 +4,12 @@ BiomedCLIP's second hub model (its BERT text tower) included."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from craft.config import TinyUNet
@@ -19,65 +17,18 @@ from craft.models.generator import save_generator
 from craft.models.tiny import build_tiny_generator
 from tests.conftest import BIN
 from tests.hub_cache import cache_repo, offline_env
+from tests.site_models import tiny_bert, tiny_biomedclip
 
 SD, BIOMEDCLIP, BERT = "site/tiny-sd", "site/tiny-biomedclip", "site/tiny-pubmedbert"
-
-
-def tiny_bert(out: Path) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    out.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(out / "vocab.txt")).save_pretrained(out)
-    config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    BertModel(config).save_pretrained(out)
-    return out
-
-
-def tiny_biomedclip(out: Path, bert: Path, text_tower_id: str) -> Path:
-    """An open_clip folder in BiomedCLIP's hub layout whose text tower is the Hugging Face
-    model ``text_tower_id`` (built here from the local ``bert``, then renamed to the id)."""
-    import open_clip
-
-    from craft.cas.evaluators import OPEN_CLIP_CONFIG, save_open_clip_dir
-
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "patch_size": 8,
-            "head_width": 16,
-        },  # fmt: skip
-        "text_cfg": {
-            "hf_model_name": str(bert),
-            "hf_tokenizer_name": str(bert),
-            "hf_proj_type": "mlp",
-            "hf_pooler_type": "cls_last_hidden_state_pooler",
-            "context_length": 32,
-        },
-    }
-    torch.manual_seed(0)
-    path = save_open_clip_dir(open_clip.CustomTextCLIP(**cfg), cfg, out, {"size": 32})
-    saved = json.loads((path / OPEN_CLIP_CONFIG).read_text())
-    saved["model_cfg"]["text_cfg"].update(
-        hf_model_name=text_tower_id, hf_tokenizer_name=text_tower_id
-    )
-    (path / OPEN_CLIP_CONFIG).write_text(json.dumps(saved))
-    return path
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Saved folders: a latent (VAE) pipeline, a BERT and a BiomedCLIP-layout open_clip model."""
     root = tmp_path_factory.mktemp("hub-models")
-    arch = TinyUNet(block_out_channels=[8, 16, 16], cross_attention_dim=16, text_layers=1,
-                    text_max_length=16)  # fmt: skip
+    arch = TinyUNet(
+        block_out_channels=[8, 16, 16], cross_attention_dim=16, text_layers=1, text_max_length=16
+    )
     save_generator(build_tiny_generator(arch, 16, 3, with_vae=True, seed=1), root / "sd")
     bert = tiny_bert(root / "bert")
     return {SD: root / "sd", BERT: bert, BIOMEDCLIP: tiny_biomedclip(root / "bmc", bert, BERT)}
@@ -92,7 +43,7 @@ def site_config(tmp_path: Path, clip_dir: Path) -> Path:
                     "kind": "manifest",
                     "manifest": str(tmp_path / "m.csv"),
                     "image_root": str(tmp_path),
-                },  # fmt: skip
+                },
                 "labels": ["normal", "lesion"],
                 "description": "CT slice",
                 "resolution": 16,
@@ -107,7 +58,7 @@ def site_config(tmp_path: Path, clip_dir: Path) -> Path:
                     "family": "biomedclip",
                     "role": "reward",
                     "source": f"hf-hub:{BIOMEDCLIP}",
-                },  # fmt: skip
+                },
                 "clip": {"family": "clip", "role": "out-of-family", "source": str(clip_dir)},
             }
         },
@@ -195,9 +146,12 @@ def test_hub_ids_load_from_the_cache_with_the_hub_offline(tmp_path, built):
         """
     )
     out = subprocess.run(
-        [sys.executable, "-c", script], env=offline_env(cache), capture_output=True, text=True,
+        [sys.executable, "-c", script],
+        env=offline_env(cache),
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ok (2, 32) (1, 32)" in out.stdout
 

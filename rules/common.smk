@@ -20,7 +20,8 @@ except CraftError as err:
 # pretrained model the config names must load from a local folder or the Hugging Face cache:
 # say which do not before anything is submitted, one line each (craft models check).
 if hub_offline():
-    _missing = check_offline(CFG, str(workflow.configfiles[-1]))
+    _given = list(workflow.overwrite_configfiles or []) or ["config.yaml"]
+    _missing = check_offline(CFG, str(_given[-1]))
     if _missing:
         sys.exit(
             "\n".join(f"craft: error: not available offline: {line}" for line in _missing)

@@ -424,3 +424,26 @@ def test_logs_live_under_results_and_every_attempt_keeps_its_own(tmp_path, env):
     newest = max(attempts, key=lambda a: a.stat().st_mtime_ns)
     assert log.samefile(newest)
     assert not (tmp_path / "logs").exists()
+
+
+def test_an_offline_plan_lists_the_models_a_job_could_not_load(workdir, env, tmp_path):
+    """HF_HUB_OFFLINE set (compute nodes without internet): the dry run stops before the DAG
+    with one line per model that is neither a local folder nor in the Hugging Face cache."""
+    from tests.hub_cache import offline_env
+
+    cfg = tiny_config()
+    cfg["models"] = {"generator": "site/absent-sd"}
+    write_config(workdir / "config.yaml", cfg)
+    (tmp_path / "empty-cache").mkdir()
+    proc = snakemake(
+        workdir, offline_env(tmp_path / "empty-cache", env), "-n", "--configfile",
+        str(workdir / "config.yaml"), check=False,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("craft: error")]
+    assert proc.returncode != 0 and lines == [
+        "craft: error: not available offline: models.generator: 'site/absent-sd': not in the "
+        f"Hugging Face cache; run `craft models fetch --config {workdir / 'config.yaml'}` on a "
+        "machine with internet"
+    ], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert snakemake(workdir, env, "-n", check=False).returncode == 0  # hub online: it plans

@@ -31,7 +31,7 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 class Strict(BaseModel):
     """Base of every config node: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- data sources
@@ -604,7 +604,7 @@ class CraftConfig(Strict):
         Path("results"),
         description="Folder of every stage's outputs (data, knowledge, models, runs, report).",
     )
-    seeds: list[int] = Field(
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
         [0],
         min_length=1,
         description="Run seeds: every method is trained and sampled once per seed and modality.",
@@ -881,13 +881,10 @@ def validate_config(data: dict[str, Any]) -> CraftConfig:
 
 def load_config(path: Path | str) -> CraftConfig:
     """Read and validate a config YAML file."""
+    from craft.yamlfile import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise CraftError(f"config file {path} does not exist (pass --config PATH)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise CraftError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise CraftError(f"{path}: expected a mapping of config keys at the top level")
     try:

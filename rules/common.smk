@@ -10,8 +10,14 @@ from craft.errors import CraftError
 from craft.launch import align_launcher, rule_resources
 from craft.models.hub import check_offline, hub_offline
 from craft.paths import Layout
+from craft.yamlfile import read_yaml
 
 try:
+    # Snakemake has read the config files already, taking a key written twice silently (the
+    # last wins): read them again to refuse that, naming the file and both lines.
+    for _file in workflow.overwrite_configfiles or [Path("config.yaml")]:
+        if Path(_file).is_file():
+            read_yaml(Path(_file))
     CFG = validate_config(config)
 except CraftError as err:
     sys.exit(f"craft: error: {err}")

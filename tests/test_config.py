@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -129,6 +130,66 @@ def test_load_config_names_the_file(tmp_path):
     (tmp_path / "broken.yaml").write_text("seeds: [0\nmodalities: {")
     with pytest.raises(CraftError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["methods"]["lora"].update(lr=float("inf")), "methods.lora.lr"),
+        (lambda d: d["sampling"].update(guidance_scale=float("inf")), "sampling.guidance_scale"),
+        (lambda d: d["methods"]["lora"].update(weight_decay=float("nan")), "weight_decay"),
+        (lambda d: d["cas"].update(tail_quantile=float("nan")), "cas.tail_quantile"),
+        (lambda d: d.update(seeds=[-1]), "seeds.0"),
+    ],
+)
+def test_non_finite_numbers_and_negative_seeds_are_refused(mutate, field):
+    message = error_of(changed(mutate))
+    assert field in message, message
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("seeds: [0]\nseeds: [1]\n", r"line 2: key 'seeds' is written twice \(first on line 1\)"),
+        ("modalities:\n  a: {}\n  a: {}\n", r"line 3: key 'a' is written twice"),
+        ("seeds: [0\nmodalities: {", r"line \d+, column \d+: not valid YAML"),
+        ("seeds: [0]\n".encode("utf-16"), "saved as UTF-16; save it as UTF-8"),
+        (b"seeds: \xff\xfe\x00\x01", "not UTF-8 text"),
+        (b"seeds: [0]\x00\x00", "binary bytes"),
+        ("- a\n- b\n", "expected a mapping of config keys"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_it(tmp_path, content, says):
+    path = tmp_path / "bad.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(CraftError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message, message
+    assert re.search(says, message), message
+
+
+def test_a_config_path_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(CraftError, match=r"is a folder, not a file; give the path of a config"):
+        load_config(tmp_path)
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    """'<<: *anchor' merges (craft init writes them) are no key written twice."""
+    data = default_data()
+    path = write_config(tmp_path / "merge.yaml", data)
+    text = path.read_text().replace("methods:\n", "base: &b {steps: 3}\nmethods:\n", 1)
+    text = text.replace("  lora:\n", "  lora:\n    <<: *b\n", 1)
+    path.write_text(text.replace("base: &b", "x-anchors: &b", 1))
+    with pytest.raises(CraftError, match="x-anchors"):  # an unknown top-level key, not a twin
+        load_config(path)
+    assert (
+        yaml.safe_load(path.read_text())["methods"]["lora"]["steps"]
+        == data["methods"]["lora"]["steps"]
+    )
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -447,3 +447,14 @@ def test_an_offline_plan_lists_the_models_a_job_could_not_load(workdir, env, tmp
     ], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert snakemake(workdir, env, "-n", check=False).returncode == 0  # hub online: it plans
+
+
+def test_a_key_written_twice_in_the_config_file_stops_the_plan(workdir, env):
+    """Snakemake takes the last of two equal keys; craft refuses them, naming both lines."""
+    text = (workdir / "config.yaml").read_text()
+    (workdir / "config.yaml").write_text(text + "seeds: [5]\n")
+    proc = snakemake(workdir, env, "-n", check=False)
+    line = "craft: error: config.yaml: line"
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("craft: error")]
+    assert proc.returncode != 0 and len(errors) == 1 and errors[0].startswith(line), proc.stderr
+    assert "key 'seeds' is written twice (first on line" in errors[0]

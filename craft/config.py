@@ -852,6 +852,10 @@ def _field_path(loc: tuple, data: Any) -> str:
     return ".".join(parts)
 
 
+#: Fields whose value may hold a credential by mistake: an error never repeats the value.
+SECRET_PRONE = ("base_url",)
+
+
 def _format_error(err: ValidationError, data: Any = None) -> str:
     """First validation error as one line: 'path.to.field: value ... (allowed ...)'."""
     e = err.errors()[0]
@@ -863,6 +867,8 @@ def _format_error(err: ValidationError, data: Any = None) -> str:
         return f"{loc}: required field is missing"
     value = e.get("input")
     shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+    if loc.endswith(SECRET_PRONE):  # may hold a key: never repeated
+        shown = "the value"
     if len(shown) > 60:
         shown = shown[:57] + "..."
     if re.match(r"^[\w.-]+: ", msg):  # model validators already name the field

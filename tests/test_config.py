@@ -275,3 +275,22 @@ def test_cli_runner_check(tmp_path):
     result = runner.invoke(app, ["config", "check", str(bad)])
     assert isinstance(result.exception, CraftError)
     assert "seeds" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:sk-LEAKME@host:8000/v1",
+        "http://sk-LEAKME@host:8000/v1",
+        "http://host:8000/v1?api_key=sk-LEAKME",
+        "http://host:8000/v1#token=sk-LEAKME",
+        "htp://sk-LEAKME@host/v1",
+    ],
+)
+def test_a_key_inside_the_servers_url_is_refused_without_repeating_it(url):
+    data = changed(
+        lambda d: d.update(knowledge={"backend": {"kind": "openai", "base_url": url, "model": "m"}})
+    )
+    message = error_of(data)
+    assert message.startswith("invalid config: knowledge.backend.base_url: "), message
+    assert "LEAKME" not in message, message

@@ -84,11 +84,18 @@ class OpenAIBackend(_Strict):
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str) -> str:
+        # Never repeat the URL in an error: it may hold a key (this field's errors are shown
+        # without their value, craft.config.SECRET_PRONE).
         parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"'{v}' is not an http(s) URL")
-        if parts.username or parts.password:
+        if parts.username or parts.password or "@" in parts.netloc:
             raise ValueError("must not hold credentials; name the key's env var in api_key_env")
+        if parts.query or parts.fragment:
+            raise ValueError(
+                "must end at the API root (e.g. http://host:8000/v1), without ?query or "
+                "#fragment; a key goes in the environment variable named by api_key_env"
+            )
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("is not an http(s) URL such as http://gpu-node-3:8000/v1")
         return v.rstrip("/")
 
 

@@ -89,8 +89,16 @@ def _seed_in_config(cfg, seed: int) -> None:
 
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="Config YAML file.")]) -> None:
-    """Validate a config file; prints one line naming the first problem."""
+    """Validate a config file and the files and folders it names; one line per problem."""
+    from craft.checks import check_files
+
     cfg = _load(file)
+    problems = check_files(cfg)
+    if len(problems) > 1:
+        for line in problems[:-1]:
+            print(f"craft: error: {file}: {line}", file=sys.stderr)
+    if problems:
+        raise CraftError(f"{file}: {problems[-1]}")
     n = len(cfg.modalities) * len(cfg.methods) * len(cfg.seeds)
     print(
         f"{file}: ok ({len(cfg.modalities)} modalities x {len(cfg.methods)} methods x "

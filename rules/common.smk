@@ -5,6 +5,7 @@ import re
 import sys
 from pathlib import Path
 
+from craft.checks import check_files
 from craft.config import dump_config, validate_config
 from craft.errors import CraftError
 from craft.launch import align_launcher, rule_resources
@@ -21,6 +22,11 @@ try:
     CFG = validate_config(config)
 except CraftError as err:
     sys.exit(f"craft: error: {err}")
+# Every file and folder the config names (manifests, image folders, knowledge files, local
+# model folders) is there, before anything is submitted: one line each.
+_problems = check_files(CFG)
+if _problems:
+    sys.exit("\n".join(f"craft: error: {line}" for line in _problems))
 
 # With the hub switched off (HF_HUB_OFFLINE=1, as on compute nodes without internet), every
 # pretrained model the config names must load from a local folder or the Hugging Face cache:

@@ -202,9 +202,16 @@ def craft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_config_check_and_show(tmp_path):
-    ok = craft("config", "check", str(DEFAULT), cwd=tmp_path)
+    ok = craft("config", "check", str(DEFAULT), cwd=REPO)
     assert ok.returncode == 0, ok.stderr
     assert "ok" in ok.stdout and "2 modalities x 6 methods x 1 seeds" in ok.stdout
+    # its generator is a relative path: from another folder, jobs would not find it
+    elsewhere = craft("config", "check", str(DEFAULT), cwd=tmp_path)
+    assert elsewhere.returncode == 2 and "Traceback" not in elsewhere.stderr
+    assert (
+        "models.generator: 'assets/phantom-foundation/phantom-derm': no such folder (relative "
+        f"paths start at {tmp_path})" in elsewhere.stderr
+    ), elsewhere.stderr
 
     shown = craft("config", "show", "--config", str(DEFAULT), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr

@@ -84,13 +84,16 @@ def test_dry_run_expands_modalities_methods_seeds(env):
 
 def test_the_paper_config_plans_every_method_of_the_study(env, tmp_path):
     """configs/craft-paper.yaml (real models, four modalities) plans all six methods, the
-    evaluations with real models and the study. Its manifests are the prepare jobs' inputs, so
-    they must exist (here: header-only CSVs where the config's /data placeholders point)."""
+    evaluations with real models and the study. The files it names must exist when it is
+    planned (here: header-only CSVs and empty image folders where its /data placeholders
+    point)."""
     text = (REPO / "configs" / "craft-paper.yaml").read_text()
     text = text.replace("/data/", f"{tmp_path}/data/")
     for manifest in re.findall(r"^ +manifest: (\S+)", text, re.M):
         Path(manifest).parent.mkdir(parents=True, exist_ok=True)
         Path(manifest).write_text("path,label,patient\n")
+    for root in re.findall(r"^ +image_root: (\S+)", text, re.M):
+        Path(root).mkdir(parents=True, exist_ok=True)
     (tmp_path / "paper.yaml").write_text(text)
     out = snakemake(
         REPO,
@@ -127,6 +130,7 @@ def test_a_multi_gpu_align_job_asks_for_its_gpus_and_starts_one_process_per_gpu(
     launcher (torchrun on one node; srun + torchrun with a c10d rendezvous on several)."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["results"] = str(tmp_path / "results")
+    cfg["models"]["generator"] = str(REPO / cfg["models"]["generator"])  # run from tmp_path
     cfg["resources"] = {"align": {"gpu": gpus, "nodes": nodes, "threads": 4}}
     for method in cfg["methods"].values():
         if "align" in method:

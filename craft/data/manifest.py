@@ -86,6 +86,13 @@ def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> li
                 "(or empty to assign it); fix the row"
             )
         path = Path(os.path.abspath(image_root / Path(raw_path).expanduser()))
+        if not Path(raw_path).expanduser().is_absolute() and not path.is_relative_to(
+            os.path.abspath(image_root)
+        ):
+            raise CraftError(
+                f"{where}: path {raw_path!r} leads out of the image root {image_root}; give a "
+                "path inside it, or an absolute path"
+            )
         key = os.path.normcase(os.path.realpath(path))
         if key in seen:
             raise CraftError(
@@ -131,6 +138,10 @@ def _table(csv_path: Path) -> tuple[int, list[str], list[str], list]:
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
             records = list(_records(csv.reader(f)))
+    except PermissionError as err:
+        raise CraftError(
+            f"{csv_path}: cannot read the manifest ({err.strerror}); check its permissions"
+        ) from None
     except UnicodeDecodeError:
         raise CraftError(f"{csv_path}: not UTF-8 text; save the manifest as a UTF-8 CSV") from None
     except csv.Error as err:
@@ -211,6 +222,15 @@ def assign_splits(rows: Sequence[ManifestRow], fractions: dict[str, float], seed
             for j in order[start : start + counts[s]]:
                 result[todo[j]] = s
             start += counts[s]
+    for label, have in explicit.items():  # labels whose rows all name their split
+        empty = [s for s in SPLITS if frac[s] > 0 and have[s] == 0]
+        if label not in by_label and empty:
+            given = ", ".join(f"{s} {have[s]}" for s in SPLITS)
+            raise CraftError(
+                f"label {label!r} has no image in the {empty[0]} split: every row of it names a "
+                f"split ({given}); set some rows' split to {empty[0]}, leave splits empty to "
+                f"assign them, or set the {empty[0]} fraction to 0 in modalities.<name>.splits"
+            )
     return list(result)  # every entry is set: explicit or assigned
 
 

@@ -308,3 +308,24 @@ def test_too_few_patients_for_a_label_in_a_split_is_one_line():
         r"come from 1 patient\(s\)"
     ):  # fmt: skip
         assign_splits(rows, FRACTIONS, seed=0)
+
+
+def test_a_relative_path_out_of_the_image_root_is_refused(tmp_path, root):
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes((root / "a.png").read_bytes())
+    csv = write_csv(tmp_path, "path,label\na.png,normal\n../elsewhere.png,effusion\n")
+    with pytest.raises(CraftError, match=r"line 3: path '../elsewhere.png' leads out of the"):
+        read_manifest(csv, root, LABELS)
+    csv = write_csv(tmp_path, f"path,label\na.png,normal\n{outside},effusion\n")
+    assert [r.path for r in read_manifest(csv, root, LABELS)][1] == outside  # absolute: fine
+
+
+def test_explicit_splits_that_leave_a_split_empty_are_refused():
+    rows = [ManifestRow(i + 2, Path(f"/d/{i}.png"), LABELS[i % 2], "train") for i in range(8)]
+    with pytest.raises(CraftError, match=r"label 'normal' has no image in the val split: every"):
+        assign_splits(rows, FRACTIONS, seed=0)
+    rows[0] = ManifestRow(2, Path("/d/0.png"), LABELS[0], "val")
+    rows[2] = ManifestRow(4, Path("/d/2.png"), LABELS[0], "test")
+    rows[1] = ManifestRow(3, Path("/d/1.png"), LABELS[1], "val")
+    rows[3] = ManifestRow(5, Path("/d/3.png"), LABELS[1], "test")
+    assert set(assign_splits(rows, FRACTIONS, seed=0)) == {"train", "val", "test"}

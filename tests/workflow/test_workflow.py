@@ -419,7 +419,9 @@ def test_logs_live_under_results_and_every_attempt_keeps_its_own(tmp_path, env):
     write_config(tmp_path / "config.yaml", cfg)
     target = "site-a/data/phantom-cxr.h5"
     snakemake(tmp_path, env, "--cores", "1", target)
-    snakemake(tmp_path, env, "--cores", "1", "--forcerun", "prepare", target)
+    snakemake(
+        tmp_path, env, "--cores", "1", target, "--forcerun", "prepare"
+    )  # after the target: --forcerun takes every word after it
     log = tmp_path / "site-a/logs/prepare/phantom-cxr.log"
     attempts = sorted((tmp_path / "site-a/logs/prepare/phantom-cxr.log.attempts").iterdir())
     assert len(attempts) == 2, attempts

@@ -1,12 +1,12 @@
 # craft workflow: modalities x methods x seeds, from images to one report.
 # Run:  snakemake --profile profiles/local         (one machine)
 #       snakemake --profile slurm                  (after `craft profile install slurm ...`)
+#       snakemake --profile slurm --configfile my.yaml   (your config, in place of config.yaml)
+# No `configfile:` directive: rules/common.smk reads config.yaml only when no --configfile is
+# given, so that a given file replaces the embedded default whole, in every job too.
 from snakemake.utils import min_version
 
 min_version("9.0")
-
-
-configfile: "config.yaml"
 
 
 include: "rules/common.smk"

@@ -189,7 +189,7 @@ def init(
         print(f"wrote {path}")
     print(
         f"next: craft config check {out}; craft models fetch -c {out}; "
-        f"snakemake -n --configfile {out} --replace-workflow-config"
+        f"snakemake -n --configfile {out}"
     )
 
 

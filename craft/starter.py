@@ -121,8 +121,8 @@ def starter_config(
 # craft config written by `craft init` from {manifest}
 # Check it:   craft config check {out}
 # Models:     craft models fetch -c {out}   (on a login node with internet)
-# Plan it:    snakemake -n --configfile {out} --replace-workflow-config
-# Run it:     snakemake --profile slurm --configfile {out} --replace-workflow-config
+# Plan it:    snakemake -n --configfile {out}
+# Run it:     snakemake --profile slurm --configfile {out}
 # Every field: craft config show -c {out}; the settings below are starting points.
 results: results
 seeds: [0, 1, 2]

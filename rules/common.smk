@@ -12,13 +12,29 @@ from craft.launch import align_launcher, rule_resources
 from craft.models.hub import check_offline, hub_offline
 from craft.paths import Layout
 from craft.yamlfile import read_yaml
+from snakemake.utils import update_config
 
 try:
-    # Snakemake has read the config files already, taking a key written twice silently (the
-    # last wins): read them again to refuse that, naming the file and both lines.
-    for _file in workflow.overwrite_configfiles or [Path("config.yaml")]:
-        if Path(_file).is_file():
-            read_yaml(Path(_file))
+    # The config: the --configfile(s) given, else the embedded default config.yaml, with
+    # --config values on top. A given file replaces config.yaml whole. (With a `configfile:`
+    # directive Snakemake merges the two key by key, and the jobs it spawns on a cluster do so
+    # even under --replace-workflow-config, which it does not pass on to them: a config of
+    # one's own then validated with the phantom default's modalities and evaluators mixed in.)
+    # Snakemake reads the given files taking a key written twice silently (the last wins):
+    # read them again to refuse that, naming the file and both lines.
+    for _file in workflow.overwrite_configfiles:
+        read_yaml(Path(_file))
+    if not workflow.overwrite_configfiles:
+        _default = read_yaml(
+            Path("config.yaml"),
+            "config file",
+            "run from the craft folder, or pass --configfile FILE",
+        )
+        if not isinstance(_default, dict):
+            raise CraftError("config.yaml: expected a mapping of config keys at the top level")
+        update_config(_default, config)  # --config values on top
+        config.clear()
+        config.update(_default)
     CFG = validate_config(config)
 except CraftError as err:
     sys.exit(f"craft: error: {err}")

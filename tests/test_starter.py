@@ -69,7 +69,6 @@ def test_init_writes_a_config_that_checks_and_plans_all_six_methods(tmp_path):
             "-n",
             "--configfile",
             str(tmp_path / "my.yaml"),
-            "--replace-workflow-config",
         ],
         cwd=tmp_path,
         capture_output=True,

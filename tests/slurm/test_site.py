@@ -11,6 +11,7 @@ OpenAI-compatible server that needs an API key. All six methods run through
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from craft.paths import Layout
 from tests.knowledge.chat_server import ChatServer, Reply
 from tests.site_workspace import METHODS, MODALITY, SECRET, build_site, site_answer
 
+from .conftest import REPO
 from .test_slurm_workflow import (
     cancel_leftovers,
     failure_report,
@@ -82,6 +84,9 @@ def test_a_site_runs_every_method_on_slurm_with_offline_nodes(tmp_path, slurm_cl
     workdir = tmp_path / "site"
     with ChatServer(lambda n, body: Reply(site_answer(body))) as server:
         site = build_site(workdir, server.base_url)
+        # run, as a site does, from a folder that holds craft's embedded default config.yaml:
+        # the given --configfile must replace it, in the jobs SLURM runs too
+        shutil.copy(REPO / "config.yaml", workdir / "config.yaml")
         env = {**site.env(craft_env), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
         profile = slurm_profile(tmp_path, slurm_cluster)
         prefix = f"craft-site-{uuid.uuid4().hex[:8]}"

@@ -101,7 +101,6 @@ def test_the_paper_config_plans_every_method_of_the_study(env, tmp_path):
         "-n",
         "--configfile",
         str(tmp_path / "paper.yaml"),
-        "--replace-workflow-config",
         "--config",
         f"results={tmp_path}/results",
     ).stdout
@@ -464,3 +463,16 @@ def test_a_key_written_twice_in_the_config_file_stops_the_plan(workdir, env):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("craft: error")]
     assert proc.returncode != 0 and len(errors) == 1 and errors[0].startswith(line), proc.stderr
     assert "key 'seeds' is written twice (first on line" in errors[0]
+
+
+def test_a_given_config_file_replaces_the_default_whole(workdir, env, tmp_path):
+    """--configfile replaces the config.yaml of the folder (which Snakemake would merge key by
+    key, and its cluster jobs even under --replace-workflow-config); --config applies on top."""
+    mine = tiny_config(results=str(tmp_path / "mine"))
+    mine["modalities"] = {"phantom-derm": mine["modalities"]["phantom-derm"]}
+    write_config(tmp_path / "mine.yaml", mine)
+    out = snakemake(workdir, env, "-n", "--configfile", str(tmp_path / "mine.yaml")).stdout
+    touched = {w.get("modality") for _, w in jobs_to_run(out)} - {None}
+    assert touched == {"phantom-derm"}, touched
+    both = snakemake(workdir, env, "-n", "--config", "seeds=[0,1]").stdout
+    assert job_counts(both)["adapt"] == 2 * 3 * 2  # 2 modalities x 3 methods x 2 seeds

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from craft.models.hub import config_models, fix_for, missing
+from craft.models.hub import config_models, problem
 
 if TYPE_CHECKING:
     from craft.config import CraftConfig
@@ -47,10 +47,5 @@ def check_files(cfg: CraftConfig) -> list[str]:
             problems.append(_file(f"knowledge.curated.{name}", Path(base), "YAML file"))
     for name, path in cfg.knowledge.review.items():
         problems.append(_file(f"knowledge.review.{name}", Path(path), "review YAML file"))
-    for ref in config_models(cfg):
-        if ref.local:
-            why = missing(ref)
-            if why is not None:
-                rel = "" if ref.path.is_absolute() else f" (relative paths start at {Path.cwd()})"
-                problems.append(f"{ref.describe()}: {why}{rel}; {fix_for(ref)}")
+    problems += [problem(ref) for ref in config_models(cfg) if ref.local]
     return [p for p in problems if p is not None]

@@ -94,11 +94,10 @@ def config_check(file: Annotated[Path, typer.Argument(help="Config YAML file.")]
 
     cfg = _load(file)
     problems = check_files(cfg)
-    if len(problems) > 1:
-        for line in problems[:-1]:
-            print(f"craft: error: {file}: {line}", file=sys.stderr)
+    for line in problems:
+        print(f"craft: error: {file}: {line}", file=sys.stderr)
     if problems:
-        raise CraftError(f"{file}: {problems[-1]}")
+        raise typer.Exit(2)
     n = len(cfg.modalities) * len(cfg.methods) * len(cfg.seeds)
     print(
         f"{file}: ok ({len(cfg.modalities)} modalities x {len(cfg.methods)} methods x "
@@ -197,13 +196,13 @@ def init(
 def models_check(config: ConfigOpt = Path("config.yaml")) -> None:
     """List every pretrained model the config names that a job could not load offline (from
     a local folder or the Hugging Face cache), one line each; exits 1 if there is one."""
-    from craft.models.hub import check_offline, config_models, with_dependencies
+    from craft.models.hub import config_models, problem, with_dependencies
 
-    cfg = _load(config)
-    problems = check_offline(cfg, str(config))
+    refs = list(with_dependencies(config_models(_load(config))))
+    problems = [line for ref in refs if (line := problem(ref, str(config))) is not None]
     for line in problems:
         print(f"craft: missing: {line}", file=sys.stderr)
-    n = len(list(with_dependencies(config_models(cfg))))
+    n = len(refs)
     if problems:
         raise typer.Exit(1)
     print(f"{config}: all {n} pretrained model(s) load offline")

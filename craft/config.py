@@ -885,14 +885,22 @@ def validate_config(data: dict[str, Any]) -> CraftConfig:
         raise CraftError(f"invalid config: {_format_error(err, data)}") from None
 
 
-def load_config(path: Path | str) -> CraftConfig:
-    """Read and validate a config YAML file."""
+def read_config_file(
+    path: Path | str, hint: str = "give the path of a config YAML file"
+) -> dict[str, Any]:
+    """A config file's raw mapping (not validated): each problem is one line naming the file."""
     from craft.yamlfile import read_yaml
 
-    path = Path(path)
-    data = read_yaml(path)
+    data = read_yaml(Path(path), "config file", hint)
     if not isinstance(data, dict):
         raise CraftError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def load_config(path: Path | str) -> CraftConfig:
+    """Read and validate a config YAML file."""
+    path = Path(path)
+    data = read_config_file(path)
     try:
         return validate_config(data)
     except CraftError as err:

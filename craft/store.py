@@ -219,11 +219,17 @@ def _strings(ds) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else v for v in ds[()]]
 
 
+def _patients(group) -> list[str]:
+    """A split group's patients ("" where unknown, and for files written without them)."""
+    if "patients" in group:
+        return _strings(group["patients"])
+    return [""] * group["labels"].shape[0]
+
+
 def read_patients(path: Path, split: str) -> list[str]:
-    """The patient of each image of one split ("" where unknown, and for files without them)."""
+    """The patient of each image of one split, without reading its images."""
     with open_h5(path, "data") as f:
-        g = f[split]
-        return _strings(g["patients"]) if "patients" in g else [""] * g["labels"].shape[0]
+        return _patients(f[split])
 
 
 def read_split(path: Path, split: str, config_digest: str | None = None) -> Split:
@@ -239,7 +245,7 @@ def read_split(path: Path, split: str, config_digest: str | None = None) -> Spli
             labels=g["labels"][()].astype(np.int64),
             label_names=json_attr(f, "labels"),
             paths=_strings(g["paths"]),
-            patients=_strings(g["patients"]) if "patients" in g else [""] * len(g["labels"]),
+            patients=_patients(g),
         )
 
 

@@ -37,7 +37,6 @@ rule reference:
         ATTEMPT_LOG
         + "craft reference --config {params.config} --modality {wildcards.modality}"
         " --evaluator {wildcards.evaluator} --out {output.reference} --threads {threads}"
-        ""
 
 
 rule score:

@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 
 from craft.checks import check_files
-from craft.config import dump_config, validate_config
+from craft.config import dump_config, read_config_file, validate_config
 from craft.errors import CraftError
 from craft.launch import align_launcher, rule_resources
 from craft.models.hub import check_offline, hub_offline
 from craft.paths import Layout
-from craft.yamlfile import read_yaml
 from snakemake.utils import update_config
 
 try:
@@ -23,15 +22,11 @@ try:
     # Snakemake reads the given files taking a key written twice silently (the last wins):
     # read them again to refuse that, naming the file and both lines.
     for _file in workflow.overwrite_configfiles:
-        read_yaml(Path(_file))
+        read_config_file(_file)
     if not workflow.overwrite_configfiles:
-        _default = read_yaml(
-            Path("config.yaml"),
-            "config file",
-            "run from the craft folder, or pass --configfile FILE",
+        _default = read_config_file(
+            "config.yaml", "run from the craft folder, or pass --configfile FILE"
         )
-        if not isinstance(_default, dict):
-            raise CraftError("config.yaml: expected a mapping of config keys at the top level")
         update_config(_default, config)  # --config values on top
         config.clear()
         config.update(_default)

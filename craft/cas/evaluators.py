@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from craft.errors import CraftError
+from craft.models.hub import OPEN_CLIP_CONFIG, is_open_clip
 
 __all__ = [
     "Evaluator",
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 Adapter = Literal["auto", "hf", "open_clip"]
-OPEN_CLIP_CONFIG = "open_clip_config.json"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -474,9 +474,7 @@ def save_open_clip_dir(
 def detect_adapter(source: str) -> Literal["hf", "open_clip"]:
     """Which adapter loads ``source``: open_clip for 'hf-hub:'/'local-dir:' ids and dirs with
     open_clip_config.json, Hugging Face otherwise."""
-    if source.startswith(("hf-hub:", "local-dir:")) or Path(source, OPEN_CLIP_CONFIG).is_file():
-        return "open_clip"
-    return "hf"
+    return "open_clip" if is_open_clip(source) else "hf"
 
 
 def load_evaluator(

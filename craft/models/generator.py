@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from craft.errors import CraftError
-from craft.models.hub import PIPELINE_PARTS, load_error
+from craft.models.hub import PIPELINE_PARTS, load_error, looks_local
 
 
 @dataclass
@@ -189,8 +189,7 @@ def load_generator(
     """Load every part from a hub id or a local dir (Stable Diffusion folder layout); a failure
     is one line naming ``field`` (the config field the source comes from)."""
     source = str(source)
-    local_looking = source.startswith((".", "/", "~")) or source.count("/") > 1
-    if not Path(source).exists() and ("/" not in source or local_looking):
+    if not Path(source).exists() and ("/" not in source or looks_local(source)):
         raise CraftError(
             f"generator '{source}' is neither a local dir nor a hub id (org/name; relative "
             f"dirs are taken from {Path.cwd()}); fix models.generator in the config"

@@ -26,6 +26,8 @@ from craft.errors import CraftError
 if TYPE_CHECKING:
     from craft.config import CraftConfig
 
+#: The file that marks an open_clip model folder (BiomedCLIP's hub layout).
+OPEN_CLIP_CONFIG = "open_clip_config.json"
 #: The parts every generator folder has (a Stable Diffusion pipeline folder; ``vae/`` optional).
 PIPELINE_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 
@@ -53,7 +55,7 @@ NEEDED: dict[str, list[tuple[str, ...]]] = {
     ],
     "transformers": [("config.json",), _WEIGHTS],
     "open_clip": [
-        ("open_clip_config.json",),
+        (OPEN_CLIP_CONFIG,),
         ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
     ],
     # open_clip builds a Hugging Face text tower from its config alone (the weights come from
@@ -103,13 +105,7 @@ class ModelRef:
     @property
     def local(self) -> bool:
         """A folder on disk (existing or not) rather than a hub id."""
-        s = self.source.removeprefix("local-dir:")
-        return (
-            self.source.startswith("local-dir:")
-            or Path(s).exists()
-            or s.startswith((".", "/", "~"))
-            or s.count("/") > 1
-        )
+        return self.source.startswith("local-dir:") or looks_local(self.source)
 
     @property
     def path(self) -> Path:
@@ -124,13 +120,16 @@ def _transformers_like(source: str) -> bool:
     return source not in ("tiny", "pixels", "inception", "train", "pretrain")
 
 
-def _is_open_clip(source: str, adapter: str) -> bool:
-    if adapter != "auto":
-        return adapter == "open_clip"
-    return (
-        source.startswith(("hf-hub:", "local-dir:"))
-        or Path(source, "open_clip_config.json").is_file()
-    )
+def looks_local(source: str) -> bool:
+    """Whether a model source names a folder (existing or not) rather than a hub id 'org/name':
+    it exists, starts with '.', '/' or '~', or has more than one '/'."""
+    return Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def is_open_clip(source: str) -> bool:
+    """Whether open_clip loads ``source``: an 'hf-hub:' / 'local-dir:' id or a folder with
+    open_clip_config.json (the evaluators' 'auto' adapter)."""
+    return source.startswith(("hf-hub:", "local-dir:")) or Path(source, OPEN_CLIP_CONFIG).is_file()
 
 
 def _timm_hub_id(name: str) -> str | None:
@@ -156,7 +155,10 @@ def config_models(cfg: CraftConfig) -> list[ModelRef]:
                 refs.append(ref)
     for name, ev in cfg.cas.evaluators.items():
         if ev.source != "train":
-            loader = "open_clip" if _is_open_clip(ev.source, ev.adapter) else "transformers"
+            open_clip = (
+                is_open_clip(ev.source) if ev.adapter == "auto" else ev.adapter == "open_clip"
+            )
+            loader = "open_clip" if open_clip else "transformers"
             refs.append(ModelRef(f"cas.evaluators.{name}.source", ev.source, loader, ev.revision))
         if ev.judge is not None:
             refs.append(
@@ -199,9 +201,9 @@ def config_models(cfg: CraftConfig) -> list[ModelRef]:
 def _open_clip_config(ref: ModelRef) -> dict | None:
     """An open_clip model's open_clip_config.json, from its folder or the cache (else None)."""
     if ref.local:
-        path = ref.path / "open_clip_config.json"
+        path = ref.path / OPEN_CLIP_CONFIG
     else:
-        path = _cached(ref.repo_id, "open_clip_config.json", ref.revision)
+        path = _cached(ref.repo_id, OPEN_CLIP_CONFIG, ref.revision)
     if path is None or not Path(path).is_file():
         return None
     try:
@@ -305,14 +307,21 @@ def fix_for(ref: ModelRef, config: str = "CONFIG") -> str:
     return f"run `craft models fetch --config {config}` on a machine with internet"
 
 
+def problem(ref: ModelRef, config: str = "CONFIG") -> str | None:
+    """The line saying why a job could not load ``ref`` offline and how to fix it (None: it
+    could); a relative folder says where relative paths start."""
+    why = missing(ref)
+    if why is None:
+        return None
+    if ref.local and not ref.path.is_absolute():
+        why += f" (relative paths start at {Path.cwd()})"
+    return f"{ref.describe()}: {why}; {fix_for(ref, config)}"
+
+
 def check_offline(cfg: CraftConfig, config: str = "CONFIG") -> list[str]:
     """One line per model (or dependency) that a job could not load offline; [] when all are."""
-    lines = []
-    for ref in with_dependencies(config_models(cfg)):
-        why = missing(ref)
-        if why is not None:
-            lines.append(f"{ref.describe()}: {why}; {fix_for(ref, config)}")
-    return lines
+    lines = (problem(ref, config) for ref in with_dependencies(config_models(cfg)))
+    return [line for line in lines if line is not None]
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -321,9 +330,9 @@ def check_offline(cfg: CraftConfig, config: str = "CONFIG") -> list[str]:
 def fetch(ref: ModelRef) -> Path:
     """Download ``ref`` into the Hugging Face cache (a local folder is only checked)."""
     if ref.local:
-        why = missing(ref)
-        if why:
-            raise CraftError(f"{ref.describe()}: {why}; {fix_for(ref)}")
+        line = problem(ref)
+        if line is not None:
+            raise CraftError(line)
         return ref.path
     from huggingface_hub import snapshot_download
 

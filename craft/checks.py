@@ -4,7 +4,9 @@ A mistake a job finds is found late: after queueing, on a compute node, in a log
 checked without reading images is checked when the workflow is planned (the Snakefile) and by
 ``craft config check``: each manifest and image folder exists, each curated knowledge and
 review file exists, and each local model folder has the layout its loader reads. Each problem
-is one line naming the config field, the path and the fix. Imports no torch.
+is one line naming the config field, the path and the fix. A manifest is read row by row
+(each file must exist, inside the image root), but no image is decoded: that is ``craft data
+check``. Imports no torch.
 """
 
 from __future__ import annotations
@@ -27,21 +29,55 @@ def _file(field: str, path: Path, what: str) -> str | None:
     return None
 
 
-def check_files(cfg: CraftConfig) -> list[str]:
-    """One line per file or folder the config names that a job could not read."""
+def check_manifest(cfg: CraftConfig, name: str) -> list[str]:
+    """What prepare would refuse in a modality's manifest, short of decoding its images: the
+    header, every row (label, split, path inside the image root, the file exists, no
+    duplicate), every label with images, and whole patients dealt to every split. At most the
+    first few lines, with the count of the rest; ``craft data check`` lists every one."""
+    from craft.data.manifest import assign_splits, scan_manifest
+    from craft.errors import CraftError
+
+    m = cfg.modalities[name]
+    try:
+        rows, problems = scan_manifest(m.source.manifest, m.source.image_root, m.labels)
+        if not problems:
+            fractions = {"train": m.splits.train, "val": m.splits.val, "test": m.splits.test}
+            assign_splits(rows, fractions, m.splits.seed)
+    except CraftError as err:
+        problems = [f"{m.source.manifest}: {err}" if not str(err).startswith(
+            str(m.source.manifest)) else str(err)]  # fmt: skip
+    shown = problems[:MAX_SHOWN]
+    if len(problems) > MAX_SHOWN:
+        shown.append(
+            f"... and {len(problems) - MAX_SHOWN} more problem(s) in {m.source.manifest}; "
+            f"`craft data check -m {name}` lists them all"
+        )
+    return [f"modalities.{name}.source.manifest: {line}" for line in shown]
+
+
+#: At most this many problems of one manifest are shown at plan time.
+MAX_SHOWN = 5
+
+
+def check_files(cfg: CraftConfig, manifests: bool = True) -> list[str]:
+    """One line per file or folder the config names that a job could not read; with
+    ``manifests``, also what prepare would refuse in each manifest (:func:`check_manifest`)."""
     from craft.knowledge.curated import shipped_bases
 
     problems: list[str | None] = []
     for name, m in cfg.modalities.items():
         if m.source.kind == "manifest":
             where = f"modalities.{name}.source"
-            problems.append(_file(f"{where}.manifest", Path(m.source.manifest), "CSV file"))
+            csv = _file(f"{where}.manifest", Path(m.source.manifest), "CSV file")
+            problems.append(csv)
             root = Path(m.source.image_root)
             if not root.is_dir():
                 problems.append(
                     f"{where}.image_root: '{root}' is not a folder; name the folder the "
                     "manifest's relative paths start from"
                 )
+            elif csv is None and manifests:
+                problems += check_manifest(cfg, name)
     for name, base in cfg.knowledge.curated.items():
         if base not in shipped_bases():
             problems.append(_file(f"knowledge.curated.{name}", Path(base), "YAML file"))

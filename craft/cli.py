@@ -38,6 +38,8 @@ models_app = typer.Typer(
     no_args_is_help=True, help="Pretrained models a config names: offline check and download."
 )
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(no_args_is_help=True, help="Check a site's manifest and images.")
+app.add_typer(data_app, name="data")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Config YAML file.")]
 ModalityOpt = Annotated[
@@ -221,6 +223,35 @@ def models_fetch(config: ConfigOpt = Path("config.yaml")) -> None:
         print(f"{ref.describe()}: {path}")
     check = f"HF_HUB_OFFLINE=1 craft models check -c {config}"
     print(f"{len(done)} model(s) ready; check them offline: {check}")
+
+
+@data_app.command("check")
+def data_check(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: Annotated[
+        str | None, typer.Option("--modality", "-m", help="One modality (default: all).")
+    ] = None,
+) -> None:
+    """Read every manifest row and decode every image once, as prepare would; list every bad
+    row and file, one line each naming its CSV line; exits 1 if there is one. Writes nothing."""
+    from craft.data.prepare import check_data
+
+    cfg = _load(config)
+    names = [modality] if modality else list(cfg.modalities)
+    if modality:
+        cfg.modality(modality)  # an unknown name is one line
+    found = 0
+    for name in names:
+        if cfg.modalities[name].source.kind != "manifest":
+            print(f"{name}: phantom modality, nothing to check")
+            continue
+        n, problems = check_data(cfg, name)
+        for line in problems:
+            print(f"craft: bad: {line}", file=sys.stderr)
+        found += len(problems)
+        print(f"{name}: {n} image(s) read" + (f", {len(problems)} problem(s)" if problems else ""))
+    if found:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -871,8 +871,8 @@ def _format_error(err: ValidationError, data: Any = None) -> str:
         shown = "the value"
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    if re.match(r"^[\w.-]+: ", msg):  # model validators already name the field
-        return msg
+    if re.match(r"^[\w.-]+: ", msg):  # a model validator names the field, under its model
+        return msg if not loc or msg.startswith(f"{loc}.") else f"{loc}.{msg}"
     more = f" (+{len(err.errors()) - 1} more errors)" if len(err.errors()) > 1 else ""
     return f"{loc or 'config'}: {shown} is invalid: {msg}{more}"
 

@@ -39,13 +39,13 @@ def summarise_images(paths: Sequence[Path], sample: int = SAMPLE) -> ImageSummar
     import pydicom
     from PIL import Image
 
-    from craft.data.images import _is_dicom
+    from craft.data.images import is_dicom
 
     step = max(1, len(paths) // sample)
     colour, sides = False, []
     for path in list(paths)[::step][:sample]:
         try:
-            if _is_dicom(path):
+            if is_dicom(path):
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
                 colour |= int(getattr(ds, "SamplesPerPixel", 1)) > 1
                 sides.append(min(int(ds.Rows), int(ds.Columns)))

@@ -34,8 +34,10 @@ try:
 except CraftError as err:
     sys.exit(f"craft: error: {err}")
 # Every file and folder the config names (manifests, image folders, knowledge files, local
-# model folders) is there, before anything is submitted: one line each.
-_problems = check_files(CFG)
+# model folders) is there, before anything is submitted: one line each. Each manifest is read
+# row by row (labels, splits, every image file there), in the main process only: the jobs a
+# cluster runs parse this file again and need not stat every image each time.
+_problems = check_files(CFG, manifests=workflow.is_main_process)
 if _problems:
     sys.exit("\n".join(f"craft: error: {line}" for line in _problems))
 

@@ -15,7 +15,7 @@ from tests.site_data import write_site
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
-    return write_site(root, n_patients=4)
+    return write_site(root, n_patients=12)
 
 
 def problems(data: dict) -> list[str]:

@@ -24,7 +24,7 @@ def craft(*args, cwd):
 
 
 def test_init_writes_a_config_that_checks_and_plans_all_six_methods(tmp_path):
-    manifest, images = write_site(tmp_path / "hospital", n_patients=10)
+    manifest, images = write_site(tmp_path / "hospital", n_patients=12)
     run = craft(
         "init",
         "--manifest",
@@ -56,7 +56,7 @@ def test_init_writes_a_config_that_checks_and_plans_all_six_methods(tmp_path):
     ]
     assert cfg.methods["craft"].align.checklist_weight == 1.0  # the YAML anchor's merge
     text = (tmp_path / "my.yaml").read_text()
-    assert "10 patients: splits keep each patient's images together" in text
+    assert "12 patients: splits keep each patient's images together" in text
     # no shipped base knows 'lesion': a template beside the config, named in it
     knowledge = tmp_path / "ct-slices.knowledge.yaml"
     assert cfg.knowledge.curated == {"ct-slices": str(knowledge)}

@@ -80,7 +80,7 @@ def read_image(path: Path, opts: ImageOptions) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise CraftError(f"{path}: image file not found; check the path (and source.image_root)")
-    if _is_dicom(path):
+    if is_dicom(path):
         pixels, alpha = _read_dicom(path, opts), None
     else:
         pixels, alpha = _read_pillow(path, opts)
@@ -92,9 +92,14 @@ def read_image(path: Path, opts: ImageOptions) -> np.ndarray:
 # ----------------------------------------------------------------------------- decoding
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
+#: The first bytes of the picture formats a file named .dcm may really be.
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF",
+          b"MM\x00*": "TIFF", b"BM": "BMP", b"GIF8": "GIF"}  # fmt: skip
+
+
+def is_dicom(path: Path) -> bool:
+    """Whether ``path`` is read as DICOM: the ``DICM`` preamble, or a .dcm/.dicom name (a
+    picture under such a name is refused)."""
     try:
         with path.open("rb") as f:
             head = f.read(132)
@@ -102,7 +107,17 @@ def _is_dicom(path: Path) -> bool:
         raise CraftError(
             f"{path}: cannot read the file ({err.strerror}); check its permissions"
         ) from None
-    return head[128:132] == b"DICM"
+    if head[128:132] == b"DICM":
+        return True
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
+        if kind is not None:  # a picture exported under a DICOM name: its DICOM tags are gone
+            raise CraftError(
+                f"{path}: a {kind} image named {path.suffix}, not a DICOM file; rename it to "
+                f".{kind.lower()} (or export the DICOM itself) and fix its row"
+            )
+        return True  # DICOM without the preamble (read with force)
+    return False
 
 
 def _read_pillow(path: Path, opts: ImageOptions) -> tuple[np.ndarray, np.ndarray | None]:

@@ -45,7 +45,29 @@ class ManifestRow:
 
 
 def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> list[ManifestRow]:
-    """Read and check a manifest CSV; every configured label must have at least one image."""
+    """Read and check a manifest CSV; every configured label must have at least one image.
+
+    The first problem is raised as one line, with how many more there are (``craft data
+    check`` lists them all).
+    """
+    rows, problems = scan_manifest(csv_path, image_root, labels)
+    if problems:
+        more = len(problems) - 1
+        raise CraftError(
+            problems[0]
+            + (f" (and {more} more problem(s); `craft data check` lists them all)" if more else "")
+        )
+    return rows
+
+
+def scan_manifest(
+    csv_path: Path, image_root: Path, labels: Sequence[str]
+) -> tuple[list[ManifestRow], list[str]]:
+    """The manifest's good rows and every problem of it, one line each, in one pass.
+
+    No image is read: a row's file must exist and lie under the image root (or be absolute).
+    A problem of the file itself (missing, unreadable, no header) is raised at once.
+    """
     csv_path = Path(csv_path)
     image_root = Path(image_root)
     allowed = list(labels)
@@ -61,74 +83,77 @@ def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> li
         col["patient"] = names.index(patient_cols[0])
 
     rows: list[ManifestRow] = []
+    problems: list[str] = []
     seen: dict[str, int] = {}
-    missing_files: list[tuple[int, Path]] = []
+    root_hint = "" if image_root.is_dir() else f"; the image root {image_root} does not exist"
     for line, rec in records[1:]:
-        where = f"{csv_path} line {line}"
-        if len(rec) != len(header):
-            raise CraftError(
-                f"{where}: has {len(rec)} fields but the header has {len(header)}; "
-                "quote values that contain commas"
+        try:
+            row = _row(line, rec, header, col, allowed, image_root, seen)
+        except CraftError as err:
+            problems.append(f"{csv_path} line {line}: {err}")
+            continue
+        if not row.path.is_file():
+            what = "is a folder, not an image file" if row.path.is_dir() else "not found"
+            problems.append(
+                f"{csv_path} line {line}: image file {what}: {row.path}{root_hint}; fix the path "
+                "or modalities.<name>.source.image_root"
             )
-        raw_path, label = rec[col["path"]].strip(), rec[col["label"]].strip()
-        if not raw_path:
-            raise CraftError(f"{where}: empty path; give the image file or remove the row")
-        if label not in allowed:
-            what = "empty label" if not label else f"label {label!r} is not a configured label"
-            raise CraftError(
-                f"{where}: {what} (allowed: {', '.join(allowed)}); add it to config "
-                f"{_LABELS_KEY} or fix the row"
-            )
-        split = rec[col["split"]].strip().lower() if "split" in col else ""
-        if split and split not in SPLITS:
-            raise CraftError(
-                f"{where}: split {rec[col['split']].strip()!r} is not one of train, val, test "
-                "(or empty to assign it); fix the row"
-            )
-        path = Path(os.path.abspath(image_root / Path(raw_path).expanduser()))
-        if not Path(raw_path).expanduser().is_absolute() and not path.is_relative_to(
-            os.path.abspath(image_root)
-        ):
-            raise CraftError(
-                f"{where}: path {raw_path!r} leads out of the image root {image_root}; give a "
-                "path inside it, or an absolute path"
-            )
-        key = os.path.normcase(os.path.realpath(path))
-        if key in seen:
-            raise CraftError(
-                f"{where}: duplicate path {raw_path!r}, already listed on line {seen[key]}; "
-                "remove one of the two rows"
-            )
-        seen[key] = line
-        if not path.is_file():
-            missing_files.append((line, path))
-        patient = rec[col["patient"]].strip() if "patient" in col else ""
-        rows.append(
-            ManifestRow(
-                row=line, path=path, label=label, split=split or None, patient=patient or None
-            )
-        )
-
-    if missing_files:
-        line, path = missing_files[0]
-        more = f" (and {len(missing_files) - 1} more rows)" if len(missing_files) > 1 else ""
-        root_hint = "" if image_root.is_dir() else f"; the image root {image_root} does not exist"
-        raise CraftError(
-            f"{csv_path} line {line}: image file not found: {path}{more}{root_hint}; fix the path "
-            "or modalities.<name>.source.image_root"
-        )
-    if not rows:
+            continue
+        rows.append(row)
+    if not rows and not problems:
         raise CraftError(f"{csv_path}: has a header but no rows; list one image per line")
-    counts = {lab: 0 for lab in allowed}
+    counts = dict.fromkeys(allowed, 0)
     for r in rows:
         counts[r.label] += 1
     empty = [lab for lab, n in counts.items() if n == 0]
-    if empty:
-        raise CraftError(
+    if empty and not problems:
+        problems.append(
             f"{csv_path}: configured label(s) {', '.join(repr(e) for e in empty)} have no images; "
             f"add images for them or remove them from {_LABELS_KEY}"
         )
-    return rows
+    return rows, problems
+
+
+def _row(line, rec, header, col, allowed, image_root: Path, seen: dict[str, int]) -> ManifestRow:
+    """One record as a row, or a CraftError saying what is wrong with it (without the line)."""
+    if len(rec) != len(header):
+        raise CraftError(
+            f"has {len(rec)} fields but the header has {len(header)}; quote values that "
+            "contain commas"
+        )
+    raw_path, label = rec[col["path"]].strip(), rec[col["label"]].strip()
+    if not raw_path:
+        raise CraftError("empty path; give the image file or remove the row")
+    if label not in allowed:
+        what = "empty label" if not label else f"label {label!r} is not a configured label"
+        raise CraftError(
+            f"{what} (allowed: {', '.join(allowed)}); add it to config {_LABELS_KEY} or fix the row"
+        )
+    split = rec[col["split"]].strip().lower() if "split" in col else ""
+    if split and split not in SPLITS:
+        raise CraftError(
+            f"split {rec[col['split']].strip()!r} is not one of train, val, test (or empty to "
+            "assign it); fix the row"
+        )
+    path = Path(os.path.abspath(image_root / Path(raw_path).expanduser()))
+    if not Path(raw_path).expanduser().is_absolute() and not path.is_relative_to(
+        os.path.abspath(image_root)
+    ):
+        raise CraftError(
+            f"path {raw_path!r} leads out of the image root {image_root}; give a path inside "
+            "it, or an absolute path"
+        )
+    key = os.path.normcase(os.path.realpath(path))
+    if key in seen:
+        raise CraftError(
+            f"duplicate path {raw_path!r}, already listed on line {seen[key]}; remove one of "
+            "the two rows"
+        )
+    seen[key] = line
+    patient = rec[col["patient"]].strip() if "patient" in col else ""
+    return ManifestRow(
+        row=line, path=path, label=label, split=split or None, patient=patient or None
+    )
 
 
 def _table(csv_path: Path) -> tuple[int, list[str], list[str], list]:

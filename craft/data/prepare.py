@@ -17,8 +17,9 @@ import numpy as np
 
 from craft.config import CraftConfig, ManifestSource, ModalityConfig
 from craft.data.images import ImageOptions, read_image
-from craft.data.manifest import ManifestRow, assign_splits, read_manifest
+from craft.data.manifest import ManifestRow, assign_splits, read_manifest, scan_manifest
 from craft.data.phantoms import PHANTOMS, draw_batch
+from craft.errors import CraftError
 from craft.progress import log, progress
 from craft.store import SPLITS, STR, atomic_h5, image_dataset
 
@@ -40,10 +41,9 @@ def _from_phantoms(
     return rows, images, table, names
 
 
-def _from_manifest(m: ModalityConfig) -> tuple[list[ManifestRow], np.ndarray]:
+def _options(m: ModalityConfig) -> ImageOptions:
     src: ManifestSource = m.source
-    rows = read_manifest(src.manifest, src.image_root, m.labels)
-    opts = ImageOptions(
+    return ImageOptions(
         channels=m.channels,
         resolution=m.resolution,
         resize=src.resize,
@@ -52,10 +52,52 @@ def _from_manifest(m: ModalityConfig) -> tuple[list[ManifestRow], np.ndarray]:
         intensity=src.intensity,
         dicom_window=src.dicom_window,
     )
-    images = np.empty((len(rows), m.resolution, m.resolution, m.channels), np.uint8)
-    for i in progress(range(len(rows)), len(rows), "reading images"):
-        images[i] = read_image(rows[i].path, opts)
+
+
+def read_images(
+    m: ModalityConfig, rows: list[ManifestRow], what: str = "reading images"
+) -> tuple[np.ndarray, list[str]]:
+    """Decode every row's image: (images, one line per file that would not read, naming its
+    CSV line). A bad file does not stop the others, so one pass finds them all."""
+    csv, opts = m.source.manifest, _options(m)
+    images = np.zeros((len(rows), m.resolution, m.resolution, m.channels), np.uint8)
+    problems: list[str] = []
+    for i in progress(range(len(rows)), len(rows), what):
+        try:
+            images[i] = read_image(rows[i].path, opts)
+        except CraftError as err:
+            problems.append(f"{csv} line {rows[i].row}: {err}")
+    return images, problems
+
+
+def _from_manifest(m: ModalityConfig) -> tuple[list[ManifestRow], np.ndarray]:
+    src: ManifestSource = m.source
+    rows = read_manifest(src.manifest, src.image_root, m.labels)
+    images, problems = read_images(m, rows)
+    if problems:
+        more = len(problems) - 1
+        raise CraftError(
+            problems[0]
+            + (f" (and {more} more file(s); `craft data check` lists them all)" if more else "")
+        )
     return rows, images
+
+
+def check_data(cfg: CraftConfig, modality: str) -> tuple[int, list[str]]:
+    """(images that read, problems) of a manifest modality, every image decoded once: what
+    prepare would refuse, all of it, one line each (``craft data check``). Writes nothing."""
+    m = cfg.modality(modality)
+    src: ManifestSource = m.source
+    rows, problems = scan_manifest(src.manifest, src.image_root, m.labels)
+    _, bad = read_images(m, rows, f"{modality}: decoding images")
+    problems += bad
+    if not problems:
+        fractions = {"train": m.splits.train, "val": m.splits.val, "test": m.splits.test}
+        try:
+            assign_splits(rows, fractions, m.splits.seed)
+        except CraftError as err:
+            problems.append(f"{src.manifest}: {err}")
+    return len(rows) - len(bad), problems
 
 
 def prepare(cfg: CraftConfig, modality: str, out: Path) -> Path:

@@ -159,7 +159,8 @@ class OpenAIChat:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
             status = err.code
-            snippet = " ".join(err.read(300).decode("utf-8", "replace").split())
+            # redacted before it is cut short: a key cut in two would leak its first part
+            snippet = self._redact(" ".join(err.read(300).decode("utf-8", "replace").split()))
             if status == 429:
                 raise _Retryable(
                     "HTTP 429 (rate limited)", _retry_after(err.headers.get("Retry-After"))
@@ -169,7 +170,7 @@ class OpenAIChat:
             hint = " (check the API key's env var)" if status in (401, 403) else ""
             raise CraftError(
                 f"knowledge: the chat endpoint {self.url} answered HTTP {status}{hint}: "
-                f"{self._redact(snippet[:200])}"
+                f"{snippet[:200]}"
             ) from None
         except urllib.error.URLError as err:
             reason = err.reason
@@ -185,7 +186,7 @@ class OpenAIChat:
             choice = payload["choices"][0]
             content = choice["message"].get("content") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            start = " ".join(raw[:120].decode("utf-8", "replace").split())
+            start = self._redact(" ".join(raw[:300].decode("utf-8", "replace").split()))[:120]
             raise _Retryable(f"not a chat-completions answer: {start}") from None
         if choice.get("finish_reason") == "length":
             log(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from craft.data.manifest import ManifestRow, assign_splits, read_manifest
+from craft.data.manifest import ManifestRow, assign_splits, read_manifest, scan_manifest
 from craft.errors import CraftError
 
 LABELS = ["normal", "effusion"]
@@ -96,9 +96,13 @@ def test_missing_image_names_row_path_and_count(tmp_path, root):
     )
     with pytest.raises(
         CraftError,
-        match=r"manifest\.csv line 3: image file not found: .*gone\.png \(and 1 more rows\)",
+        match=r"manifest\.csv line 3: image file not found: .*gone\.png; .*\(and 1 more "
+        r"problem\(s\); `craft data check` lists them all\)$",
     ):
         read_manifest(csv, root, LABELS)
+    rows, problems = scan_manifest(csv, root, LABELS)
+    assert [r.row for r in rows] == [2]
+    assert [p.split(": image file not found")[0][-6:] for p in problems] == ["line 3", "line 4"]
 
 
 def test_missing_image_root_is_named(tmp_path, root):

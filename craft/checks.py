@@ -55,6 +55,30 @@ def check_manifest(cfg: CraftConfig, name: str) -> list[str]:
     return [f"modalities.{name}.source.manifest: {line}" for line in shown]
 
 
+def check_knowledge(cfg: CraftConfig) -> list[str]:
+    """What the knowledge job would refuse in the files it reads verbatim: each pinned review
+    file (valid knowledge, the config's labels) and, with the curated backend, each
+    modality's curated base (no template TODO left, valid, every config label known)."""
+    from craft.errors import CraftError
+    from craft.knowledge.build import pinned_review
+    from craft.knowledge.curated import label_map, load_curated, resolve_base
+
+    problems = []
+    for name, m in cfg.modalities.items():
+        try:
+            if name in cfg.knowledge.review:
+                pinned_review(Path(cfg.knowledge.review[name]), name, list(m.labels))
+            elif cfg.knowledge.backend.kind == "curated":
+                phantom = m.source.phantom if m.source.kind == "phantom" else None
+                base, _ = load_curated(resolve_base(dict(cfg.knowledge.curated), name, phantom))
+                label_map(base, list(m.labels))
+        except CraftError as err:
+            field = "review" if name in cfg.knowledge.review else "curated"
+            where = f"knowledge.{field}.{name}: "
+            problems.append(str(err) if str(err).startswith(where) else where + str(err))
+    return problems
+
+
 #: At most this many problems of one manifest are shown at plan time.
 MAX_SHOWN = 5
 
@@ -83,5 +107,7 @@ def check_files(cfg: CraftConfig, manifests: bool = True) -> list[str]:
             problems.append(_file(f"knowledge.curated.{name}", Path(base), "YAML file"))
     for name, path in cfg.knowledge.review.items():
         problems.append(_file(f"knowledge.review.{name}", Path(path), "review YAML file"))
+    if not any(problems):
+        problems += check_knowledge(cfg)
     problems += [problem(ref) for ref in config_models(cfg) if ref.local]
     return [p for p in problems if p is not None]

@@ -31,7 +31,8 @@ def review_path(out: Path | str) -> Path:
     return out.with_name(out.name.removesuffix(".json") + ".review.yaml")
 
 
-def _pinned(path: Path, modality: str, labels: list[str]) -> ModalityKnowledge:
+def pinned_review(path: Path, modality: str, labels: list[str]) -> ModalityKnowledge:
+    """A pinned review file, checked against the config's labels."""
     k = load_review(path)
     if set(k.labels) != set(labels):
         raise CraftError(
@@ -71,7 +72,7 @@ def build_knowledge(
     if modality in settings.review:
         path = Path(settings.review[modality])
         log(f"knowledge {modality}: using the pinned review file {path} verbatim")
-        k = _pinned(path, modality, labels)
+        k = pinned_review(path, modality, labels)
     elif settings.backend.kind == "curated":
         name = resolve_base(dict(settings.curated), modality, phantom)
         base, digest = load_curated(name)

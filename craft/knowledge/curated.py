@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from craft.errors import CraftError
@@ -124,12 +123,11 @@ def curated_path(name_or_path: str) -> Path:
 
 def load_curated(name_or_path: str) -> tuple[CuratedBase, str]:
     """Read and validate a curated base; returns it and the sha256 of its file."""
+    from craft.yamlfile import read_yaml
+
     path = curated_path(name_or_path)
+    data = read_yaml(path, "curated knowledge file", "fix knowledge.curated")
     raw = path.read_bytes()
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise CraftError(f"{path}: not valid YAML: {err}") from None
     todo = [
         i
         for i, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1)

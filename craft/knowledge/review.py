@@ -96,13 +96,10 @@ def write_review(k: ModalityKnowledge, path: Path | str) -> Path:
 
 def load_review(path: Path | str) -> ModalityKnowledge:
     """Read a (possibly edited) review file into validated knowledge (CraftError if invalid)."""
+    from craft.yamlfile import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise CraftError(f"knowledge review file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise CraftError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path, "knowledge review file", "fix knowledge.review")
     if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
         raise CraftError(f"{path}: not a knowledge review file (no 'labels' mapping)")
     labels = {}

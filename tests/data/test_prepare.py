@@ -23,8 +23,12 @@ def site_config(manifest, images, splits=None) -> dict:
             **({"splits": splits} if splits else {}),
         }
     }
-    # Real data needs a pretrained generator and evaluators (hub ids: prepare loads none).
+    # Real data needs a pretrained generator and evaluators (hub ids: prepare loads none), and
+    # knowledge from a model (no curated base knows these labels).
     cfg["models"] = {"generator": "org/stable-diffusion"}
+    cfg["knowledge"] = {
+        "backend": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "site/chat"}
+    }
     cfg["cas"]["evaluators"] = {
         "clip": {"family": "clip", "role": "reward", "source": "org/clip"},
         "siglip": {"family": "siglip", "role": "out-of-family", "source": "org/siglip"},

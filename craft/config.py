@@ -43,7 +43,7 @@ class PhantomSource(Strict):
     kind: Literal["phantom"] = Field(description="Source type: 'phantom' (drawn images).")
     phantom: str = Field(description="Phantom modality to draw, e.g. phantom-cxr or phantom-derm.")
     n_per_label: int = Field(200, ge=3, description="Images drawn per label before splitting.")
-    seed: int = Field(0, description="Seed of the drawing; the split seed is separate.")
+    seed: int = Field(0, ge=0, description="Seed of the drawing; the split seed is separate.")
 
 
 class ManifestSource(Strict):
@@ -75,6 +75,13 @@ class ManifestSource(Strict):
         None, description="DICOM (center, width) overriding the file's own window."
     )
 
+    @field_validator("dicom_window")
+    @classmethod
+    def _window_width(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[1] < 1:
+            raise ValueError(f"the width {v[1]:g} must be at least 1 (give [center, width])")
+        return v
+
 
 DataSource = Annotated[PhantomSource | ManifestSource, Field(discriminator="kind")]
 
@@ -100,6 +107,7 @@ class Splits(Strict):
     )
     seed: int = Field(
         0,
+        ge=0,
         description="Seed of the split assignment; manifest rows with their own split keep it.",
     )
 
@@ -604,6 +612,13 @@ class CraftConfig(Strict):
         Path("results"),
         description="Folder of every stage's outputs (data, knowledge, models, runs, report).",
     )
+
+    @field_validator("results", mode="before")
+    @classmethod
+    def _results_named(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("empty; name the folder for every stage's outputs (e.g. results)")
+        return v
     seeds: list[Annotated[int, Field(ge=0)]] = Field(
         [0],
         min_length=1,

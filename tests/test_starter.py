@@ -41,6 +41,13 @@ def test_init_writes_a_config_that_checks_and_plans_all_six_methods(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "wrote my.yaml" in run.stdout and "wrote " in run.stdout
+    # the plan refuses the template until its TODOs are written, naming the line
+    check = craft("config", "check", "my.yaml", cwd=tmp_path)
+    assert check.returncode == 2 and check.stderr.count("\n") == 1, check.stderr
+    assert "knowledge.curated.ct-slices" in check.stderr and "TODO" in check.stderr
+    knowledge = tmp_path / "ct-slices.knowledge.yaml"
+    written = knowledge.read_text().replace("TODO: ", "").replace("TODO ", "")
+    knowledge.write_text(written)
     check = craft("config", "check", "my.yaml", cwd=tmp_path)
     assert check.returncode == 0 and "6 methods x 3 seeds" in check.stdout, check.stderr
     cfg = load_config(tmp_path / "my.yaml")
@@ -58,9 +65,7 @@ def test_init_writes_a_config_that_checks_and_plans_all_six_methods(tmp_path):
     text = (tmp_path / "my.yaml").read_text()
     assert "12 patients: splits keep each patient's images together" in text
     # no shipped base knows 'lesion': a template beside the config, named in it
-    knowledge = tmp_path / "ct-slices.knowledge.yaml"
     assert cfg.knowledge.curated == {"ct-slices": str(knowledge)}
-    assert "TODO" in knowledge.read_text()
     plan = subprocess.run(
         [
             str(BIN / "snakemake"),

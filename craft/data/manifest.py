@@ -16,7 +16,7 @@ import csv
 import hashlib
 import os
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,7 +303,13 @@ def _assign_patients(rows: Sequence[ManifestRow], frac: dict[str, float], seed: 
             "manifest, or set that split's fraction to 0 in modalities.<name>.splits"
         )
     if todo:
+        # No more folds than the label with the fewest patients has (but one per split it
+        # needs): each fold then holds every label, so every split does.
+        per_label = Counter(rows[i].label for key in todo for i in {groups[key][0]})
+        fewest = min(per_label.values())
         n_folds = min(_fold_count(frac), len(todo))
+        if fewest >= len(required):
+            n_folds = min(n_folds, max(fewest, len(required)))
         counts = _allocate(n_folds, frac, required)
         fold_split = [s for s in SPLITS for _ in range(counts[s])]
         fold_split = [fold_split[j] for j in np.random.default_rng(seed).permutation(n_folds)]

@@ -9,6 +9,7 @@ whole table takes seconds; tests/workflow covers the Snakefile's plan-time refus
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 import craft.cli as cli
 from tests.bad_input_cases import ALL, MODALITY, SECRET, Case, workspace
+from tests.conftest import BIN, REPO
 from tests.site_data import write_site
 
 
@@ -152,4 +154,37 @@ def test_data_check_lists_every_bad_file_in_one_pass(template, tmp_path, capsys,
     lines = [line for line in err.splitlines() if line.startswith("craft: bad:")]
     assert [line.split(" line ")[1].split(":")[0] for line in lines] == ["4", "2", "5", "9"], err
     assert f"{MODALITY}: {len(rows) - 5} image(s) read, 4 problem(s)" in out
+    assert not (tmp_path / "results").exists()
+
+
+#: Cases the Snakefile must refuse too, before planning any job (one of each kind).
+PLANNED = (
+    "duplicate-seeds",
+    "lr-inf",
+    "url-query-key",
+    "manifest-unknown-label",
+    "manifest-file-missing",
+    "manifest-dotdot",
+    "manifest-too-few-patients",
+    "curated-todo",
+    "review-wrong-labels",
+    "generator-no-unet",
+)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in ALL if c.id in PLANNED])
+def test_the_snakefile_refuses_before_planning(case, template, tmp_path, env):
+    """`snakemake -n --configfile` refuses what `craft config check` refuses, in one line
+    and without a traceback, before any job is planned."""
+    ws = workspace(template, tmp_path)
+    case.mutate(ws)
+    path = ws.write_config()
+    run = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-n", "--configfile", str(path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0, run.stdout[-2000:]
+    text = run.stdout + run.stderr
+    line = one_line(run.stderr, "craft: error:", case, tmp_path)
+    assert "Traceback" not in text and SECRET not in text and line
     assert not (tmp_path / "results").exists()

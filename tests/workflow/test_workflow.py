@@ -86,14 +86,18 @@ def test_the_paper_config_plans_every_method_of_the_study(env, tmp_path):
     """configs/craft-paper.yaml (real models, four modalities) plans all six methods, the
     evaluations with real models and the study. The files it names must exist when it is
     planned (here: header-only CSVs and empty image folders where its /data placeholders
-    point)."""
+    point): three patients of each label, one image each, as the plan reads every row)."""
     text = (REPO / "configs" / "craft-paper.yaml").read_text()
     text = text.replace("/data/", f"{tmp_path}/data/")
-    for manifest in re.findall(r"^ +manifest: (\S+)", text, re.M):
-        Path(manifest).parent.mkdir(parents=True, exist_ok=True)
-        Path(manifest).write_text("path,label,patient\n")
-    for root in re.findall(r"^ +image_root: (\S+)", text, re.M):
-        Path(root).mkdir(parents=True, exist_ok=True)
+    for m in yaml.safe_load(text)["modalities"].values():
+        root = Path(m["source"]["image_root"])
+        root.mkdir(parents=True, exist_ok=True)
+        rows = ["path,label,patient"]
+        for label in m["labels"]:
+            for p in range(3):
+                (root / f"{label}-{p}.png").write_bytes(b"not decoded at plan time")
+                rows.append(f"{label}-{p}.png,{label},{label}-{p}")
+        Path(m["source"]["manifest"]).write_text("\n".join(rows) + "\n")
     (tmp_path / "paper.yaml").write_text(text)
     out = snakemake(
         REPO,

@@ -619,6 +619,7 @@ class CraftConfig(Strict):
         if isinstance(v, str) and not v.strip():
             raise ValueError("empty; name the folder for every stage's outputs (e.g. results)")
         return v
+
     seeds: list[Annotated[int, Field(ge=0)]] = Field(
         [0],
         min_length=1,

@@ -319,7 +319,12 @@ def _dup(key: str) -> Callable[[str], str]:
 # ----------------------------------------------------------------------------- the cases
 
 CONFIG_FILE = [
-    Case("utf16", "plan", config_text(lambda t: t), ("UTF-16",)),
+    Case(
+        "utf16",
+        "plan",
+        lambda ws: setattr(ws, "raw", yaml.safe_dump(ws.config).encode("utf-16")),
+        ("UTF-16",),
+    ),
     Case("binary-bytes", "plan", raw(b"seeds: [0]\n\x00\x01\x02\xff"), ("config.yaml",)),
     Case("latin1", "plan", raw("description: caf\xe9\n".encode("latin-1")), ("not UTF-8",)),
     Case("yaml-indent", "plan", raw(b"seeds:\n  - 0\n - 1\n"), ("line 3", "not valid YAML")),
@@ -337,24 +342,20 @@ CONFIG_FILE = [
         "plan",
         config_text(lambda t: t.replace("  site-ct:\n", "  site-ct:\n    channels: 1\n", 1)),
         ("channels", "twice"),
-    ),  # fmt: skip
+    ),
     Case(
         "config-is-folder",
         "plan",
         lambda ws: setattr(ws, "config_path", ws.root / "site"),
         ("folder",),
-    ),  # fmt: skip
+    ),
     Case(
         "config-missing",
         "plan",
         lambda ws: ws.__dict__.update(config_path=ws.root / "nope.yaml", absent=True),
         ("nope.yaml", "does not exist"),
-    ),  # fmt: skip
+    ),
 ]
-CONFIG_FILE[0] = Case(
-    "utf16", "plan",
-    lambda ws: setattr(ws, "raw", yaml.safe_dump(ws.config).encode("utf-16")), ("UTF-16",),
-)  # fmt: skip
 
 VALUES = [
     # seeds and results
@@ -375,9 +376,7 @@ VALUES = [
     Case("channels-2", "plan", at("modalities.M.channels", 2), ("channels",)),
     Case("labels-empty", "plan", at("modalities.M.labels", []), ("labels",)),
     Case("labels-one", "plan", at("modalities.M.labels", ["normal"]), ("labels",)),
-    Case(
-        "labels-duplicate", "plan", at("modalities.M.labels", ["normal", "normal"]), ("labels",)
-    ),  # fmt: skip
+    Case("labels-duplicate", "plan", at("modalities.M.labels", ["normal", "normal"]), ("labels",)),
     Case("labels-not-list", "plan", at("modalities.M.labels", "normal,lesion"), ("labels",)),
     Case("description-missing", "plan", drop("modalities.M.description"), ("description",)),
     Case("modality-unknown-key", "plan", at("modalities.M.colour", 1), ("colour",)),
@@ -393,20 +392,20 @@ VALUES = [
         "plan",
         at("modalities.M.splits", {"train": float("nan"), "val": 0.5, "test": 0.5}),
         ("splits.train", "finite"),
-    ),  # fmt: skip
+    ),
     Case("split-inf", "plan", at("modalities.M.splits.train", float("inf")), ("splits.train",)),
     Case(
         "split-negative",
         "plan",
         at("modalities.M.splits", {"train": 1.2, "val": -0.2, "test": 0.0}),
         ("modalities.site-ct.splits",),
-    ),  # fmt: skip
+    ),
     Case(
         "split-sum",
         "plan",
         at("modalities.M.splits", {"train": 0.5, "val": 0.2, "test": 0.2}),
         ("splits", "sum to 1"),
-    ),  # fmt: skip
+    ),
     Case("split-seed-negative", "plan", at("modalities.M.splits.seed", -3), ("splits.seed",)),
     Case("split-unknown", "plan", at("modalities.M.splits.holdout", 0.1), ("holdout",)),
     # the manifest source's options
@@ -414,24 +413,22 @@ VALUES = [
     Case("source-resize", "plan", at("modalities.M.source.resize", "stretch"), ("resize",)),
     Case("source-color", "plan", at("modalities.M.source.color", "gray"), ("color",)),
     Case("source-alpha", "plan", at("modalities.M.source.alpha", "keep"), ("alpha",)),
-    Case(
-        "source-intensity", "plan", at("modalities.M.source.intensity", "auto"), ("intensity",)
-    ),  # fmt: skip
+    Case("source-intensity", "plan", at("modalities.M.source.intensity", "auto"), ("intensity",)),
     Case(
         "window-one-value", "plan", at("modalities.M.source.dicom_window", [40]), ("dicom_window",)
-    ),  # fmt: skip
+    ),
     Case(
         "window-width-negative",
         "plan",
         at("modalities.M.source.dicom_window", [40, -400]),
         ("dicom_window",),
-    ),  # fmt: skip
+    ),
     Case(
         "window-nan",
         "plan",
         at("modalities.M.source.dicom_window", [float("nan"), 400]),
         ("dicom_window",),
-    ),  # fmt: skip
+    ),
     Case("source-unknown-key", "plan", at("modalities.M.source.root", "x"), ("source.root",)),
     Case("manifest-field-missing", "plan", drop("modalities.M.source.manifest"), ("manifest",)),
     Case(
@@ -439,7 +436,7 @@ VALUES = [
         "plan",
         at("modalities.M.source.phantom", "phantom-cxr"),
         ("phantom",),
-    ),  # fmt: skip
+    ),
     # methods
     Case("method-kind", "plan", at("methods.lora.kind", "dreambooth"), ("methods.lora.kind",)),
     Case("lr-inf", "plan", at("methods.lora.lr", float("inf")), ("methods.lora.lr", "finite")),
@@ -449,7 +446,7 @@ VALUES = [
     Case("lr-string", "plan", at("methods.lora.lr", "1e-3x"), ("methods.lora.lr",)),
     Case(
         "weight-decay-nan", "plan", at("methods.lora.weight_decay", float("nan")), ("weight_decay",)
-    ),  # fmt: skip
+    ),
     Case("steps-float", "plan", at("methods.lora.steps", 2.5), ("methods.lora.steps",)),
     Case("batch-zero", "plan", at("methods.lora.batch_size", 0), ("batch_size",)),
     Case("rank-zero", "plan", at("methods.lora.rank", 0), ("methods.lora.rank",)),
@@ -461,38 +458,38 @@ VALUES = [
         "plan",
         lambda ws: ws.config["methods"].update({"my method!": {"kind": "zero-shot"}}),
         ("my method!",),
-    ),  # fmt: skip
+    ),
     Case(
         "craft-init-unknown",
         "plan",
         at("methods.craft", {"kind": "craft", "init": "lora-x"}),
         ("methods.craft.init", "lora-x"),
-    ),  # fmt: skip
+    ),
     Case(
         "craft-init-missing",
         "plan",
         at("methods.craft", {"kind": "craft"}),
         ("methods.craft.init",),
-    ),  # fmt: skip
+    ),
     Case(
         "craft-init-self",
         "plan",
         at("methods.craft", {"kind": "craft", "init": "craft"}),
         ("methods.craft.init",),
-    ),  # fmt: skip
+    ),
     Case("init-on-lora", "plan", at("methods.lora.init", "zero-shot"), ("methods.lora.init",)),
     Case(
         "align-window",
         "plan",
         at("methods.craft", {"kind": "craft", "init": "lora", "align": {"window": "everything"}}),
         ("window",),
-    ),  # fmt: skip
+    ),
     Case(
         "align-k-zero",
         "plan",
         at("methods.craft", {"kind": "craft", "init": "lora", "align": {"k": 0}}),
         ("methods.craft.align.k",),
-    ),  # fmt: skip
+    ),
     Case(
         "align-reward-power-inf",
         "plan",
@@ -501,7 +498,7 @@ VALUES = [
             {"kind": "craft", "init": "lora", "align": {"reward_power": float("inf")}},
         ),
         ("reward_power",),
-    ),  # fmt: skip
+    ),
     Case(
         "align-kl-nan",
         "plan",
@@ -509,13 +506,13 @@ VALUES = [
             "methods.craft", {"kind": "craft", "init": "lora", "align": {"kl_weight": float("nan")}}
         ),
         ("kl_weight",),
-    ),  # fmt: skip
+    ),
     Case(
         "align-holdout-1",
         "plan",
         at("methods.craft", {"kind": "craft", "init": "lora", "align": {"holdout_prompts": 1.0}}),
         ("holdout_prompts",),
-    ),  # fmt: skip
+    ),
     Case(
         "align-patience-no-evals",
         "plan",
@@ -524,13 +521,13 @@ VALUES = [
             {"kind": "craft", "init": "lora", "align": {"eval_every": 0, "patience": 2}},
         ),
         ("patience",),
-    ),  # fmt: skip
+    ),
     Case(
         "align-zero-stage-4",
         "plan",
         at("methods.craft", {"kind": "craft", "init": "lora", "align": {"zero_stage": 4}}),
         ("zero_stage",),
-    ),  # fmt: skip
+    ),
     Case(
         "checklist-weight-generic",
         "plan",
@@ -539,7 +536,7 @@ VALUES = [
             {"kind": "generic-reward", "init": "lora", "align": {"checklist_weight": 0.5}},
         ),
         ("checklist_weight",),
-    ),  # fmt: skip
+    ),
     Case("align-on-lora", "plan", at("methods.lora.align", {"k": 2}), ("methods.lora.align",)),
     # models
     Case("generator-empty", "plan", at("models.generator", ""), ("models.generator",)),
@@ -548,7 +545,7 @@ VALUES = [
         "plan",
         at("models.generator", "pretrain"),
         ("models.generator", "pretrain"),
-    ),  # fmt: skip
+    ),
     Case("precision", "plan", at("models.gpu_precision", "fp8"), ("gpu_precision",)),
     # sampling
     Case("guidance-inf", "plan", at("sampling.guidance_scale", float("inf")), ("guidance_scale",)),
@@ -571,11 +568,9 @@ VALUES = [
             },
         ),
         ("cas.weights",),
-    ),  # fmt: skip
+    ),
     Case("cas-weight-negative", "plan", at("cas.weights.plausibility", -1), ("plausibility",)),
-    Case(
-        "cas-weight-inf", "plan", at("cas.weights.plausibility", float("inf")), ("plausibility",)
-    ),  # fmt: skip
+    Case("cas-weight-inf", "plan", at("cas.weights.plausibility", float("inf")), ("plausibility",)),
     Case("tail-100", "plan", at("cas.tail_quantile", 100), ("tail_quantile",)),
     Case("knn-zero", "plan", at("cas.knn_k", 0), ("knn_k",)),
     Case("bootstrap-few", "plan", at("cas.bootstrap", 10), ("bootstrap",)),
@@ -586,19 +581,19 @@ VALUES = [
         "plan",
         at("cas.evaluators.siglip.role", "reward"),
         ("cas.evaluators", "reward"),
-    ),  # fmt: skip
+    ),
     Case(
         "no-reward",
         "plan",
         at("cas.evaluators.clip.role", "out-of-family"),
         ("cas.evaluators", "reward"),
-    ),  # fmt: skip
+    ),
     Case(
         "same-family",
         "plan",
         at("cas.evaluators.siglip.family", "clip"),
         ("cas.evaluators", "family"),
-    ),  # fmt: skip
+    ),
     Case(
         "train-family",
         "plan",
@@ -607,26 +602,26 @@ VALUES = [
             at("cas.evaluators.siglip.source", "train"),
         ),
         ("cas.evaluators.siglip",),
-    ),  # fmt: skip
+    ),
     Case(
         "train-on-site",
         "plan",
         at("cas.evaluators.clip.source", "train"),
         ("cas.evaluators.clip.source", "train"),
-    ),  # fmt: skip
+    ),
     Case("evaluator-role", "plan", at("cas.evaluators.clip.role", "judge"), ("role",)),
     Case(
         "evaluator-batch",
         "plan",
         at("cas.evaluators.clip.batch_size", 0),
         ("cas.evaluators.clip.batch_size",),
-    ),  # fmt: skip
+    ),
     Case(
         "evaluator-unknown-key",
         "plan",
         at("cas.evaluators.clip.weights", "x"),
         ("cas.evaluators.clip.weights",),
-    ),  # fmt: skip
+    ),
     Case("adapter", "plan", at("cas.evaluators.clip.adapter", "magic"), ("adapter",)),
     # knowledge
     Case("backend-kind", "plan", at("knowledge.backend.kind", "gpt"), ("knowledge.backend",)),
@@ -636,31 +631,29 @@ VALUES = [
         at("knowledge.backend.base_url", f"http://user:{SECRET}@host/v1"),
         ("base_url",),
         secret=True,
-    ),  # fmt: skip
+    ),
     Case(
         "url-query-key",
         "plan",
         at("knowledge.backend.base_url", f"http://host/v1?api_key={SECRET}"),
         ("base_url",),
         secret=True,
-    ),  # fmt: skip
+    ),
     Case(
         "url-token-query",
         "plan",
         at("knowledge.backend.base_url", f"https://host/v1?token={SECRET}&x=1"),
         ("base_url",),
         secret=True,
-    ),  # fmt: skip
-    Case(
-        "url-no-scheme", "plan", at("knowledge.backend.base_url", "host:8000/v1"), ("base_url",)
-    ),  # fmt: skip
+    ),
+    Case("url-no-scheme", "plan", at("knowledge.backend.base_url", "host:8000/v1"), ("base_url",)),
     Case(
         "url-key-in-model",
         "plan",
         at("knowledge.backend.api_key", SECRET),
         ("knowledge.backend.api_key",),
         secret=True,
-    ),  # fmt: skip
+    ),
     Case("timeout-negative", "plan", at("knowledge.backend.timeout_s", -1), ("timeout_s",)),
     Case("timeout-inf", "plan", at("knowledge.backend.timeout_s", float("inf")), ("timeout_s",)),
     Case("retries-negative", "plan", at("knowledge.backend.max_retries", -1), ("max_retries",)),
@@ -670,18 +663,16 @@ VALUES = [
         "plan",
         at("knowledge.review", {MODALITY: "results/knowledge/site-ct.review.yaml"}),
         ("knowledge.review.site-ct",),
-    ),  # fmt: skip
+    ),
     Case(
         "review-unknown-modality",
         "plan",
         at("knowledge.review", {"chest": "r.yaml"}),
         ("knowledge.review",),
-    ),  # fmt: skip
+    ),
     # study, evaluation, resources, report
     Case("study-method-unknown", "plan", at("study.method_a", "craft"), ("study.method_a",)),
-    Case(
-        "study-same-methods", "plan", at("study.method_b", "lora-enriched"), ("study.method_b",)
-    ),  # fmt: skip
+    Case("study-same-methods", "plan", at("study.method_b", "lora-enriched"), ("study.method_b",)),
     Case("study-seed", "plan", at("study.seed", 7), ("study.seed",)),
     Case("budgets-empty", "plan", at("evaluation.downstream.budgets", []), ("budgets",)),
     Case("budgets-zero", "plan", at("evaluation.downstream.budgets", [0]), ("budgets",)),
@@ -690,19 +681,19 @@ VALUES = [
         "plan",
         at("evaluation.memorization.threshold", 1.5),
         ("threshold",),
-    ),  # fmt: skip
+    ),
     Case(
         "memorization-threshold-nan",
         "plan",
         at("evaluation.memorization.threshold", float("nan")),
         ("threshold",),
-    ),  # fmt: skip
+    ),
     Case(
         "fidelity-subset",
         "plan",
         at("evaluation.fidelity.kid_subset_size", 0),
         ("kid_subset_size",),
-    ),  # fmt: skip
+    ),
     Case("classifier", "plan", at("evaluation.downstream.classifier", 12), ("classifier",)),
     Case("resources-gpu-negative", "plan", at("resources.align.gpu", -1), ("resources.align",)),
     Case("resources-nodes", "plan", at("resources.score.nodes", 2), ("resources.score.nodes",)),
@@ -717,31 +708,31 @@ FILES = [
         "plan",
         at("modalities.M.source.manifest", "nope.csv"),
         ("modalities.site-ct.source.manifest", "nope.csv", "does not exist"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-is-folder",
         "plan",
         lambda ws: at("modalities.M.source.manifest", str(ws.images))(ws),
         ("source.manifest", "folder"),
-    ),  # fmt: skip
+    ),
     Case(
         "image-root-missing",
         "plan",
         lambda ws: at("modalities.M.source.image_root", str(ws.root / "imgs"))(ws),
         ("source.image_root", "imgs"),
-    ),  # fmt: skip
+    ),
     Case(
         "image-root-is-file",
         "plan",
         lambda ws: at("modalities.M.source.image_root", str(ws.manifest))(ws),
         ("source.image_root", "not a folder"),
-    ),  # fmt: skip
+    ),
     Case(
         "image-root-wrong-folder",
         "plan-many",
         lambda ws: at("modalities.M.source.image_root", str(ws.root))(ws),
         ("source.manifest", "line 2", "not found"),
-    ),  # fmt: skip
+    ),
     Case(
         "curated-missing",
         "plan",
@@ -761,25 +752,25 @@ FILES = [
         "plan",
         at("knowledge", {"backend": {"kind": "curated"}}),
         ("knowledge.curated.site-ct", "no curated knowledge"),
-    ),  # fmt: skip
+    ),
     Case(
         "curated-shipped-wrong-labels",
         "plan",
         at("knowledge", {"backend": {"kind": "curated"}, "curated": {MODALITY: "chexpert"}}),
         ("knowledge.curated.site-ct", "no label"),
-    ),  # fmt: skip
+    ),
     Case(
         "review-missing",
         "plan",
         at("knowledge.review", {MODALITY: "r.yaml"}),
         ("knowledge.review.site-ct", "r.yaml"),
-    ),  # fmt: skip
+    ),
     Case(
         "review-folder",
         "plan",
         lambda ws: at("knowledge.review", {MODALITY: str(ws.images)})(ws),
         ("knowledge.review.site-ct", "folder"),
-    ),  # fmt: skip
+    ),
 ]
 
 KNOWLEDGE_FILES = [
@@ -788,25 +779,25 @@ KNOWLEDGE_FILES = [
         "plan",
         curated_file("labels: [a\n"),
         ("knowledge.curated.site-ct", "mine.yaml", "not valid YAML"),
-    ),  # fmt: skip
+    ),
     Case(
         "curated-utf16",
         "plan",
         curated_file("name: x\n".encode("utf-16")),
         ("knowledge.curated.site-ct", "UTF-16"),
-    ),  # fmt: skip
+    ),
     Case(
         "curated-duplicate-key",
         "plan",
         curated_file("name: a\nname: b\n"),
         ("knowledge.curated.site-ct", "twice"),
-    ),  # fmt: skip
+    ),
     Case(
         "curated-todo",
         "plan",
         lambda ws: curated_file(_template())(ws),
         ("knowledge.curated.site-ct", "TODO"),
-    ),  # fmt: skip
+    ),
     Case("curated-empty", "plan", curated_file(""), ("knowledge.curated.site-ct",)),
     Case("curated-wrong-shape", "plan", curated_file("- a\n- b\n"), ("knowledge.curated.site-ct",)),
     Case(
@@ -814,42 +805,43 @@ KNOWLEDGE_FILES = [
         "plan",
         review_file("labels: {a\n"),
         ("knowledge.review.site-ct", "not valid YAML"),
-    ),  # fmt: skip
+    ),
     Case(
         "review-no-labels",
         "plan",
         review_file("modality: site-ct\n"),
         ("knowledge.review.site-ct", "labels"),
-    ),  # fmt: skip
+    ),
     Case(
         "review-wrong-labels",
         "plan",
         review_file(review_text(("normal", "tumour"))),
         ("knowledge.review.site-ct", "labels"),
-    ),  # fmt: skip
+    ),
     Case(
         "review-label-not-mapping",
         "plan",
         review_file("labels:\n  normal: 3\n  lesion: 4\n"),
         ("knowledge.review.site-ct", "labels.normal"),
-    ),  # fmt: skip
+    ),
     Case(
         "review-duplicate-key",
         "plan",
         review_file(review_text() + "modality: again\n"),
         ("knowledge.review.site-ct", "twice"),
-    ),  # fmt: skip
+    ),
     Case(
         "review-no-prompts",
         "plan",
         review_file(
             review_text().replace(
-                "      - a CT slice with a normal finding\n      - an MR slice with a normal finding\n",
+                "      - a CT slice with a normal finding\n"
+                "      - an MR slice with a normal finding\n",
                 "",
             )
         ),
         ("knowledge.review.site-ct",),
-    ),  # fmt: skip
+    ),
     Case("review-binary", "plan", review_file(b"labels:\x00\xff"), ("knowledge.review.site-ct",)),
 ]
 
@@ -859,37 +851,37 @@ MODELS = [
         "plan",
         at("models.generator", "/nowhere/sd"),
         ("models.generator", "/nowhere/sd"),
-    ),  # fmt: skip
+    ),
     Case(
         "generator-relative-missing",
         "plan",
         at("models.generator", "./models/sd-15"),
         ("models.generator", "sd-15"),
-    ),  # fmt: skip
+    ),
     Case(
         "generator-no-index",
         "plan",
         local_model("models.generator", {"unet/config.json": "{}"}),
         ("models.generator", "model_index.json"),
-    ),  # fmt: skip
+    ),
     Case(
         "generator-no-unet",
         "plan",
         local_model("models.generator", {"model_index.json": "{}"}),
         ("models.generator", "unet"),
-    ),  # fmt: skip
+    ),
     Case(
         "evaluator-folder-missing",
         "plan",
         at("cas.evaluators.clip.source", "/nowhere/clip"),
         ("cas.evaluators.clip.source", "/nowhere/clip"),
-    ),  # fmt: skip
+    ),
     Case(
         "evaluator-folder-empty",
         "plan",
         local_model("cas.evaluators.clip.source", {"README.md": "x"}),
         ("cas.evaluators.clip.source",),
-    ),  # fmt: skip
+    ),
     Case(
         "open-clip-no-config",
         "plan",
@@ -898,13 +890,13 @@ MODELS = [
             local_model("cas.evaluators.clip.source", {"open_clip_model.safetensors": "x"}),
         ),
         ("cas.evaluators.clip.source",),
-    ),  # fmt: skip
+    ),
     Case(
         "classifier-folder-missing",
         "plan",
         at("evaluation.downstream.classifier", "/nowhere/resnet"),
         ("evaluation.downstream.classifier",),
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -957,19 +949,19 @@ MANIFESTS = [
         "plan",
         manifest_text("path,label,patient_id\n"),
         ("manifest.csv", "no rows"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-no-label-column",
         "plan",
         _rows_only("path,diagnosis,patient_id"),
         ("manifest.csv", "label"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-no-path-column",
         "plan",
         _rows_only("file,label,patient_id"),
         ("manifest.csv", "path"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-semicolons",
         "plan",
@@ -981,7 +973,7 @@ MANIFESTS = [
         "plan",
         lambda ws: ws.manifest.write_bytes(ws.manifest.read_text().encode("utf-16")),
         ("manifest.csv", "UTF-8"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-latin1",
         "plan",
@@ -990,9 +982,7 @@ MANIFESTS = [
         ),
         ("manifest.csv", "UTF-8"),
     ),
-    Case(
-        "manifest-binary", "plan", manifest_text(b"\x89PNG\r\n\x1a\n\x00\x00"), ("manifest.csv",)
-    ),  # fmt: skip
+    Case("manifest-binary", "plan", manifest_text(b"\x89PNG\r\n\x1a\n\x00\x00"), ("manifest.csv",)),
     Case(
         "manifest-extra-field",
         "plan",
@@ -1009,11 +999,11 @@ MANIFESTS = [
         "plan",
         edit_rows(lambda rows: rows[2].pop()),
         ("manifest.csv line 3", "fields"),
-    ),  # fmt: skip
+    ),
     Case("manifest-empty-path", "plan", cell(3, 0, ""), ("manifest.csv line 3", "empty path")),
     Case(
         "manifest-unknown-label", "plan", cell(3, 1, "tumour"), ("manifest.csv line 3", "'tumour'")
-    ),  # fmt: skip
+    ),
     Case("manifest-empty-label", "plan", cell(3, 1, ""), ("manifest.csv line 3", "empty label")),
     Case("manifest-label-case", "plan", cell(3, 1, "Normal"), ("manifest.csv line 3", "Normal")),
     Case(
@@ -1026,19 +1016,19 @@ MANIFESTS = [
             )
         ),
         ("manifest.csv line 3", "validation"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-dotdot",
         "plan",
         cell(3, 0, "../manifest.csv"),
         ("manifest.csv line 3", "out of the image root"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-etc-hostname",
         "plan",
         cell(3, 0, "../../../../../../../etc/hostname"),
         ("manifest.csv line 3", "out of the image root"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-duplicate",
         "plan",
@@ -1054,19 +1044,19 @@ MANIFESTS = [
             lambda rows: rows.__setitem__(2, ["./" + rows[1][0], rows[1][1], rows[1][2]])
         )(ws),
         ("manifest.csv line 3", "duplicate"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-file-missing",
         "plan",
         cell(3, 0, "patient-000/gone.png"),
         ("manifest.csv line 3", "gone.png", "not found"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-path-is-folder",
         "plan",
         cell(3, 0, "patient-001"),
         ("manifest.csv line 3", "folder"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-many-missing",
         "plan-many",
@@ -1086,25 +1076,25 @@ MANIFESTS = [
         "plan",
         edit_rows(_patient_in_two_splits),
         ("source.manifest", "'P000'", "line 2"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-all-train",
         "plan",
         _all_split("train"),
         ("source.manifest", "no explicit split", "val, test"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-too-few-patients",
         "plan",
         edit_rows(_few_patients),
         ("source.manifest", "patient"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-label-without-images",
         "plan",
         edit_rows(_one_label_rows),
         ("manifest.csv", "'lesion'", "no images"),
-    ),  # fmt: skip
+    ),
 ]
 
 IMAGES = [
@@ -1114,7 +1104,7 @@ IMAGES = [
         image_bytes(png_bytes(GRAY)[:60], name="cut.png"),
         ("cut.png", "not a readable"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case("png-empty", "job", image_bytes(b"", name="empty.png"), ("empty.png",), line=2),
     Case(
         "png-is-text",
@@ -1122,28 +1112,28 @@ IMAGES = [
         image_bytes(b"patient notes\n", name="notes.png"),
         ("notes.png", "not a readable image"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "png-named-dcm",
         "job",
         image_bytes(png_bytes(GRAY), name="x.dcm"),
         ("x.dcm", "PNG image named .dcm"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "jpeg-named-dcm",
         "job",
         image_bytes(png_bytes(GRAY, fmt="JPEG"), name="x.dcm"),
         ("x.dcm", "JPEG image named .dcm"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "random-bytes-dcm",
         "job",
         image_bytes(bytes(range(256)) * 4, name="noise.dcm"),
         ("noise.dcm",),
         line=2,
-    ),  # fmt: skip
+    ),
     Case("empty-dcm", "job", image_bytes(b"", name="empty.dcm"), ("empty.dcm",), line=2),
     Case(
         "dicom-no-pixels",
@@ -1151,21 +1141,21 @@ IMAGES = [
         image_with(copy_dicom("rtplan.dcm"), "plan.dcm"),
         ("plan.dcm", "no pixel data"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "dicom-multiframe",
         "job",
         image_with(copy_dicom("rtdose.dcm"), "dose.dcm"),
         ("dose.dcm", "frames"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "dicom-truncated",
         "job",
         image_with(copy_dicom("MR_truncated.dcm"), "cut.dcm"),
         ("cut.dcm", "damaged"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "dicom-window-zero",
         "job",
@@ -1175,7 +1165,7 @@ IMAGES = [
         ),
         ("w0.dcm", "window width"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "dicom-photometric",
         "job",
@@ -1191,21 +1181,21 @@ IMAGES = [
         image_array(RGBA_SEE_THROUGH, "a.png"),
         ("a.png", "transparency", "alpha"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "colour-with-color-error",
         "job",
         both(at("modalities.M.source.color", "error"), image_array(RGB, "c.png")),
         ("c.png", "colour image", "color"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "png16-colour-minmax",
         "job",
         image_bytes(png16(DEEP_RGB, 2), name="deep.png"),
         ("deep.png", "16-bit colour", "intensity"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "float-tiff-full",
         "job",
@@ -1222,7 +1212,7 @@ IMAGES = [
         image_array(np.dstack([RGB, RGB[..., :1]]), "k.jpg", "CMYK"),
         ("k.jpg",),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "gif-multiframe",
         "job",
@@ -1234,10 +1224,10 @@ IMAGES = [
         ),
         ("two.gif", "2 frames"),
         line=2,
-    ),  # fmt: skip
+    ),
     Case(
         "bad-file-later-line", "job", lambda ws: ws.image(7).write_bytes(b"x"), ("line 7",), line=7
-    ),  # fmt: skip
+    ),
 ]
 
 CONTROLS = [
@@ -1258,24 +1248,24 @@ CONTROLS = [
             at("modalities.M.source.intensity", "full"),
             image_bytes(png16(DEEP_RGB, 2), name="deep.png"),
         ),
-    ),  # fmt: skip
+    ),
     Case("rgba-opaque", "ok", image_array(RGBA_OPAQUE, "opaque.png")),
     Case(
         "rgba-composite",
         "ok",
         both(at("modalities.M.source.alpha", "composite"), image_array(RGBA_SEE_THROUGH, "a.png")),
-    ),  # fmt: skip
+    ),
     Case("jpeg", "ok", image_array(RGB, "photo.jpg")),
     Case(
         "palette-png",
         "ok",
         image_with(lambda p: Image.fromarray(GRAY).convert("P").save(p), "pal.png"),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-bom",
         "ok",
         lambda ws: ws.manifest.write_bytes(b"\xef\xbb\xbf" + ws.manifest.read_bytes()),
-    ),  # fmt: skip
+    ),
     Case(
         "manifest-crlf",
         "ok",
@@ -1289,13 +1279,13 @@ CONTROLS = [
         lambda ws: edit_rows(
             lambda rows: [r.__setitem__(0, str(ws.images / r[0])) for r in rows[1:]]
         )(ws),
-    ),  # fmt: skip
+    ),
     Case("manifest-header-case-spaces", "ok", _rows_only(" Path , LABEL , Patient_ID ")),
     Case(
         "manifest-blank-lines",
         "ok",
         lambda ws: ws.manifest.write_text(ws.manifest.read_text().replace("\n", "\n\n")),
-    ),  # fmt: skip
+    ),
     Case("manifest-quoted-comma-path", "ok", lambda ws: ws.rename_image(2, "a, b.png")),
     Case("manifest-unicode-path", "ok", lambda ws: ws.rename_image(2, "bild-ä-画像.png")),
     Case("config-bom-crlf", "ok", config_text(lambda t: "\ufeff" + t.replace("\n", "\r\n"))),

@@ -60,16 +60,21 @@ def one_line(err: str, prefix: str, case: Case, root: Path) -> str:
     return line
 
 
+def arrange(case: Case, template: Path, tmp_path: Path, monkeypatch):
+    """The case's workspace in ``tmp_path`` (the working folder) and its config file."""
+    monkeypatch.chdir(tmp_path)
+    ws = workspace(template, tmp_path)
+    case.mutate(ws)
+    return ws, ws.write_config()
+
+
 def by_when(*when: str) -> list:
     return [pytest.param(c, id=c.id) for c in ALL if c.when in when]
 
 
 @pytest.mark.parametrize("case", by_when("plan", "plan-many"))
 def test_refused_at_plan_time_in_one_line(case, template, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    ws = workspace(template, tmp_path)
-    case.mutate(ws)
-    path = ws.write_config()
+    ws, path = arrange(case, template, tmp_path, monkeypatch)
     before = files_under(tmp_path)
     code, out, err = craft(capsys, monkeypatch, "config", "check", str(path))
     assert code == 2, f"{case.id}: exit {code}\n{out}{err}"
@@ -95,10 +100,7 @@ def _first_of_many(err: str, case: Case) -> str:
 def test_refused_when_decoded_with_its_csv_line(case, template, tmp_path, capsys, monkeypatch):
     """Only decoding finds these: the plan passes, `craft data check` lists the file with its
     CSV line (exit 1), and prepare refuses it in one line naming the line, writing nothing."""
-    monkeypatch.chdir(tmp_path)
-    ws = workspace(template, tmp_path)
-    case.mutate(ws)
-    path = ws.write_config()
+    ws, path = arrange(case, template, tmp_path, monkeypatch)
     code, out, err = craft(capsys, monkeypatch, "config", "check", str(path))
     assert code == 0, f"{case.id}: the plan refused it:\n{err}"
     before = files_under(tmp_path)
@@ -117,10 +119,7 @@ def test_refused_when_decoded_with_its_csv_line(case, template, tmp_path, capsys
 
 @pytest.mark.parametrize("case", by_when("ok", "accepted"))
 def test_valid_and_accepted_inputs_pass_every_stage(case, template, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    ws = workspace(template, tmp_path)
-    case.mutate(ws)
-    path = ws.write_config()
+    ws, path = arrange(case, template, tmp_path, monkeypatch)
     for args in (("config", "check", str(path)), ("data", "check", "-c", str(path))):
         code, out, err = craft(capsys, monkeypatch, *args)
         assert code == 0, f"{case.id}: {' '.join(args[:2])} exit {code}\n{out}{err}"

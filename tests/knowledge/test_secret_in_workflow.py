@@ -75,9 +75,9 @@ def test_the_key_is_in_no_file_and_no_output(tmp_path, env):
     output = "".join(r.stdout + r.stderr for r in runs)
     assert SECRET not in output
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert any(".snakemake" in p.parts for p in files) and any(
-        "logs" in p.parts for p in files
-    ), "the run left no Snakemake or job logs to search"
+    assert any(".snakemake" in p.parts for p in files) and any("logs" in p.parts for p in files), (
+        "the run left no Snakemake or job logs to search"
+    )
     leaked = [p for p in files if SECRET.encode() in p.read_bytes()]
     assert not leaked, leaked
     # a part of the key is no better: its first half appears nowhere either

@@ -29,23 +29,25 @@ def _file(field: str, path: Path, what: str) -> str | None:
     return None
 
 
+#: At most this many problems of one manifest are shown at plan time.
+MAX_SHOWN = 5
+
+
 def check_manifest(cfg: CraftConfig, name: str) -> list[str]:
     """What prepare would refuse in a modality's manifest, short of decoding its images: the
     header, every row (label, split, path inside the image root, the file exists, no
     duplicate), every label with images, and whole patients dealt to every split. At most the
     first few lines, with the count of the rest; ``craft data check`` lists every one."""
-    from craft.data.manifest import assign_splits, scan_manifest
+    from craft.data.manifest import check_rows
     from craft.errors import CraftError
 
     m = cfg.modalities[name]
     try:
-        rows, problems = scan_manifest(m.source.manifest, m.source.image_root, m.labels)
-        if not problems:
-            fractions = {"train": m.splits.train, "val": m.splits.val, "test": m.splits.test}
-            assign_splits(rows, fractions, m.splits.seed)
-    except CraftError as err:
-        problems = [f"{m.source.manifest}: {err}" if not str(err).startswith(
-            str(m.source.manifest)) else str(err)]  # fmt: skip
+        _, problems = check_rows(
+            m.source.manifest, m.source.image_root, m.labels, m.splits.fractions, m.splits.seed
+        )
+    except CraftError as err:  # the file itself: its errors name it
+        problems = [str(err)]
     shown = problems[:MAX_SHOWN]
     if len(problems) > MAX_SHOWN:
         shown.append(
@@ -69,18 +71,13 @@ def check_knowledge(cfg: CraftConfig) -> list[str]:
             if name in cfg.knowledge.review:
                 pinned_review(Path(cfg.knowledge.review[name]), name, list(m.labels))
             elif cfg.knowledge.backend.kind == "curated":
-                phantom = m.source.phantom if m.source.kind == "phantom" else None
-                base, _ = load_curated(resolve_base(dict(cfg.knowledge.curated), name, phantom))
+                base, _ = load_curated(resolve_base(dict(cfg.knowledge.curated), name, m.phantom))
                 label_map(base, list(m.labels))
         except CraftError as err:
             field = "review" if name in cfg.knowledge.review else "curated"
             where = f"knowledge.{field}.{name}: "
             problems.append(str(err) if str(err).startswith(where) else where + str(err))
     return problems
-
-
-#: At most this many problems of one manifest are shown at plan time.
-MAX_SHOWN = 5
 
 
 def check_files(cfg: CraftConfig, manifests: bool = True) -> list[str]:

@@ -463,8 +463,7 @@ def knowledge_build(
     if modality in kn.review:
         inputs["review"] = kn.review[modality]
     elif kn.backend.kind == "curated":
-        phantom = m.source.phantom if m.source.kind == "phantom" else None
-        inputs["curated"] = curated_path(resolve_base(dict(kn.curated), modality, phantom))
+        inputs["curated"] = curated_path(resolve_base(dict(kn.curated), modality, m.phantom))
     _record(out, cfg, "knowledge", modality, inputs=inputs)
 
 
@@ -875,7 +874,7 @@ def audit_cmd(
         method,
         seed,
         cfg.spec("audit", modality, method).digest,
-        phantom=m.source.phantom if m.source.kind == "phantom" else None,
+        phantom=m.phantom,
         load_auditor=load_auditor,
     )
     knowledge = _knowledge_in(cfg, modality, knowledge)

@@ -118,6 +118,11 @@ class Splits(Strict):
             raise ValueError(f"train + val + test must sum to 1, got {total:g}")
         return self
 
+    @property
+    def fractions(self) -> dict[str, float]:
+        """{split: share}, as craft.data.manifest.assign_splits takes them."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
 
 class ModalityConfig(Strict):
     """One image modality: its data, labels and image geometry."""
@@ -150,6 +155,11 @@ class ModalityConfig(Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"labels must be unique, got {v}")
         return v
+
+    @property
+    def phantom(self) -> str | None:
+        """The phantom the modality's images are drawn from; None for a manifest."""
+        return self.source.phantom if self.source.kind == "phantom" else None
 
 
 # ----------------------------------------------------------------------------- models
@@ -700,8 +710,7 @@ class CraftConfig(Strict):
                 )
         self._check_align_methods()
         for m in self.modalities.values():  # auditors: never the reward evaluator
-            phantom = m.source.phantom if m.source.kind == "phantom" else None
-            self.evaluation.audit.auditor_names(self.cas, phantom)
+            self.evaluation.audit.auditor_names(self.cas, m.phantom)
         if self.study is not None:
             for field in ("method_a", "method_b"):
                 name = getattr(self.study, field)

@@ -139,12 +139,11 @@ def get_curated_knowledge(wildcards):
     if wildcards.modality in kn.review or kn.backend.kind != "curated":
         return []
     m = CFG.modality(wildcards.modality)
-    phantom = m.source.phantom if m.source.kind == "phantom" else None
     try:
         return [
             str(
                 curated_path(
-                    resolve_base(dict(kn.curated), wildcards.modality, phantom)
+                    resolve_base(dict(kn.curated), wildcards.modality, m.phantom)
                 )
             )
         ]
@@ -205,10 +204,9 @@ def get_trained_evaluator(wildcards):
 def get_auditor_evaluators(wildcards):
     """Trained dirs of the audit's evaluators, when the workflow trains them (source 'train')."""
     m = CFG.modality(wildcards.modality)
-    phantom = m.source.phantom if m.source.kind == "phantom" else None
     return [
         str(LAYOUT.evaluator(wildcards.modality, ev))
-        for ev in CFG.evaluation.audit.auditor_names(CFG.cas, phantom)
+        for ev in CFG.evaluation.audit.auditor_names(CFG.cas, m.phantom)
         if ev != "oracle" and CFG.cas.evaluators[ev].source == "train"
     ]
 

@@ -172,7 +172,6 @@ def score_configured_samples(
     _setup(threads)
     evaluator = load_configured_evaluator(cas, name, paths, modality_name)
     reference = load_reference(Path(reference_path))
-    phantom = modality.source.phantom if modality.source.kind == "phantom" else None
     metrics = score_samples(
         evaluator,
         Path(samples),
@@ -182,7 +181,7 @@ def score_configured_samples(
         config_digest,
         batch_size=evaluator_config(cas, name).batch_size,
         n_boot=cas.bootstrap,
-        phantom=phantom,
+        phantom=modality.phantom,
         judge=load_configured_judge(cas, name),
     )
     role = evaluator_config(cas, name).role

@@ -92,14 +92,10 @@ def read_image(path: Path, opts: ImageOptions) -> np.ndarray:
 # ----------------------------------------------------------------------------- decoding
 
 
-#: The first bytes of the picture formats a file named .dcm may really be.
-_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF",
-          b"MM\x00*": "TIFF", b"BM": "BMP", b"GIF8": "GIF"}  # fmt: skip
-
-
 def is_dicom(path: Path) -> bool:
-    """Whether ``path`` is read as DICOM: the ``DICM`` preamble, or a .dcm/.dicom name (a
-    picture under such a name is refused)."""
+    """Whether ``path`` is read as DICOM: a .dcm/.dicom name, or the ``DICM`` preamble."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
     try:
         with path.open("rb") as f:
             head = f.read(132)
@@ -107,17 +103,28 @@ def is_dicom(path: Path) -> bool:
         raise CraftError(
             f"{path}: cannot read the file ({err.strerror}); check its permissions"
         ) from None
-    if head[128:132] == b"DICM":
-        return True
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
-        if kind is not None:  # a picture exported under a DICOM name: its DICOM tags are gone
-            raise CraftError(
-                f"{path}: a {kind} image named {path.suffix}, not a DICOM file; rename it to "
-                f".{kind.lower()} (or export the DICOM itself) and fix its row"
-            )
-        return True  # DICOM without the preamble (read with force)
-    return False
+    return head[128:132] == b"DICM"
+
+
+#: The first bytes of the picture formats a file named .dcm may really be.
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF",
+          b"MM\x00*": "TIFF", b"BM": "BMP", b"GIF8": "GIF"}  # fmt: skip
+
+
+def _refuse_picture(path: Path) -> None:
+    """A file named .dcm that DICOM cannot read may be a picture exported under that name
+    (its DICOM tags lost): say so. Read only when DICOM fails, off the usual path."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError:
+        return  # the caller's own error says the file cannot be read
+    kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is not None:
+        raise CraftError(
+            f"{path}: a {kind} image named {path.suffix}, not a DICOM file; rename it to "
+            f".{kind.lower()} (or export the DICOM itself) and fix its row"
+        )
 
 
 def _read_pillow(path: Path, opts: ImageOptions) -> tuple[np.ndarray, np.ndarray | None]:
@@ -194,11 +201,13 @@ def _read_dicom(path: Path, opts: ImageOptions) -> np.ndarray:
     try:
         ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES)
     except Exception as err:  # pydicom raises many types on malformed input
+        _refuse_picture(path)
         raise CraftError(
             f"{path}: not a readable DICOM file ({_one_line(err)}); replace the file or "
             "remove its row"
         ) from None
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        _refuse_picture(path)
         raise CraftError(f"{path}: DICOM file has no pixel data (not an image); remove its row")
     try:
         n_frames = int(ds.get("NumberOfFrames") or 1)

@@ -52,12 +52,30 @@ def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> li
     """
     rows, problems = scan_manifest(csv_path, image_root, labels)
     if problems:
-        more = len(problems) - 1
-        raise CraftError(
-            problems[0]
-            + (f" (and {more} more problem(s); `craft data check` lists them all)" if more else "")
-        )
+        raise first_problem(problems, "problem(s)")
     return rows
+
+
+def first_problem(problems: Sequence[str], what: str) -> CraftError:
+    """The first of ``problems`` as one error line that counts the rest (``what`` they are)."""
+    more = len(problems) - 1
+    tail = f" (and {more} more {what}; `craft data check` lists them all)" if more else ""
+    return CraftError(problems[0] + tail)
+
+
+def check_rows(
+    csv_path: Path, image_root: Path, labels: Sequence[str], fractions: dict[str, float], seed: int
+) -> tuple[list[ManifestRow], list[str]]:
+    """Every problem of a manifest short of decoding its images: its rows
+    (:func:`scan_manifest`), then, when they are sound, whether every label reaches every
+    split (:func:`assign_splits`). A problem of the file itself is raised."""
+    rows, problems = scan_manifest(csv_path, image_root, labels)
+    if not problems:
+        try:
+            assign_splits(rows, fractions, seed)
+        except CraftError as err:
+            problems.append(f"{csv_path}: {err}")
+    return rows, problems
 
 
 def scan_manifest(
@@ -305,11 +323,10 @@ def _assign_patients(rows: Sequence[ManifestRow], frac: dict[str, float], seed: 
     if todo:
         # No more folds than the label with the fewest patients has (but one per split it
         # needs): each fold then holds every label, so every split does.
-        per_label = Counter(rows[i].label for key in todo for i in {groups[key][0]})
-        fewest = min(per_label.values())
+        fewest = min(Counter(rows[groups[key][0]].label for key in todo).values())
         n_folds = min(_fold_count(frac), len(todo))
         if fewest >= len(required):
-            n_folds = min(n_folds, max(fewest, len(required)))
+            n_folds = min(n_folds, fewest)
         counts = _allocate(n_folds, frac, required)
         fold_split = [s for s in SPLITS for _ in range(counts[s])]
         fold_split = [fold_split[j] for j in np.random.default_rng(seed).permutation(n_folds)]

@@ -17,7 +17,13 @@ import numpy as np
 
 from craft.config import CraftConfig, ManifestSource, ModalityConfig
 from craft.data.images import ImageOptions, read_image
-from craft.data.manifest import ManifestRow, assign_splits, read_manifest, scan_manifest
+from craft.data.manifest import (
+    ManifestRow,
+    assign_splits,
+    check_rows,
+    first_problem,
+    read_manifest,
+)
 from craft.data.phantoms import PHANTOMS, draw_batch
 from craft.errors import CraftError
 from craft.progress import log, progress
@@ -75,11 +81,7 @@ def _from_manifest(m: ModalityConfig) -> tuple[list[ManifestRow], np.ndarray]:
     rows = read_manifest(src.manifest, src.image_root, m.labels)
     images, problems = read_images(m, rows)
     if problems:
-        more = len(problems) - 1
-        raise CraftError(
-            problems[0]
-            + (f" (and {more} more file(s); `craft data check` lists them all)" if more else "")
-        )
+        raise first_problem(problems, "file(s)")
     return rows, images
 
 
@@ -88,16 +90,11 @@ def check_data(cfg: CraftConfig, modality: str) -> tuple[int, list[str]]:
     prepare would refuse, all of it, one line each (``craft data check``). Writes nothing."""
     m = cfg.modality(modality)
     src: ManifestSource = m.source
-    rows, problems = scan_manifest(src.manifest, src.image_root, m.labels)
+    rows, problems = check_rows(
+        src.manifest, src.image_root, m.labels, m.splits.fractions, m.splits.seed
+    )
     _, bad = read_images(m, rows, f"{modality}: decoding images")
-    problems += bad
-    if not problems:
-        fractions = {"train": m.splits.train, "val": m.splits.val, "test": m.splits.test}
-        try:
-            assign_splits(rows, fractions, m.splits.seed)
-        except CraftError as err:
-            problems.append(f"{src.manifest}: {err}")
-    return len(rows) - len(bad), problems
+    return len(rows) - len(bad), problems + bad
 
 
 def prepare(cfg: CraftConfig, modality: str, out: Path) -> Path:
@@ -108,8 +105,7 @@ def prepare(cfg: CraftConfig, modality: str, out: Path) -> Path:
         rows, images, findings, finding_names = _from_phantoms(m)
     else:
         rows, images = _from_manifest(m)
-    fractions = {"train": m.splits.train, "val": m.splits.val, "test": m.splits.test}
-    splits = np.array(assign_splits(rows, fractions, m.splits.seed))
+    splits = np.array(assign_splits(rows, m.splits.fractions, m.splits.seed))
     label_idx = np.array([m.labels.index(r.label) for r in rows], dtype=np.int64)
     attrs = {"labels": list(m.labels), "modality": modality, "findings": finding_names}
     with atomic_h5(out, "data", cfg.spec("prepare", modality).digest, attrs=attrs) as f:

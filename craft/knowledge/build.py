@@ -114,7 +114,6 @@ def build_knowledge(
 def build_from_config(cfg: Any, modality: str, out: Path | str) -> ModalityKnowledge:
     """``build_knowledge`` with everything taken from a CraftConfig (``cfg.knowledge``)."""
     m = cfg.modality(modality)
-    phantom = m.source.phantom if m.source.kind == "phantom" else None
     settings: KnowledgeConfig = cfg.knowledge
     digest = cfg.spec("knowledge", modality).digest  # the job's spec (craft.specs)
     return build_knowledge(
@@ -123,6 +122,6 @@ def build_from_config(cfg: Any, modality: str, out: Path | str) -> ModalityKnowl
         m.description,
         list(m.labels),
         out,
-        phantom=phantom,
+        phantom=m.phantom,
         config_digest=digest,
     )

@@ -22,6 +22,7 @@ from tests.cas.knowledge_standin import CXR_LABELS
 def _modality(kind="phantom"):
     return SimpleNamespace(
         source=SimpleNamespace(kind=kind, phantom=PHANTOM),
+        phantom=PHANTOM if kind == "phantom" else None,  # ModalityConfig.phantom
         labels=CXR_LABELS,
         description="chest radiograph",
         resolution=32,

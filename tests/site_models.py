@@ -69,12 +69,12 @@ def sd15_pipeline(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def tiny_bert(out: Path) -> Path:
-    """A PubMedBERT-like BertModel folder with its WordPiece tokenizer."""
+def tiny_bert(out: Path, words: list[str] = WORDS) -> Path:
+    """A PubMedBERT-like BertModel folder with its WordPiece tokenizer (``words`` and letters)."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
     out.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *"abcdefghijklmnopqrstuvwxyz"]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizer(str(out / "vocab.txt")).save_pretrained(out)
     config = BertConfig(
@@ -88,6 +88,17 @@ def tiny_bert(out: Path) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(out)
     return out
+
+
+def bert_text_cfg(bert: Path) -> dict:
+    """open_clip's text_cfg for a Hugging Face BERT text tower, as BiomedCLIP's."""
+    return {
+        "hf_model_name": str(bert),
+        "hf_tokenizer_name": str(bert),
+        "hf_proj_type": "mlp",
+        "hf_pooler_type": "cls_last_hidden_state_pooler",
+        "context_length": 32,
+    }
 
 
 def tiny_biomedclip(out: Path, bert: Path, text_tower_id: str, image_size: int = 32) -> Path:
@@ -106,13 +117,7 @@ def tiny_biomedclip(out: Path, bert: Path, text_tower_id: str, image_size: int =
             "patch_size": 8,
             "head_width": 16,
         },
-        "text_cfg": {
-            "hf_model_name": str(bert),
-            "hf_tokenizer_name": str(bert),
-            "hf_proj_type": "mlp",
-            "hf_pooler_type": "cls_last_hidden_state_pooler",
-            "context_length": 32,
-        },
+        "text_cfg": bert_text_cfg(bert),
     }
     torch.manual_seed(0)
     pp = {

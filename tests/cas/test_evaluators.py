@@ -136,23 +136,10 @@ def test_biomedclip_shaped_stand_in(tmp_path):
     """BiomedCLIP's structure in miniature: a timm ViT image tower and a Hugging Face BERT text
     tower with its own tokenizer (CustomTextCLIP), loaded from an open_clip dir."""
     import open_clip
-    from transformers import BertConfig, BertModel, BertTokenizer
 
-    bert = tmp_path / "tiny-bert"
-    bert.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
-    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(bert / "vocab.txt")).save_pretrained(bert)
-    BertModel(
-        BertConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-    ).save_pretrained(bert)
+    from tests.site_models import bert_text_cfg, tiny_bert
+
+    bert = tiny_bert(tmp_path / "tiny-bert", WORDS)
     cfg = {
         "embed_dim": 32,
         "vision_cfg": {
@@ -162,13 +149,7 @@ def test_biomedclip_shaped_stand_in(tmp_path):
             "timm_proj": "linear",
             "image_size": 224,
         },
-        "text_cfg": {
-            "hf_model_name": str(bert),
-            "hf_tokenizer_name": str(bert),
-            "hf_proj_type": "mlp",
-            "hf_pooler_type": "cls_last_hidden_state_pooler",
-            "context_length": 32,
-        },
+        "text_cfg": bert_text_cfg(bert),
     }
     torch.manual_seed(0)
     model = open_clip.CustomTextCLIP(**cfg)

@@ -49,7 +49,9 @@ if hub_offline():
     _missing = check_offline(CFG, str(_given[-1]))
     if _missing:
         sys.exit(
-            "\n".join(f"craft: error: not available offline: {line}" for line in _missing)
+            "\n".join(
+                f"craft: error: not available offline: {line}" for line in _missing
+            )
         )
 
 LAYOUT = Layout(CFG.results)

@@ -5,6 +5,8 @@ rule train_evaluator:
         model=directory(str(LAYOUT.evaluator("{modality}", "{evaluator}"))),
     log:
         f"{LOGS}/train_evaluator/{{modality}}/{{evaluator}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_evaluator/{{modality}}/{{evaluator}}.tsv",
     threads: res("evaluator", "threads")
     resources:
         **get_resources("evaluator"),
@@ -27,6 +29,8 @@ rule reference:
         reference=str(LAYOUT.reference("{modality}", "{evaluator}")),
     log:
         f"{LOGS}/reference/{{modality}}/{{evaluator}}.log",
+    benchmark:
+        f"{BENCHMARKS}/reference/{{modality}}/{{evaluator}}.tsv",
     threads: res("reference", "threads")
     resources:
         **get_resources("reference"),
@@ -52,6 +56,8 @@ rule score:
         ),
     log:
         f"{LOGS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.log",
+    benchmark:
+        f"{BENCHMARKS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.tsv",
     threads: res("score", "threads")
     resources:
         **get_resources("score"),

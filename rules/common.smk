@@ -61,6 +61,8 @@ RESULTS = str(CFG.results)
 # retried or rerun job keeps what a failed or preempted attempt said; {log} is a hard link to
 # the newest attempt's file (Snakemake removes {log} before each attempt, not the attempts).
 LOGS = f"{RESULTS}/logs"
+# Snakemake writes each job's wall time, CPU time and peak memory here (bench/profile_workflow.py).
+BENCHMARKS = f"{RESULTS}/benchmarks"
 ATTEMPT_LOG = (
     'attempt="{log}.attempts/$(date -u +%Y%m%dT%H%M%SZ)-$$.log"; mkdir -p "{log}.attempts"; '
     ': > "$attempt"; ln -f "$attempt" "{log}"; exec >> "$attempt" 2>&1; '

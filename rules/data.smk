@@ -5,6 +5,8 @@ rule prepare:
         h5=str(LAYOUT.data("{modality}")),
     log:
         f"{LOGS}/prepare/{{modality}}.log",
+    benchmark:
+        f"{BENCHMARKS}/prepare/{{modality}}.tsv",
     threads: res("prepare", "threads")
     resources:
         **get_resources("prepare"),

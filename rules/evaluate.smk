@@ -6,6 +6,8 @@ rule evaluate_oracle:
         metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "oracle")),
     log:
         f"{LOGS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.tsv",
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),
@@ -27,6 +29,8 @@ rule downstream:
         metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "downstream")),
     log:
         f"{LOGS}/downstream/{{modality}}/{{method}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/downstream/{{modality}}/{{method}}/{{seed}}.tsv",
     threads: res("downstream", "threads")
     resources:
         **get_resources("downstream"),
@@ -58,6 +62,8 @@ rule memorization:
         ),
     log:
         f"{LOGS}/memorization/{{modality}}/{{method}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/memorization/{{modality}}/{{method}}/{{seed}}.tsv",
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),
@@ -87,6 +93,8 @@ rule audit:
         ),
     log:
         f"{LOGS}/audit/{{modality}}/{{method}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/audit/{{modality}}/{{method}}/{{seed}}.tsv",
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),
@@ -109,6 +117,8 @@ rule fidelity:
         metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "fidelity")),
     log:
         f"{LOGS}/fidelity/{{modality}}/{{method}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/fidelity/{{modality}}/{{method}}/{{seed}}.tsv",
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),

@@ -7,6 +7,8 @@ rule knowledge:
         review=str(LAYOUT.knowledge_review("{modality}")),
     log:
         f"{LOGS}/knowledge/{{modality}}.log",
+    benchmark:
+        f"{BENCHMARKS}/knowledge/{{modality}}.tsv",
     threads: res("knowledge", "threads")
     resources:
         **get_resources("knowledge"),

@@ -10,6 +10,8 @@ rule report:
         html=str(LAYOUT.report() / "index.html"),
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCHMARKS}/report.tsv",
     threads: res("report", "threads")
     resources:
         **get_resources("report"),

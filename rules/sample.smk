@@ -6,6 +6,8 @@ rule generate:
         samples=str(LAYOUT.samples("{modality}", "{method}", "{seed}")),
     log:
         f"{LOGS}/generate/{{modality}}/{{method}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/generate/{{modality}}/{{method}}/{{seed}}.tsv",
     threads: res("generate", "threads")
     resources:
         **get_resources("generate"),

@@ -6,6 +6,8 @@ rule study_export:
         key=str(LAYOUT.study("{modality}") / "key.json"),
     log:
         f"{LOGS}/study_export/{{modality}}.log",
+    benchmark:
+        f"{BENCHMARKS}/study_export/{{modality}}.tsv",
     threads: res("report", "threads")
     resources:
         **get_resources("report"),

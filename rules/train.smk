@@ -3,6 +3,8 @@ rule pretrain:
         model=directory(str(LAYOUT.foundation("{modality}"))),
     log:
         f"{LOGS}/pretrain/{{modality}}.log",
+    benchmark:
+        f"{BENCHMARKS}/pretrain/{{modality}}.tsv",
     threads: res("pretrain", "threads")
     resources:
         **get_resources("pretrain"),
@@ -24,6 +26,8 @@ rule adapt:
         card=str(LAYOUT.card("{modality}", "{method}", "{seed}")),
     log:
         f"{LOGS}/adapt/{{modality}}/{{method}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/adapt/{{modality}}/{{method}}/{{seed}}.tsv",
     wildcard_constraints:
         method=one_of(ADAPT_METHODS),
     threads: res("adapt", "threads")
@@ -51,6 +55,8 @@ rule align:
         curves=str(LAYOUT.run("{modality}", "{method}", "{seed}") / "curves.csv"),
     log:
         f"{LOGS}/align/{{modality}}/{{method}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/align/{{modality}}/{{method}}/{{seed}}.tsv",
     wildcard_constraints:
         method=one_of(ALIGN_METHODS),
     threads: res("align", "threads")

@@ -29,6 +29,11 @@ class Layout:
     def metrics(self, modality: str, method: str, seed: int | str, stage: str) -> Path:
         return self.run(modality, method, seed) / f"metrics-{stage}.json"
 
+    def downstream_real(self, modality: str, seed: int | str) -> Path:
+        """The real-only downstream classifiers of a modality and run seed, shared by every
+        method's downstream job (their state files lie beside it)."""
+        return self.root / "downstream" / modality / str(seed) / "real-phases.json"
+
     def knowledge(self, modality: str) -> Path:
         return self.root / "knowledge" / f"{modality}.json"
 

@@ -55,6 +55,7 @@ STAGES = (
     "reference",
     "score",
     "evaluate_oracle",
+    "downstream_real",
     "downstream",
     "memorization",
     "audit",
@@ -728,7 +729,7 @@ def job_spec(
             )
         return OracleSpec(phantom=phantom, description=m.description, labels=labels)
     ev = cfg.evaluation
-    if stage == "downstream":
+    if stage in ("downstream", "downstream_real"):  # the real-only phases: the same settings
         return DownstreamSpec(labels=labels, downstream=ev.downstream)
     if stage == "memorization":
         return MemorizationSpec(labels=labels, memorization=ev.memorization)
@@ -773,6 +774,7 @@ def workflow_jobs(cfg: CraftConfig) -> list[Job]:
             if e.source == "train":
                 jobs.append(("train_evaluator", m, None, ev))
             jobs.append(("reference", m, None, ev))
+        jobs.append(("downstream_real", m, None, None))
         for k in cfg.methods:
             jobs += [(run_stage(cfg, k), m, k, None), ("generate", m, k, None)]
             jobs += [("score", m, k, ev) for ev in cfg.cas.evaluators]

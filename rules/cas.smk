@@ -6,7 +6,7 @@ rule train_evaluator:
     log:
         f"{LOGS}/train_evaluator/{{modality}}/{{evaluator}}.log",
     benchmark:
-        f"{BENCHMARKS}/train_evaluator/{{modality}}/{{evaluator}}.tsv",
+        f"{BENCHMARKS}/train_evaluator/{{modality}}/{{evaluator}}.tsv"
     threads: res("evaluator", "threads")
     resources:
         **get_resources("evaluator"),
@@ -30,7 +30,7 @@ rule reference:
     log:
         f"{LOGS}/reference/{{modality}}/{{evaluator}}.log",
     benchmark:
-        f"{BENCHMARKS}/reference/{{modality}}/{{evaluator}}.tsv",
+        f"{BENCHMARKS}/reference/{{modality}}/{{evaluator}}.tsv"
     threads: res("reference", "threads")
     resources:
         **get_resources("reference"),
@@ -57,7 +57,7 @@ rule score:
     log:
         f"{LOGS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.log",
     benchmark:
-        f"{BENCHMARKS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.tsv",
+        f"{BENCHMARKS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.tsv"
     threads: res("score", "threads")
     resources:
         **get_resources("score"),

@@ -6,7 +6,7 @@ rule prepare:
     log:
         f"{LOGS}/prepare/{{modality}}.log",
     benchmark:
-        f"{BENCHMARKS}/prepare/{{modality}}.tsv",
+        f"{BENCHMARKS}/prepare/{{modality}}.tsv"
     threads: res("prepare", "threads")
     resources:
         **get_resources("prepare"),

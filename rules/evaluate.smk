@@ -7,7 +7,7 @@ rule evaluate_oracle:
     log:
         f"{LOGS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.tsv",
+        f"{BENCHMARKS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.tsv"
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),
@@ -21,16 +21,39 @@ rule evaluate_oracle:
         " --data {input.data} --out {output.metrics}"
 
 
+rule downstream_real:
+    input:
+        data=rules.prepare.output.h5,
+    output:
+        real=str(LAYOUT.downstream_real("{modality}", "{seed}")),
+    log:
+        f"{LOGS}/downstream_real/{{modality}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/downstream_real/{{modality}}/{{seed}}.tsv"
+    threads: res("downstream", "threads")
+    resources:
+        **get_resources("downstream"),
+    params:
+        config=CONFIG_FILE,
+        spec=get_spec("downstream_real"),
+    shell:
+        ATTEMPT_LOG
+        + "craft downstream-real --config {params.config} --modality {wildcards.modality}"
+        " --seed {wildcards.seed} --data {input.data} --out {output.real} --threads {threads}"
+
+
 rule downstream:
     input:
         samples=rules.generate.output.samples,
         data=rules.prepare.output.h5,
+        # The real-only classifiers: trained once per modality and seed, for every method.
+        real=rules.downstream_real.output.real,
     output:
         metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "downstream")),
     log:
         f"{LOGS}/downstream/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/downstream/{{modality}}/{{method}}/{{seed}}.tsv",
+        f"{BENCHMARKS}/downstream/{{modality}}/{{method}}/{{seed}}.tsv"
     threads: res("downstream", "threads")
     resources:
         **get_resources("downstream"),
@@ -41,7 +64,7 @@ rule downstream:
         ATTEMPT_LOG
         + "craft downstream --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
-        " --data {input.data} --out {output.metrics} --threads {threads}"
+        " --data {input.data} --out {output.metrics} --threads {threads} --real {input.real}"
 
 
 rule memorization:
@@ -63,7 +86,7 @@ rule memorization:
     log:
         f"{LOGS}/memorization/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/memorization/{{modality}}/{{method}}/{{seed}}.tsv",
+        f"{BENCHMARKS}/memorization/{{modality}}/{{method}}/{{seed}}.tsv"
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),
@@ -94,7 +117,7 @@ rule audit:
     log:
         f"{LOGS}/audit/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/audit/{{modality}}/{{method}}/{{seed}}.tsv",
+        f"{BENCHMARKS}/audit/{{modality}}/{{method}}/{{seed}}.tsv"
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),
@@ -118,7 +141,7 @@ rule fidelity:
     log:
         f"{LOGS}/fidelity/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/fidelity/{{modality}}/{{method}}/{{seed}}.tsv",
+        f"{BENCHMARKS}/fidelity/{{modality}}/{{method}}/{{seed}}.tsv"
     threads: res("evaluate", "threads")
     resources:
         **get_resources("evaluate"),

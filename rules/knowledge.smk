@@ -8,7 +8,7 @@ rule knowledge:
     log:
         f"{LOGS}/knowledge/{{modality}}.log",
     benchmark:
-        f"{BENCHMARKS}/knowledge/{{modality}}.tsv",
+        f"{BENCHMARKS}/knowledge/{{modality}}.tsv"
     threads: res("knowledge", "threads")
     resources:
         **get_resources("knowledge"),

@@ -11,7 +11,7 @@ rule report:
     log:
         f"{LOGS}/report.log",
     benchmark:
-        f"{BENCHMARKS}/report.tsv",
+        f"{BENCHMARKS}/report.tsv"
     threads: res("report", "threads")
     resources:
         **get_resources("report"),

@@ -7,7 +7,7 @@ rule generate:
     log:
         f"{LOGS}/generate/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/generate/{{modality}}/{{method}}/{{seed}}.tsv",
+        f"{BENCHMARKS}/generate/{{modality}}/{{method}}/{{seed}}.tsv"
     threads: res("generate", "threads")
     resources:
         **get_resources("generate"),

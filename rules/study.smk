@@ -7,7 +7,7 @@ rule study_export:
     log:
         f"{LOGS}/study_export/{{modality}}.log",
     benchmark:
-        f"{BENCHMARKS}/study_export/{{modality}}.tsv",
+        f"{BENCHMARKS}/study_export/{{modality}}.tsv"
     threads: res("report", "threads")
     resources:
         **get_resources("report"),

@@ -4,7 +4,7 @@ rule pretrain:
     log:
         f"{LOGS}/pretrain/{{modality}}.log",
     benchmark:
-        f"{BENCHMARKS}/pretrain/{{modality}}.tsv",
+        f"{BENCHMARKS}/pretrain/{{modality}}.tsv"
     threads: res("pretrain", "threads")
     resources:
         **get_resources("pretrain"),
@@ -27,7 +27,7 @@ rule adapt:
     log:
         f"{LOGS}/adapt/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/adapt/{{modality}}/{{method}}/{{seed}}.tsv",
+        f"{BENCHMARKS}/adapt/{{modality}}/{{method}}/{{seed}}.tsv"
     wildcard_constraints:
         method=one_of(ADAPT_METHODS),
     threads: res("adapt", "threads")
@@ -56,7 +56,7 @@ rule align:
     log:
         f"{LOGS}/align/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/align/{{modality}}/{{method}}/{{seed}}.tsv",
+        f"{BENCHMARKS}/align/{{modality}}/{{method}}/{{seed}}.tsv"
     wildcard_constraints:
         method=one_of(ALIGN_METHODS),
     threads: res("align", "threads")

@@ -59,6 +59,7 @@ __all__ = [
     "classification_metrics",
     "PhaseTrainer",
     "downstream",
+    "real_phases",
 ]
 
 
@@ -215,6 +216,31 @@ class PhaseData:
     label_names: list[str]
 
 
+def phase_digest(
+    settings: DownstreamConfig, phase: str, data: PhaseData, digest: str, seed: int
+) -> str:
+    """What a phase's result depends on: config digest, phase, settings, seed, the labels of
+    every split, and the train images (shape, and at most 1024 of them, evenly spaced)."""
+    h = hashlib.sha256(f"{digest}:{phase}:{settings.model_dump_json()}:{seed}".encode())
+    for arr in (data.train_y, data.val_y, data.test_y):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(str(data.train_x.shape).encode())
+    # The pixels too: regenerated samples start over.
+    h.update(np.ascontiguousarray(data.train_x[:: max(1, len(data.train_x) // 1024)]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def finished_phase(result_path: Path, digest: str) -> dict[str, float] | None:
+    """The metrics of a phase recorded at ``result_path`` under ``digest``, else None."""
+    if not result_path.is_file():
+        return None
+    try:
+        rec = json.loads(result_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return rec["metrics"] if rec.get("digest") == digest else None
+
+
 def _phase_seed(seed: int, phase: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{phase}".encode()).digest()[:4], "little")
 
@@ -238,13 +264,7 @@ class PhaseTrainer:
         self.settings, self.phase, self.data = settings, phase, data
         self.state_path = Path(state_dir) / f"{phase}.pt"
         self.result_path = Path(state_dir) / f"{phase}.json"
-        h = hashlib.sha256(f"{digest}:{phase}:{settings.model_dump_json()}:{seed}".encode())
-        for arr in (data.train_y, data.val_y, data.test_y):
-            h.update(np.ascontiguousarray(arr).tobytes())
-        h.update(str(data.train_x.shape).encode())
-        # The pixels too (at most 1024 images, evenly spaced): regenerated samples start over.
-        h.update(np.ascontiguousarray(data.train_x[:: max(1, len(data.train_x) // 1024)]).tobytes())
-        self.digest = h.hexdigest()[:16]
+        self.digest = phase_digest(settings, phase, data, digest, seed)
         self.seed = _phase_seed(seed, phase)
         self.device = device()
         with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG untouched
@@ -263,13 +283,7 @@ class PhaseTrainer:
 
     def finished_metrics(self) -> dict[str, float] | None:
         """The phase's metrics if it finished under this digest, else None."""
-        if not self.result_path.is_file():
-            return None
-        try:
-            rec = json.loads(self.result_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        return rec["metrics"] if rec.get("digest") == self.digest else None
+        return finished_phase(self.result_path, self.digest)
 
     def _resume(self) -> None:
         if not self.state_path.is_file():
@@ -341,13 +355,19 @@ class PhaseTrainer:
             if epochs is not None and done_now >= epochs:
                 return False
             self.model.train()
-            for idx in self._batches(len(d.train_y), self.epoch):
-                x = to_float(d.train_x[idx]).to(self.device)
-                y = torch.from_numpy(d.train_y[idx]).to(self.device)
-                loss = F.cross_entropy(self.model(x), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+            # Dropout and the like draw from a stream seeded by (phase, epoch): a resumed
+            # phase, or one run without the phases before it (shared real-only phases),
+            # trains as an uninterrupted one does.
+            cuda = [self.device] if torch.device(self.device).type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(_phase_seed(self.seed, f"epoch{self.epoch}"))
+                for idx in self._batches(len(d.train_y), self.epoch):
+                    x = to_float(d.train_x[idx]).to(self.device)
+                    y = torch.from_numpy(d.train_y[idx]).to(self.device)
+                    loss = F.cross_entropy(self.model(x), y)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
             self.epoch += 1
             done_now += 1
             val = self._val_loss() if len(d.val_y) else -float(self.epoch)
@@ -415,6 +435,59 @@ def phases(
     return out
 
 
+def _phase_data(train, val, test, idx: np.ndarray | None, samples) -> PhaseData:
+    """A phase's images: the real train rows ``idx`` (None: none) and the samples (or None)."""
+    xs, ys = [], []
+    if idx is not None:
+        xs.append(train.images[idx])
+        ys.append(train.labels[idx])
+    if samples is not None:
+        xs.append(samples.images)
+        ys.append(samples.labels)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return PhaseData(
+        x, y, val.images, val.labels, test.images, test.labels, list(train.label_names)
+    )
+
+
+def real_phases(
+    settings: DownstreamConfig,
+    data_h5: Path,
+    out: Path,
+    seed: int,
+    config_digest: str,
+) -> dict[str, dict[str, float]]:
+    """Train and test the real-only phases of a modality and run seed once, for every method.
+
+    Each method's :func:`downstream` (``real_dir`` = ``out``'s folder) takes them from here
+    instead of training the same classifier again: the real-only classifiers see no generated
+    image and are seeded by the run seed alone. Resumable like :func:`downstream` (state in
+    ``out``'s folder); ``out`` (JSON, written last) records every real phase's metrics.
+    """
+    t0 = time.monotonic()
+    state_dir = Path(out).parent
+    train, val, test = (read_split(data_h5, s) for s in ("train", "val", "test"))
+    if len(train) < 2:
+        raise CraftError(
+            f"downstream needs at least 2 real train images, got {len(train)} in {data_h5}"
+        )
+    cls_seed = settings.seed + seed
+    real = [
+        (ph, idx)
+        for ph, idx, synthetic in phases(settings, train.labels, cls_seed)
+        if not synthetic
+    ]
+    if Path(out).name in {f"{ph}{ext}" for ph, _ in real for ext in (".json", ".pt")}:
+        raise CraftError(f"{out}: a phase's record has this name; name the file real-phases.json")
+    done: dict[str, dict[str, float]] = {}
+    for phase, idx in real:
+        data = _phase_data(train, val, test, idx, None)
+        done[phase] = PhaseTrainer(settings, phase, data, state_dir, config_digest, cls_seed).fit()
+    atomic_write_text(Path(out), json.dumps({"seed": seed, "phases": done}, indent=1))
+    log(f"downstream real-only phases ({', '.join(done)}) in {time.monotonic() - t0:.1f} s")
+    return done
+
+
 def downstream(
     settings: DownstreamConfig,
     data_h5: Path,
@@ -425,10 +498,14 @@ def downstream(
     seed: int,
     config_digest: str,
     state_dir: Path | None = None,
+    real_dir: Path | None = None,
 ) -> dict[str, float]:
     """Train and test every phase's classifier (resumably) and write the metrics JSON.
 
     ``state_dir`` (default ``{out's folder}/downstream``) holds the per-phase state.
+    ``real_dir``: where :func:`real_phases` recorded the real-only phases of this modality and
+    run seed; a phase recorded there under the same digest is taken from it (the same numbers:
+    a real-only classifier does not depend on the method), any other is trained here.
     """
     t0 = time.monotonic()
     state_dir = Path(state_dir) if state_dir is not None else Path(out).parent / "downstream"
@@ -456,23 +533,17 @@ def downstream(
     metrics: dict[str, float] = {}
     by_phase: dict[str, dict[str, float]] = {}
     for phase, idx, synthetic in phases(settings, train.labels, cls_seed):
-        xs, ys = [], []
-        if idx is not None:
-            xs.append(train.images[idx])
-            ys.append(train.labels[idx])
-        if synthetic:
-            xs.append(samples.images)
-            ys.append(samples.labels)
-        data = PhaseData(
-            np.concatenate(xs),
-            np.concatenate(ys),
-            val.images,
-            val.labels,
-            test.images,
-            test.labels,
-            names,
-        )
-        m = PhaseTrainer(settings, phase, data, state_dir, config_digest, cls_seed).fit()
+        data = _phase_data(train, val, test, idx, samples if synthetic else None)
+        m = None
+        if real_dir is not None and not synthetic:
+            digest = phase_digest(settings, phase, data, config_digest, cls_seed)
+            m = finished_phase(Path(real_dir) / f"{phase}.json", digest)
+            if m is None:
+                log(f"downstream {phase}: not recorded in {real_dir} for this data; training it")
+            else:
+                log(f"downstream {phase}: shared real-only result from {real_dir}")
+        if m is None:
+            m = PhaseTrainer(settings, phase, data, state_dir, config_digest, cls_seed).fit()
         by_phase[phase] = m
         kind, _, tag = phase.partition("__")
         for key in ("auroc", "accuracy", "f1"):

@@ -15,6 +15,7 @@ from craft.evaluate.downstream import (
     build_classifier,
     classification_metrics,
     downstream,
+    real_phases,
 )
 from craft.evaluate.settings import DownstreamConfig
 from craft.store import read_split
@@ -61,6 +62,43 @@ def test_copies_of_real_images_do_as_well_as_real_ones(cxr_data, tmp_path):
     )
     again, _ = _run(FAST, cxr_data, samples, tmp_path)
     assert again == m
+
+
+def test_shared_real_only_phases_give_every_method_the_same_numbers(cxr_data, tmp_path):
+    """The workflow trains the real-only classifiers once per modality and seed (rule
+    downstream_real); each method's job takes them from there. Its numbers must be those of a
+    job that trains every phase itself, for each of two methods' samples."""
+    train = read_train(cxr_data)
+    settings = FAST.model_copy(update={"max_epochs": 4})
+    real_json = tmp_path / "shared" / "real-phases.json"
+    recorded = real_phases(settings, cxr_data, real_json, 0, "digest")
+    assert sorted(recorded) == ["real", "real__b0.25", "real__b0.5"]
+    assert json.loads(real_json.read_text())["phases"] == recorded
+    flipped = train.images[:, ::-1].copy()
+    for name, images in (("copies", train.images), ("flipped", flipped)):
+        samples = write_samples(tmp_path / f"{name}.h5", images, train.labels, CXR_LABELS)
+        alone = downstream(
+            settings, cxr_data, samples, tmp_path / name / "a" / "m.json", CXR, name, 0, "digest"
+        )
+        out = tmp_path / name / "b" / "m.json"
+        shared = downstream(
+            settings, cxr_data, samples, out, CXR, name, 0, "digest", real_dir=real_json.parent
+        )
+        assert shared == alone
+        # only the phases with generated images were trained in the method's own job
+        assert sorted(p.name for p in (out.parent / "downstream").iterdir()) == [
+            "mixed__b0.25.json",
+            "mixed__b0.5.json",
+            "synthetic.json",
+        ]
+    # a record made under another config digest is not taken: the phase is trained here
+    out = tmp_path / "other" / "m.json"
+    downstream(
+        settings, cxr_data, samples, out, CXR, "x", 0, "digest-2", real_dir=real_json.parent
+    )
+    assert (out.parent / "downstream" / "real.json").is_file()
+    with pytest.raises(CraftError, match="name the file real-phases.json"):
+        real_phases(settings, cxr_data, tmp_path / "shared" / "real.json", 0, "digest")
 
 
 def test_noise_teaches_nothing(derm_data, tmp_path):

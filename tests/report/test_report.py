@@ -526,6 +526,64 @@ def test_claim_table_names_the_best_other_method_and_counts_seeds():
     assert not t_all.loc["cas_mean__clip", "wins"]
 
 
+def test_the_whole_claim_judges_costs_against_the_start_and_tail_reductions_against_zero():
+    from craft.report.summary import (
+        BEST_OTHER,
+        NOT_WORSE,
+        PER_SEED_COLUMNS,
+        START,
+        ZERO,
+        ClaimRow,
+        claim_table,
+        whole_claim,
+    )
+
+    def series(method, metric, values):
+        return [("cxr", method, s, metric, v) for s, v in enumerate(values)]
+
+    rows = [
+        *series("start", "oracle_distribution_shift", [0.20, 0.22, 0.21]),
+        *series("craft", "oracle_distribution_shift", [0.22, 0.21, 0.21]),  # 0.0033 worse
+        *series("other", "oracle_distribution_shift", [0.10, 0.10, 0.10]),  # not compared
+        *series("start", "memorization_rate", [0.0, 0.0, 0.0]),
+        *series("craft", "memorization_rate", [0.1, 0.2, 0.1]),  # clearly worse
+        *series("start", "tail_rate__clip", [0.30, 0.20, 0.25]),
+        *series("other", "tail_rate__clip", [0.10, 0.20, 0.15]),  # the strongest baseline
+        *series("craft", "tail_rate__clip", [0.05, 0.10, 0.16]),
+    ]
+    per_seed = pd.DataFrame(rows, columns=list(PER_SEED_COLUMNS))
+    spec = [r for r in whole_claim(["clip"]) if r.against != BEST_OTHER]
+    assert [r.metric for r in spec] == [
+        "tail_reduction_relative__clip",
+        "memorization_rate",
+        "oracle_distribution_shift",
+    ]
+    t = claim_table(per_seed, "craft", spec, others=["start", "other"], start="start")
+    t = t.set_index("metric")
+    shift, mem, tail = (
+        t.loc[m] for m in ("oracle_distribution_shift", "memorization_rate", spec[0].metric)
+    )
+    # the shift is compared with the start, not with the best other method
+    assert shift["against"] == START and shift["best_other"] == "start"
+    assert shift["test"] == NOT_WORSE and not shift["wins"]
+    gains = np.array([-0.02, 0.01, 0.0])
+    assert shift["margin"] == pytest.approx(gains.mean())
+    assert shift["margin_se"] == pytest.approx(gains.std(ddof=1) / np.sqrt(3))
+    assert shift["passes"]  # worse by less than one paired standard error
+    assert not mem["passes"] and mem["margin"] == pytest.approx(-0.4 / 3)
+    # relative tail reduction per seed over the strongest baseline (other): 0.5, 0.5, -0.0667
+    assert tail["against"] == ZERO and tail["best_other"] == "" and tail["other_mean"] == 0
+    assert tail["margin"] == pytest.approx(np.mean([0.5, 0.5, -0.01 / 0.15]))
+    assert (tail["seeds_won"], tail["n_seeds"]) == (2, 3) and tail["passes"]
+    # alpha makes a 'better' row pass only when resolved; a 'not worse' row does not need it
+    strict = claim_table(per_seed, "craft", spec, ["start", "other"], "start", alpha=0.01)
+    assert list(strict["passes"]) == [False, False, True]
+    # without a start, rows against it are left out
+    assert len(claim_table(per_seed, "craft", spec, ["start", "other"])) == 1
+    with pytest.raises(ValueError, match="unknown"):
+        ClaimRow("x", against="nobody")
+
+
 def test_the_oracle_distribution_shift_is_judged_lower_is_better_and_its_reference_is_context():
     from craft.report.summary import is_main_metric, lower_is_better
 

@@ -368,26 +368,29 @@ class ClaimRow:
             raise ValueError(f"claim row {self}: unknown 'against' or 'test'")
 
 
+#: Downstream AUROC rows: at least the best other method's (not worse beyond one paired SE),
+#: not strictly better. A classifier trained with real images reaches AUROC 1.000 on the
+#: 32 px phantoms for every method (measured on the benchmark), and one trained on generated
+#: images alone 1.000 on dermoscopy: there a strict "better" could be lost by a tie alone.
+DOWNSTREAM_ROWS = ("downstream_auroc_synthetic", "downstream_auroc_mixed")
+
+
 def whole_claim(evaluators: Sequence[str]) -> list[ClaimRow]:
     """The paper's whole claim, row by row (docs/benchmark.md):
 
     better than the best other method: CAS and tail rate per evaluator, oracle label agreement
-    (phantoms), downstream AUROC trained on generated images only and mixed with real ones, the
-    checklist audit's pass rate; a tail reduction (relative, per evaluator) above zero; and no
-    worse than the method's own start (beyond one paired standard error): the memorization rate
-    and the oracle's distribution shift (phantoms), the price a reward could make it pay.
+    (phantoms), the checklist audit's pass rate; a tail reduction (relative, per evaluator)
+    above zero; at least the best other method's (not worse beyond one paired standard error):
+    downstream AUROC trained on generated images only and mixed with real ones
+    (:data:`DOWNSTREAM_ROWS`); and no worse than the method's own start (beyond one paired
+    standard error): the memorization rate and the oracle's distribution shift (phantoms), the
+    price a reward could make it pay.
     """
     rows = [ClaimRow(f"{m}__{ev}") for m in ("cas_mean", "tail_rate") for ev in evaluators]
     rows += [ClaimRow(f"tail_reduction_relative__{ev}", ZERO) for ev in evaluators]
-    rows += [
-        ClaimRow(m)
-        for m in (
-            "oracle_label_agreement",
-            "downstream_auroc_synthetic",
-            "downstream_auroc_mixed",
-            "audit_pass_rate",
-        )
-    ]
+    rows += [ClaimRow("oracle_label_agreement")]
+    rows += [ClaimRow(m, BEST_OTHER, NOT_WORSE) for m in DOWNSTREAM_ROWS]
+    rows += [ClaimRow("audit_pass_rate")]
     rows += [
         ClaimRow(m, START, NOT_WORSE) for m in ("memorization_rate", "oracle_distribution_shift")
     ]

@@ -22,7 +22,9 @@ def read_jobs(results: Path) -> list[dict]:
     """One dict per benchmark file: rule, job (path below the rule), wall s, cpu s, rss MB, end."""
     root = results / "benchmarks"
     if not root.is_dir():
-        raise SystemExit(f"{root} does not exist: run the workflow (its rules write benchmark files)")
+        raise SystemExit(
+            f"{root} does not exist: run the workflow (its rules write benchmark files)"
+        )
     jobs = []
     for f in sorted(root.rglob("*.tsv")):
         with f.open() as fh:
@@ -30,11 +32,11 @@ def read_jobs(results: Path) -> list[dict]:
         if not rows:
             continue
         row = rows[-1]
-        rel = f.relative_to(root)
+        rel = f.relative_to(root).with_suffix("")
         jobs.append(
             {
-                "rule": rel.parts[0],
-                "job": str(Path(*rel.parts[1:]).with_suffix("")),
+                "rule": rel.parts[0],  # report.tsv: one job, no wildcards
+                "job": "/".join(rel.parts[1:]),
                 "wall_s": float(row["s"]),
                 "cpu_s": float(row["cpu_time"]),
                 "rss_mb": float(row["max_rss"]) if row["max_rss"] not in ("", "NA", "-") else 0.0,
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = per_rule(jobs)
     total = sum(r["wall_s"] for r in rows)
     span = max(j["end"] for j in jobs) - min(j["end"] - j["wall_s"] for j in jobs)
-    print(f"{'rule':<18}{'jobs':>6}{'wall s':>10}{'share':>8}{'cpu s':>10}{'max s':>9}{'max MB':>9}")
+    print(
+        f"{'rule':<18}{'jobs':>6}{'wall s':>10}{'share':>8}{'cpu s':>10}{'max s':>9}{'max MB':>9}"
+    )
     for r in rows:
         print(
             f"{r['rule']:<18}{r['jobs']:>6}{r['wall_s']:>10.0f}{r['wall_s'] / total:>8.1%}"

@@ -54,3 +54,41 @@ def test_an_unknown_variant_is_named_in_a_one_line_error():
     p = run("--variants", "plain-k1,craft-k9")
     assert p.returncode == 2
     assert "unknown variants ['craft-k9']" in p.stderr.strip().splitlines()[-1]
+
+
+def test_the_workflow_profile_sums_each_rules_benchmark_files(tmp_path):
+    """bench/profile_workflow.py reads Snakemake's benchmark files (a rule with wildcards, one
+    without) and sums wall and CPU time per rule, largest first."""
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    files = {
+        "align/cxr/craft/0.tsv": (300.0, 250.0, 2400.0),
+        "align/cxr/craft/1.tsv": (200.0, 190.0, 2500.0),
+        "score/cxr/craft/0/clip.tsv": (10.0, 8.0, 900.0),
+        "report.tsv": (5.0, 4.0, "NA"),
+    }
+    for rel, (wall, cpu, rss) in files.items():
+        path = tmp_path / "benchmarks" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{wall}\t0:00:00\t{rss}\t0\t0\t0\t0\t0\t0\t{cpu}\n")
+    csv_out = tmp_path / "rules.csv"
+    p = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "profile_workflow.py"), str(tmp_path), "--csv",
+         str(csv_out)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    rows = csv_out.read_text().splitlines()
+    assert rows[0].startswith("rule,jobs,wall_s,cpu_s")
+    assert rows[1:] == [
+        "align,2,500.0,440.0,300.0,2500.0",
+        "score,1,10.0,8.0,10.0,900.0",
+        "report,1,5.0,4.0,5.0,0.0",
+    ]
+    assert "all jobs               4       515" in p.stdout
+    empty = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "profile_workflow.py"), str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+    )
+    assert empty.returncode == 1 and "does not exist: run the workflow" in empty.stderr

@@ -576,7 +576,8 @@ def _gpu(runtime: int, gpu: int = 1) -> Resources:
 
 class ResourcesConfig(Strict):
     """Resources per rule (``evaluate`` serves evaluate_oracle, memorization, audit and
-    fidelity; ``report`` serves report and study_export; ``evaluator`` train_evaluator)."""
+    fidelity; ``downstream`` serves downstream and downstream_real; ``report`` serves report and
+    study_export; ``evaluator`` train_evaluator)."""
 
     prepare: Resources = Field(Resources(runtime=30), description="craft prepare.")
     knowledge: Resources = Field(
@@ -594,7 +595,7 @@ class ResourcesConfig(Strict):
         description="evaluate_oracle, memorization, audit, fidelity.",
     )
     report: Resources = Field(Resources(runtime=30), description="craft report, study export.")
-    downstream: Resources = Field(_gpu(120), description="craft downstream.")
+    downstream: Resources = Field(_gpu(120), description="craft downstream and downstream-real.")
 
     @model_validator(mode="after")
     def _nodes_for_align(self) -> ResourcesConfig:

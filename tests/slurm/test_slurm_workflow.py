@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 #: The config.resources entry each rule reads (rules/*.smk: get_resources).
 RULE_RESOURCES = {
+    "downstream_real": "downstream",
     "train_evaluator": "evaluator",
     "evaluate_oracle": "evaluate",
     "memorization": "evaluate",

@@ -664,7 +664,13 @@ def claim(
     from rich.table import Table
 
     from craft.report.html import format_cell
-    from craft.report.summary import ZERO, claim_table, per_seed_table, whole_claim
+    from craft.report.summary import (
+        ZERO,
+        ClaimRow,
+        claim_table,
+        per_seed_table,
+        whole_claim,
+    )
 
     if alpha is not None and not 0.0 < alpha < 1.0:
         raise CraftError(f"--alpha must lie between 0 and 1 (e.g. 0.05), got {alpha}")
@@ -675,14 +681,14 @@ def claim(
         if method is None:
             raise CraftError("no method of kind craft in the config: name one with --method")
     start = cfg.method(method).init  # CraftError naming the configured ones if unknown
-    rows = metric or whole_claim(list(cfg.cas.evaluators))
+    rows = [ClaimRow(m) for m in metric] if metric else whole_claim(list(cfg.cas.evaluators))
     files = _run_metric_files(cfg, lay)
     if not files:
         raise CraftError(f"no metric files under {lay.root / 'runs'}: run the workflow first")
     others = [k for k, m in cfg.methods.items() if m.kind != "craft"]
     table = claim_table(per_seed_table(files), method, rows, others, start, alpha)
     if table.empty:
-        names = ", ".join(getattr(r, "metric", r) for r in rows)
+        names = ", ".join(r.metric for r in rows)
         raise CraftError(f"no metric of {names} has values for '{method}' and another method")
     path = Path(out or lay.report() / "claim.csv")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -712,7 +718,7 @@ def claim(
     unjudged = [
         f"{m}: {name}"
         for m in cfg.modalities
-        for name in (getattr(r, "metric", r) for r in rows)
+        for name in (r.metric for r in rows)
         if (m, name) not in judged
     ]
     if unjudged:

@@ -444,7 +444,6 @@ def claim_table(
                 best, ref_mean, ref_sd = "", 0.0, math.nan
                 pair = by_seed[[method]].dropna()
                 gain = -pair[method] if lower else pair[method]
-                seeds_won = int((gain > 0).sum())
             else:
                 if spec.against == START:
                     pool = [start] if start in col.index and start != method else []
@@ -457,7 +456,7 @@ def claim_table(
                 ref_mean, ref_sd = float(col.loc[best, "mean"]), float(col.loc[best, "sd"])
                 pair = by_seed[[method, best]].dropna()
                 gain = (pair[best] - pair[method]) if lower else (pair[method] - pair[best])
-                seeds_won = int((gain > 0).sum())
+            seeds_won = int((gain > 0).sum())
             margin, margin_se, p_value = paired_margin(gain.to_numpy(dtype=float))
             better = operator.lt if lower else operator.gt
             wins = bool(better(float(own["mean"]), ref_mean))

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 CORES ?= all
 
-.PHONY: venv run test test-fast slurm lint
+.PHONY: venv run test test-fast slurm lint docs
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -21,6 +21,9 @@ test: venv slurm
 
 test-fast: venv
 	python -m pytest -q -m "not slow and not slurm" tests
+
+docs: venv
+	mkdocs build --strict
 
 lint: venv
 	ruff check craft tests && snakefmt --check Snakefile rules && snakemake --lint

@@ -134,6 +134,24 @@ def config_schema(
         print(f"config schema: {out}")
 
 
+@config_app.command("reference")
+def config_reference(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the page here (default: stdout)."),
+    ] = None,
+) -> None:
+    """The configuration reference page (Markdown): every key, type, default, description."""
+    from craft.config_reference import reference_markdown
+
+    text = reference_markdown()
+    if out is None:
+        print(text, end="")
+    else:
+        Path(out).write_text(text)
+        print(f"configuration reference: {out}")
+
+
 @config_app.command("jobs")
 def config_jobs(
     config: ConfigOpt = Path("config.yaml"),

@@ -374,7 +374,7 @@ class AlignSettings(Strict):
         "evaluation, same prompts and seeds): a later evaluation within this many of the best "
         "counts as good as it, so its weights are kept and patience starts again (None = only "
         "a higher mean counts). On the phantom benchmark's seven seeds, 1 kept later weights "
-        "in 10 of 28 reward runs and the oracle fell in 7 of them (README).",
+        "in 10 of 28 reward runs and the oracle fell in 7 of them (docs/benchmark.md).",
     )
     holdout_prompts: float = Field(
         0.25,

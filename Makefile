@@ -23,7 +23,7 @@ test-fast: venv
 	python -m pytest -q -m "not slow and not slurm" tests
 
 docs: venv
-	mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict
 
 lint: venv
 	ruff check craft tests && snakefmt --check Snakefile rules && snakemake --lint

@@ -227,7 +227,7 @@ def init(
 ) -> list[Path]:
     """Write ``out`` (and a knowledge template beside it where no shipped base fits); the
     paths written."""
-    from craft.config import load_config
+    from craft.config import NAME_PATTERN, load_config
     from craft.data.manifest import manifest_labels, read_manifest
     from craft.knowledge.curated import template
 
@@ -240,6 +240,14 @@ def init(
             f"{manifest}: {len(labels)} label(s) ({', '.join(labels) or 'none'}); craft needs at "
             "least two classes to generate and compare"
         )
+    for lab in labels:
+        if not re.fullmatch(NAME_PATTERN, lab):
+            fix = re.sub(r"[^a-z0-9_-]+", "-", lab.lower()).strip("-_") or "label1"
+            raise CraftError(
+                f"{manifest}: label '{lab}' is not a craft name (lowercase letters, digits, _ "
+                f"and -, starting with a letter or digit); rename it in the label column, e.g. "
+                f"'{fix}'"
+            )
     rows = read_manifest(manifest, image_root, list(labels))  # every file exists, etc.
     images = summarise_images([r.path for r in rows])
     name = modality_name(modality or manifest.parent.name)

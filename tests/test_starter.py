@@ -125,3 +125,21 @@ def test_init_refuses_a_manifest_of_one_label_in_one_line(tmp_path):
 @pytest.mark.parametrize(("side", "want"), [(28, 64), (200, 192), (511, 448), (2048, 512)])
 def test_suggested_resolution(side, want):
     assert suggest_resolution(side) == want
+
+
+def test_init_names_a_label_that_is_not_a_craft_name_and_a_fix(tmp_path):
+    """A hospital's label column says 'Pleural Effusion': one line naming the label and a name
+    that works, not a validation error about a temporary file."""
+    root = tmp_path / "site"
+    root.mkdir()
+    rows = ["path,label"]
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / f"{i}.png")
+        rows.append(f"{i}.png,{('normal', 'Pleural Effusion')[i % 2]}")
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(CraftError) as err:
+        init(root / "m.csv", root, tmp_path / "x.yaml")
+    msg = str(err.value)
+    assert "label 'Pleural Effusion' is not a craft name" in msg and "'pleural-effusion'" in msg
+    assert ".tmp" not in msg and "\n" not in msg
+    assert not (tmp_path / "x.yaml").exists()

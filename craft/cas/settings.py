@@ -121,6 +121,22 @@ class EvaluatorConfig(_Strict):
             raise ValueError(f"family: source 'train' builds clip or siglip, got '{self.family}'")
         return self
 
+    @model_validator(mode="after")
+    def _revision_loadable(self) -> EvaluatorConfig:
+        """open_clip loads an 'hf-hub:' id from its default branch only: a revision there would
+        be fetched by `craft models fetch` but never loaded, so it is refused."""
+        from craft.models.hub import is_open_clip  # no heavy imports
+
+        if self.revision is None or self.source == "train":
+            return self
+        if self.adapter == "open_clip" or (self.adapter == "auto" and is_open_clip(self.source)):
+            raise ValueError(
+                f"revision: open_clip loads '{self.source}' from its default branch only; "
+                "remove revision, or download that revision into a folder and give the folder "
+                "as source"
+            )
+        return self
+
 
 class CasWeights(_Strict):
     """Weights of the four calibrated dimensions in CAS (normalised to sum to one)."""

@@ -171,7 +171,9 @@ def config_models(cfg: CraftConfig) -> list[ModelRef]:
             )
     backend = cfg.knowledge.backend
     if backend.kind == "transformers":
-        refs.append(ModelRef("knowledge.backend.model", backend.model, "transformers"))
+        refs.append(
+            ModelRef("knowledge.backend.model", backend.model, "transformers", backend.revision)
+        )
     ev = cfg.evaluation
     ds = ev.downstream
     if ds.classifier != "tiny":

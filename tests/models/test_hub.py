@@ -184,3 +184,30 @@ def test_an_uncached_hub_id_offline_is_one_line_naming_the_field_and_the_fix(tmp
         "the hub is offline (HF_HUB_OFFLINE); run `craft models fetch --config CONFIG` on a "
         "machine with internet, or name a local folder"
     )
+
+
+def test_a_revision_is_fetched_for_the_knowledge_model_and_refused_where_open_clip_cannot_load_it(
+    tmp_path,
+):
+    """What `craft models fetch` downloads is what the job loads: the knowledge model's pinned
+    revision is fetched (it used to be the default branch), and an open_clip 'hf-hub:' id,
+    which open_clip loads from its default branch only, refuses a revision at config time."""
+    from pydantic import ValidationError
+
+    from craft.cas.settings import EvaluatorConfig
+    from craft.config import load_config
+    from craft.models.hub import config_models
+
+    raw = yaml.safe_load(site_config(tmp_path, tmp_path / "clip").read_text())
+    raw["knowledge"] = {
+        "backend": {"kind": "transformers", "model": "site/tiny-qwen", "revision": "v1.2"}
+    }
+    (tmp_path / "pinned.yaml").write_text(yaml.safe_dump(raw))
+    refs = {r.field: r for r in config_models(load_config(tmp_path / "pinned.yaml"))}
+    assert refs["knowledge.backend.model"].revision == "v1.2"
+
+    with pytest.raises(ValidationError, match="open_clip loads 'hf-hub:site/x' from its default"):
+        EvaluatorConfig(family="biomedclip", role="reward", source="hf-hub:site/x", revision="r1")
+    # a transformers evaluator keeps its revision
+    ev = EvaluatorConfig(family="clip", role="reward", source="site/clip", revision="r1")
+    assert ev.revision == "r1"

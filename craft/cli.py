@@ -632,6 +632,7 @@ def report(
             f"{len(missing)} runs have no samples yet (first: {missing[0]}); run the workflow"
         )
     out_dir = out or lay.report()
+    craft_method = next((k for k, m in cfg.methods.items() if m.kind == "craft"), None)
     index = run(
         metric_files,
         samples,
@@ -642,6 +643,10 @@ def report(
         method_order=list(cfg.methods),
         # Tail reductions are measured against the strongest method that is not CRAFT.
         baselines=[k for k, m in cfg.methods.items() if m.kind != "craft"],
+        # the page's claim: the first craft method, against its configured start for the costs
+        claim_method=craft_method,
+        claim_start=cfg.method(craft_method).init if craft_method else None,
+        evaluators=list(cfg.cas.evaluators),
         **_report_figure_inputs(cfg, lay),
     )
     _record(out_dir, cfg, "report")

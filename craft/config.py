@@ -540,7 +540,11 @@ class ReportConfig(Strict):
     """The HTML report of ``craft report``."""
 
     grid_per_label: int = Field(
-        8, ge=1, le=32, description="Generated images per label in each run's sample grid."
+        8,
+        ge=1,
+        le=32,
+        description="Generated images per label of each method in the report's sample grids "
+        "(the first of each label); the page shows at most 8.",
     )
 
 

@@ -273,7 +273,9 @@ def get_study_dir(wildcards, output):
 
 def get_final_output():
     out = LAYOUT.report()
-    files = [str(out / "summary.csv"), str(out / "index.html")]
+    # claim.csv and figures/ too: a results folder from before they were outputs of the report
+    # rule gets them (and `snakemake --report` finds them) from a plain `snakemake`
+    files = [str(out / f) for f in ("summary.csv", "claim.csv", "index.html", "figures")]
     if CFG.study is not None:
         files += [str(LAYOUT.study(m) / "study.html") for m in MODALITIES]
     return files

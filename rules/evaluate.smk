@@ -79,6 +79,7 @@ rule memorization:
                 LAYOUT.run("{modality}", "{method}", "{seed}")
                 / "memorization-pairs.png"
             ),
+            caption="report/memorization.rst",
             category="Memorization",
             subcategory="{modality}",
             labels={"method": "{method}", "seed": "{seed}"},
@@ -110,6 +111,7 @@ rule audit:
         table=str(LAYOUT.run("{modality}", "{method}", "{seed}") / "audit.csv"),
         figure=report(
             str(LAYOUT.run("{modality}", "{method}", "{seed}") / "audit.png"),
+            caption="report/audit.rst",
             category="Checklist audit",
             subcategory="{modality}",
             labels={"method": "{method}", "seed": "{seed}"},

@@ -1,13 +1,39 @@
+# The report's figures (results/report/figures/{kind}-{name}.png, written by craft report)
+# under these names in `snakemake --report`; the evaluation stages' own figures that the page
+# shows too (audit, memorization pairs) are in their rules' categories.
+REPORT_FIGURES = {
+    "grid": "Sample grids",
+    "cas": "CAS distributions",
+    "curves": "Reward finetuning curves",
+    "bars": "Key metrics",
+}
+
+
 rule report:
     input:
         unpack(get_report_inputs),
     output:
         summary=report(
             str(LAYOUT.report() / "summary.csv"),
+            caption="report/summary.rst",
             category="Summary",
-            labels={"table": "summary"},
+            labels={"table": "every metric"},
+        ),
+        claim=report(
+            str(LAYOUT.report() / "claim.csv"),
+            caption="report/claim.rst",
+            category="Summary",
+            labels={"table": "the claim"},
         ),
         html=str(LAYOUT.report() / "index.html"),
+        figures=report(
+            directory(str(LAYOUT.report() / "figures")),
+            patterns=["{kind,grid|cas|curves|bars}-{name}.png"],
+            caption="report/figure.rst",
+            category="Report figures",
+            subcategory=lambda wildcards: REPORT_FIGURES[wildcards.kind],
+            labels={"figure": "{name}"},
+        ),
     log:
         f"{LOGS}/report.log",
     benchmark:

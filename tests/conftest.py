@@ -1,8 +1,10 @@
-"""Shared fixtures: the repository root, the venv's tools, and a tiny phantom config."""
+"""Shared fixtures: the repository root, the venv's tools, a tiny phantom config, and a real
+headless Chromium (``browser``)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -110,3 +112,63 @@ def backward_of(loss_fn, module) -> tuple[dict, int]:
     loss.backward()
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
     return grads, sum(kept)
+
+
+# ----------------------------------------------------------------------------- headless Chromium
+
+#: Debian's chromium and chromium-driver (same version, so the driver always fits the browser).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+#: The browser window's size in CSS pixels: a laptop screen.
+WINDOW = (1280, 800)
+
+
+def require_browser(what: str):
+    """Skip a browser test, or fail it where a browser is required (CRAFT_REQUIRE_BROWSER=1,
+    as in CI)."""
+    reason = f"{what} (apt-get install -y chromium chromium-driver; pip install selenium)"
+    if os.environ.get("CRAFT_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"CRAFT_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """A headless Chromium driven by selenium, its window :data:`WINDOW` CSS pixels large;
+    files it downloads land in ``browser.downloads``. Skipped (failed under
+    CRAFT_REQUIRE_BROWSER=1) without chromium, chromium-driver or selenium."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:  # pragma: no cover - depends on the machine
+        require_browser("the selenium package is not installed")
+    if not CHROMIUM or not CHROMEDRIVER:
+        require_browser("Debian's chromium / chromium-driver are not installed")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        opts.add_argument(arg)
+    opts.add_experimental_option(
+        "prefs",
+        {
+            "download.default_directory": str(downloads),
+            "download.prompt_for_download": False,
+            "profile.default_content_setting_values.automatic_downloads": 1,
+        },
+    )
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.downloads = downloads
+    try:
+        yield driver
+    finally:
+        driver.quit()

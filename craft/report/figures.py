@@ -186,6 +186,83 @@ def image_grid(
     return _save(fig, path)
 
 
+#: The per-method sample grid (:func:`method_grid`): pixels of the title band, of each label's
+#: name above its row, between rows, and around the mosaic.
+TITLE_BAND, LABEL_BAND, ROW_GAP, PAD = 24, 17, 5, 4
+
+
+def grid_tile(shape: Sequence[int]) -> tuple[int, int]:
+    """Height and width in pixels of one image's tile in a grid, for images of ``shape``
+    (H, W[, C]): at least :data:`TILE_MIN` (integer nearest-neighbour upscaling), at most
+    :data:`TILE_MAX` (box-filter downscaling)."""
+    return _tile_size(int(shape[0]), int(shape[1]))
+
+
+def method_grid(
+    samples: Samples, labels: Sequence[str], n_per_label: int, path: Path, title: str
+) -> Path:
+    """One method's sample grid: a row per label of ``labels`` (in that order, the label's
+    name above its row), its first ``n_per_label`` images in file order.
+
+    Every method of a modality drawn with the same ``labels`` and ``n_per_label`` gives a
+    figure of the same size with its rows at the same heights, so that figures set side by
+    side line up. Tiles as in :func:`image_grid` (small images upscaled by an integer
+    nearest-neighbour factor, grayscale drawn as gray); a label with fewer images (or none)
+    leaves its tiles light gray. The mosaic is drawn 1:1, so no resampling blurs it.
+    """
+    from matplotlib.figure import Figure
+
+    if n_per_label < 1:
+        raise ValueError(f"n_per_label must be >= 1, got {n_per_label}")
+    labels = list(labels)
+    if not labels:
+        raise CraftError(f"sample grid {path}: no labels to show")
+    if not len(samples):
+        raise CraftError(f"sample grid {path}: the samples hold no images")
+    h, w, c = samples.images.shape[1:]
+    if c not in (1, 3):
+        raise CraftError(f"sample grid {path}: images must have 1 or 3 channels, got {c}")
+    th, tw = _tile_size(h, w)
+    cells_w = n_per_label * tw + (n_per_label - 1) * GAP
+    fig_w = max(cells_w, math.ceil(_text_px(title, FONT + 1, bold=True))) + 2 * PAD
+    row_h = LABEL_BAND + th
+    fig_h = TITLE_BAND + len(labels) * row_h + (len(labels) - 1) * ROW_GAP + PAD
+
+    canvas = np.full((fig_h, fig_w, 3), 255, np.uint8)
+    for r, label in enumerate(labels):
+        y = TITLE_BAND + r * (row_h + ROW_GAP) + LABEL_BAND
+        idx = (
+            np.flatnonzero(samples.labels == samples.label_names.index(label))[:n_per_label]
+            if label in samples.label_names
+            else np.array([], int)
+        )
+        for col in range(n_per_label):
+            x = PAD + col * (tw + GAP)
+            if col >= len(idx):
+                canvas[y : y + th, x : x + tw] = 235  # no image of this label: light gray
+                continue
+            img = _resize(samples.images[idx[col]], th, tw)
+            canvas[y : y + th, x : x + tw] = np.repeat(img, 3, axis=2) if c == 1 else img
+
+    fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.imshow(canvas, interpolation="nearest", aspect="auto", resample=False)
+    fig.text(
+        PAD / fig_w,
+        1 - 4 / fig_h,
+        title,
+        ha="left",
+        va="top",
+        fontsize=FONT + 1,
+        fontweight="bold",
+    )
+    for r, label in enumerate(labels):
+        y = TITLE_BAND + r * (row_h + ROW_GAP) + LABEL_BAND - 3
+        fig.text(PAD / fig_w, 1 - y / fig_h, label, ha="left", va="bottom", fontsize=FONT)
+    return _save(fig, path)
+
+
 def metric_bars(
     df: pd.DataFrame, metric: str, path: Path, lower_is_better: bool | None = None
 ) -> Path:
@@ -353,7 +430,9 @@ def figure_name(kind: str, *parts: str) -> str:
 __all__: Sequence[str] = (
     "cas_distributions",
     "figure_name",
+    "grid_tile",
     "image_grid",
+    "method_grid",
     "metric_bars",
     "training_curves",
 )

@@ -1,7 +1,13 @@
-"""The static HTML report: ``index.html`` + ``summary.csv`` + ``figures/*.png`` in one folder.
+"""The static HTML report: ``index.html`` + ``summary.csv`` + ``claim.csv`` + ``figures/*.png``.
+
+The first screen answers "did craft win here?": the claim table (craft against the best method
+of another kind, per modality and claim row: mean ± sd, seeds won, paired margin and p,
+passes), then the headline metrics per method. Every other metric is folded below, then each
+modality's sample grids (one figure per method, rows = labels) and figures.
 
 The page opens offline: no external CSS, scripts or fonts; figures are referenced by relative
-paths, so the folder can be copied or zipped as a whole. All text is HTML-escaped.
+paths, so the folder can be copied or zipped as a whole. All text is HTML-escaped. Nothing on
+the page is wider than the window: wide tables scroll inside their own box, figures shrink.
 """
 
 from __future__ import annotations
@@ -9,8 +15,9 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import math
+import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,37 +29,71 @@ from craft.atomic import atomic_write_text
 from craft.report.figures import (
     cas_distributions,
     figure_name,
-    image_grid,
+    grid_tile,
+    method_grid,
     metric_bars,
     training_curves,
 )
 from craft.report.summary import (
+    CLAIM_COLUMNS,
     LOWER_IS_BETTER,
+    START,
+    SUFFIX_SEP,
     SUMMARY_COLUMNS,
+    ZERO,
+    claim_table,
     is_main_metric,
     lower_is_better,
+    whole_claim,
     write_summary,
 )
 from craft.store import read_samples
 
-__all__ = ["LOWER_IS_BETTER", "build_report", "format_value", "format_cell"]
+__all__ = [
+    "GRID_MAX",
+    "LOWER_IS_BETTER",
+    "build_report",
+    "claim_for_report",
+    "format_cell",
+    "format_value",
+    "headline_metrics",
+]
+
+#: At most this many images per label and method in a sample grid (whatever grid_per_label).
+GRID_MAX = 8
 
 CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1200px; padding: 0 1em; color: #222; }
-h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
-h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; white-space: nowrap; }
-th { background: #f2f2f2; }
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1em auto;
+       max-width: 1400px; padding: 0 1em; color: #222; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .15em; margin: .2em 0 .3em; font-size: 1.6em; }
+h2 { margin: 1.6em 0 .5em; border-bottom: 1px solid #bbb; font-size: 1.3em; }
+h3 { margin: 1.2em 0 .4em; font-size: 1.05em; }
+p { max-width: 75em; }
+nav ul { display: flex; flex-wrap: wrap; gap: .3em 1.2em; list-style: none; padding: 0;
+         margin: .3em 0; font-size: .92em; }
+.tw { max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; margin: .4em 0 1em; font-size: .88em; }
+th, td { border: 1px solid #ccc; padding: .22em .5em; text-align: right; white-space: nowrap; }
+th { background: #f2f2f2; font-weight: 600; }
+thead th { white-space: normal; vertical-align: bottom; line-height: 1.2; }
+thead th small { font-weight: normal; color: #555; }
 td.name, th.name { text-align: left; }
 td.best { font-weight: bold; background: #eef6ee; }
-img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
-figure { margin: 1em 0; }
-figcaption { color: #555; font-size: 0.9em; }
-footer { margin-top: 3em; border-top: 1px solid #bbb; color: #666; font-size: 0.85em; }
-details { margin: 1em 0; }
-.note { color: #555; font-size: 0.9em; }
+tr.group th { text-align: left; background: #e4e9f0; }
+tr.fail td { background: #fdf0ef; }
+td.pass { color: #1a6b2a; font-weight: bold; text-align: center; }
+td.fail { color: #b3261e; font-weight: bold; text-align: center; }
+.verdict { font-size: 1.05em; margin: .3em 0; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+img.grid { image-rendering: pixelated; }
+figure { margin: .6em 0; }
+figcaption { color: #555; font-size: .9em; }
+.grids { display: flex; flex-wrap: wrap; gap: .8em 1.2em; align-items: flex-start; }
+.grids figure { margin: 0; max-width: 100%; }
+footer { margin-top: 3em; border-top: 1px solid #bbb; color: #666; font-size: .85em; }
+details { margin: .6em 0; }
+summary { cursor: pointer; font-weight: 600; }
+.note { color: #555; font-size: .9em; margin: .3em 0; }
 """
 
 
@@ -88,6 +129,11 @@ def _img(name: str, alt: str, caption: str) -> str:
     )
 
 
+def _wrap(table: str) -> str:
+    """A table in a box that scrolls sideways if it is wider than the page (never the page)."""
+    return f'<div class="tw">{table}</div>'
+
+
 def _best_rows(values: pd.Series, metric: str) -> set:
     """Index labels holding the best value of a column (ties all best; needs 2+ values)."""
     v = values.dropna()
@@ -97,17 +143,210 @@ def _best_rows(values: pd.Series, metric: str) -> set:
     return set(v.index[np.isclose(v.to_numpy(float), best, rtol=1e-12, atol=0)])
 
 
-def _main_table(rows: pd.DataFrame, methods: list[str]) -> str:
-    """Methods x main metrics, ``mean ± sd``, best per column in bold."""
-    metrics = sorted(m for m in dict.fromkeys(rows["metric"]) if is_main_metric(m))
-    if not metrics:
-        return '<p class="note">No main metrics for this modality.</p>'
+# ----------------------------------------------------------------------------- metric names
+
+#: Readable names of the claim's and the headline's metrics (base names; the suffix, e.g. the
+#: evaluator, follows in parentheses). Other metrics keep their own name.
+METRIC_LABELS = {
+    "cas_mean": "CAS",
+    "tail_rate": "tail rate",
+    "tail_reduction_relative": "relative tail reduction",
+    "tail_reduction_points": "tail reduction in points",
+    "oracle_label_agreement": "oracle label agreement",
+    "oracle_distribution_shift": "oracle distribution shift",
+    "downstream_auroc_synthetic": "downstream AUROC, synthetic only",
+    "downstream_auroc_mixed": "downstream AUROC, mixed with real",
+    "audit_pass_rate": "audit pass rate",
+    "memorization_rate": "memorization rate",
+}
+#: Two-line column heads of the headline table (head, small second line).
+HEADLINE_HEADS = {
+    "cas_mean": ("CAS", None),
+    "tail_rate": ("tail rate", None),
+    "downstream_auroc_synthetic": ("AUROC", "synthetic"),
+    "downstream_auroc_mixed": ("AUROC", "mixed"),
+    "oracle_label_agreement": ("oracle", "agreement"),
+    "oracle_distribution_shift": ("distribution", "shift"),
+}
+
+
+def metric_label(metric: str) -> str:
+    """``tail_rate__clip`` -> ``tail rate (clip)``; unknown names stay as they are."""
+    base, *suffix = metric.split(SUFFIX_SEP)
+    if base not in METRIC_LABELS:
+        return metric
+    return METRIC_LABELS[base] + (f" ({', '.join(suffix)})" if suffix else "")
+
+
+def _arrow(metric: str) -> tuple[str, str]:
+    low = lower_is_better(metric)
+    return ("↓", "lower is better") if low else ("↑", "higher is better")
+
+
+def evaluators_of(metrics: Iterable[str]) -> list[str]:
+    """The CAS evaluators named by ``cas_mean__{ev}`` / ``tail_rate__{ev}``, first seen first."""
+    out = []
+    for m in metrics:
+        parts = m.split(SUFFIX_SEP)
+        if len(parts) == 2 and parts[0] in ("cas_mean", "tail_rate") and parts[1] not in out:
+            out.append(parts[1])
+    return out
+
+
+def headline_metrics(metrics: Iterable[str], evaluators: Sequence[str] | None = None) -> list[str]:
+    """The headline metrics among ``metrics``, in reading order: CAS and tail rate per
+    evaluator, downstream AUROC (synthetic only, mixed with real), the oracle's label agreement
+    and distribution shift (phantoms)."""
+    present = list(dict.fromkeys(metrics))
+    evs = list(evaluators) if evaluators is not None else evaluators_of(present)
+    want = []
+    for base in ("cas_mean", "tail_rate"):
+        want += [base, *(f"{base}{SUFFIX_SEP}{ev}" for ev in evs)]
+    want += [
+        "downstream_auroc_synthetic",
+        "downstream_auroc_mixed",
+        "oracle_label_agreement",
+        "oracle_distribution_shift",
+    ]
+    have = set(present)
+    return [m for m in want if m in have]
+
+
+# ----------------------------------------------------------------------------- the claim
+
+
+def claim_for_report(
+    per_seed: pd.DataFrame,
+    method: str | None,
+    others: Sequence[str] | None,
+    start: str | None = None,
+    evaluators: Sequence[str] | None = None,
+) -> pd.DataFrame | str:
+    """The report's claim: :func:`~craft.report.summary.claim_table` of ``method`` over the
+    whole claim (:func:`~craft.report.summary.whole_claim`) against ``others`` (and its own
+    ``start``), or the one line that says why there is none: no method of kind craft, one
+    seed only (seeds won, paired margin and p need two), or no value of any claim row."""
+    if method is None:
+        return (
+            "No claim table: this report's config has no method of kind craft, so there is "
+            "nothing to judge against the best other method."
+        )
+    own = per_seed[per_seed["method"] == method]
+    seeds = sorted(set(own["seed"].astype(int)))
+    if len(seeds) < 2:
+        which = f"seed {seeds[0]}" if seeds else "no seed"
+        return (
+            f"No claim table: {method} has one run per modality ({which}); the claim (mean ± "
+            "sd over seeds, seeds won, paired margin and p against the best other method) "
+            "needs two seeds or more (e.g. seeds: [0, 1, 2]), see docs/benchmark.md."
+        )
+    evs = list(evaluators) if evaluators is not None else evaluators_of(per_seed["metric"])
+    table = claim_table(per_seed, method, whole_claim(evs), others, start)
+    if table.empty:
+        return f"No claim table: {method} and the other methods share no claim metric yet."
+    return table
+
+
+def _margin(r) -> str:
+    if math.isnan(r.margin):
+        return "–"
+    if math.isnan(r.margin_se):
+        return f"{r.margin:+.3f}"
+    return f"{r.margin:+.3f} ± {r.margin_se:.3f}"
+
+
+def _p(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.2g}"
+
+
+def _claim_section(claim: pd.DataFrame | str) -> list[str]:
+    parts = ['<section id="claim"><h2>Did craft win?</h2>']
+    if isinstance(claim, str):
+        parts.append(f'<p class="verdict claim-note">{_e(claim)}</p></section>')
+        return parts
+    method = str(claim["method"].iloc[0])
+    n = int(claim["n_seeds"].max())
+    per_mod = ", ".join(
+        f"{_e(m)} {int(g['passes'].sum())} of {len(g)}"
+        for m, g in claim.groupby("modality", sort=False)
+    )
+    parts.append(
+        f'<p class="verdict"><b>{_e(method)}</b> passes <b>{int(claim["passes"].sum())} of '
+        f"{len(claim)}</b> claim rows over {n} seeds ({per_mod}). Mean ± sd over seeds; "
+        "compared with the best method of another kind (costs: with its own start); seeds won "
+        "and the paired per-seed margin ± SE with its one-sided p (positive = better).</p>"
+    )
+    head = [
+        '<th class="name">claim row</th>',
+        f"<th>{_e(method)}</th>",
+        "<th>needs</th>",
+        '<th class="name">compared with</th>',
+        "<th>seeds won</th>",
+        "<th>margin ± SE</th>",
+        "<th>p</th>",
+        "<th>passes</th>",
+    ]
+    body = []
+    for modality, g in claim.groupby("modality", sort=False):
+        body.append(f'<tr class="group"><th colspan="{len(head)}">{_e(modality)}</th></tr>')
+        for r in g.itertuples(index=False):
+            arrow, direction = _arrow(r.metric)
+            if r.against == ZERO:
+                other = "0"
+            else:
+                tag = " (start)" if r.against == START else ""
+                other = f"{r.best_other}{tag} {format_cell(r.other_mean, r.other_sd, r.n_seeds)}"
+            verdict = "yes" if r.passes else "no"
+            tds = [
+                f'<td class="name" title="{_e(r.metric)}: {direction}">'
+                f"{_e(metric_label(r.metric))} {arrow}</td>",
+                f"<td>{_e(format_cell(r.mean, r.sd, r.n_seeds))}</td>",
+                f"<td>{_e(r.test)}</td>",
+                f'<td class="name">{_e(other)}</td>',
+                f"<td>{r.seeds_won}/{r.n_seeds}</td>",
+                f"<td>{_e(_margin(r))}</td>",
+                f"<td>{_e(_p(r.p_paired))}</td>",
+                f'<td class="{"pass" if r.passes else "fail"}">{verdict}</td>',
+            ]
+            body.append(
+                f'<tr class="{"row" if r.passes else "row fail"}">' + "".join(tds) + "</tr>"
+            )
+    parts.append(
+        _wrap(
+            '<table class="claim"><thead><tr>'
+            + "".join(head)
+            + "</tr></thead><tbody>"
+            + "".join(body)
+            + "</tbody></table>"
+        )
+    )
+    parts.append("</section>")
+    return parts
+
+
+# ----------------------------------------------------------------------------- metric tables
+
+
+def _seeds_text(rows: pd.DataFrame, method: str) -> str:
+    seeds = sorted(set(rows.loc[rows["method"] == method, "n_seeds"].astype(int)))
+    if not seeds:
+        return "–"
+    return str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+
+
+def _headline_table(
+    rows: pd.DataFrame, methods: list[str], metrics: list[str], highlight: str | None
+) -> str:
+    """Methods x headline metrics, ``mean ± sd``, best per column in bold."""
     cells = rows.set_index(["method", "metric"])
     head = ['<th class="name">method</th>', "<th>seeds</th>"]
     for m in metrics:
-        arrow = "↓" if lower_is_better(m) else "↑"
-        title = "lower is better" if lower_is_better(m) else "higher is better"
-        head.append(f'<th title="{title}">{_e(m)} {arrow}</th>')
+        arrow, direction = _arrow(m)
+        base, *suffix = m.split(SUFFIX_SEP)
+        top, sub = HEADLINE_HEADS.get(base, (base, None))
+        sub = ", ".join(suffix) if suffix else sub
+        small = f"<br><small>{_e(sub)}</small>" if sub else ""
+        head.append(f'<th title="{_e(m)}: {direction}">{_e(top)} {arrow}{small}</th>')
     best = {}
     for m in metrics:
         col = pd.Series(
@@ -117,11 +356,8 @@ def _main_table(rows: pd.DataFrame, methods: list[str]) -> str:
         best[m] = _best_rows(col, m)
     body = []
     for k in methods:
-        seeds = sorted(set(rows.loc[rows["method"] == k, "n_seeds"].astype(int)))
-        seeds_txt = (
-            "–" if not seeds else (str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}")
-        )
-        tds = [f'<td class="name">{_e(k)}</td>', f"<td>{_e(seeds_txt)}</td>"]
+        name = f"<b>{_e(k)}</b>" if k == highlight else _e(k)
+        tds = [f'<td class="name">{name}</td>', f"<td>{_e(_seeds_text(rows, k))}</td>"]
         for m in metrics:
             if (k, m) not in cells.index:
                 tds.append("<td>–</td>")
@@ -130,12 +366,12 @@ def _main_table(rows: pd.DataFrame, methods: list[str]) -> str:
             n = int(r["n_seeds"])
             text = _e(format_cell(r["mean"], r["sd"], n))
             if k in best[m]:
-                tds.append(f'<td class="best" title="n_seeds={n}"><b>{text}</b></td>')
+                tds.append(f'<td class="best" title="{_e(m)}, n_seeds={n}"><b>{text}</b></td>')
             else:
-                tds.append(f'<td title="n_seeds={n}">{text}</td>')
+                tds.append(f'<td title="{_e(m)}, n_seeds={n}">{text}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return (
-        '<table class="main"><thead><tr>'
+    return _wrap(
+        '<table class="headline"><thead><tr>'
         + "".join(head)
         + "</tr></thead><tbody>"
         + "".join(body)
@@ -143,30 +379,108 @@ def _main_table(rows: pd.DataFrame, methods: list[str]) -> str:
     )
 
 
-def _all_table(rows: pd.DataFrame, methods: list[str]) -> str:
-    """Every metric (per-label and per-evaluator ones too) x methods, in a collapsed block."""
-    metrics = sorted(dict.fromkeys(rows["metric"]))
+def _metrics_by_row(rows: pd.DataFrame, methods: list[str], metrics: list[str], cls: str) -> str:
+    """Metrics (rows) x methods (columns), ``mean ± sd``; best of each row in bold for the
+    key metrics (``cls == "more"``)."""
     cells = rows.set_index(["method", "metric"])
     head = '<th class="name">metric</th>' + "".join(f"<th>{_e(k)}</th>" for k in methods)
     body = []
     for m in metrics:
-        tds = [f'<td class="name">{_e(m)}</td>']
+        best: set = set()
+        if cls == "more":
+            col = pd.Series(
+                {
+                    k: cells.loc[(k, m), "mean"] if (k, m) in cells.index else np.nan
+                    for k in methods
+                },
+                dtype=float,
+            )
+            best = _best_rows(col, m)
+        arrow = f" {_arrow(m)[0]}" if cls == "more" else ""
+        tds = [f'<td class="name">{_e(m)}{arrow}</td>']
         for k in methods:
             if (k, m) in cells.index:
                 r = cells.loc[(k, m)]
-                tds.append(f"<td>{_e(format_cell(r['mean'], r['sd'], int(r['n_seeds'])))}</td>")
+                text = _e(format_cell(r["mean"], r["sd"], int(r["n_seeds"])))
+                cell = f'<td class="best"><b>{text}</b></td>' if k in best else f"<td>{text}</td>"
+                tds.append(cell)
             else:
                 tds.append("<td>–</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return (
-        f"<details><summary>All {len(metrics)} metrics (per label and per evaluator)</summary>"
-        f'<table class="all"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
-        "</table></details>"
+    return _wrap(
+        f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
     )
+
+
+def _folded_tables(rows: pd.DataFrame, methods: list[str], headline: list[str]) -> list[str]:
+    """The other key metrics and every metric of a modality, each in a closed <details>."""
+    all_metrics = sorted(dict.fromkeys(rows["metric"]))
+    more = [m for m in all_metrics if is_main_metric(m) and m not in headline]
+    parts = []
+    if more:
+        bases = list(dict.fromkeys(m.split(SUFFIX_SEP)[0] for m in more))
+        shown = ", ".join(bases[:5]) + (", …" if len(bases) > 5 else "")
+        parts.append(
+            f'<details class="more"><summary>Other key metrics ({len(more)}): {_e(shown)}'
+            "</summary>" + _metrics_by_row(rows, methods, more, "more") + "</details>"
+        )
+    parts.append(
+        f'<details class="all"><summary>All {len(all_metrics)} metrics (per label and per '
+        "evaluator)</summary>" + _metrics_by_row(rows, methods, all_metrics, "all") + "</details>"
+    )
+    return parts
+
+
+# ----------------------------------------------------------------------------- figures
 
 
 def _first_runs(modality, method_order, first_seed) -> list[tuple[str, int]]:
     return [(k, first_seed[(modality, k)]) for k in method_order if (modality, k) in first_seed]
+
+
+def _grid_section(modality, method_order, first_seed, samples, grid_per_label, fig_dir) -> list:
+    """Per method a figure of its first seed's images: rows = labels, at most GRID_MAX each.
+
+    The figures wrap side by side; the labels and their order are the modality's (the longest
+    label list first), so the rows line up."""
+    from PIL import Image
+
+    runs = _first_runs(modality, method_order, first_seed)
+    loaded = {k: read_samples(samples[(modality, k, seed)]) for k, seed in runs}
+    loaded = {k: s for k, s in loaded.items() if len(s)}
+    if not loaded:
+        return []
+    by_size = sorted(loaded.values(), key=lambda s: -len(s.label_names))
+    labels = list(dict.fromkeys(name for s in by_size for name in s.label_names))
+    most = max(
+        int(np.sum(s.labels == i)) for s in loaded.values() for i in range(len(s.label_names))
+    )
+    n = max(1, min(grid_per_label, GRID_MAX, most))
+    figures = []
+    for k, s in loaded.items():
+        seed = first_seed[(modality, k)]
+        name = figure_name("grid", modality, k)
+        method_grid(s, labels, n, fig_dir / name, f"{k} · seed {seed}")
+        with Image.open(fig_dir / name) as im:
+            width, height = im.size
+        _, tw = grid_tile(s.images.shape[1:])
+        figures.append(
+            f'<figure data-method="{_e(k)}"><img class="grid" src="{_e("figures/" + quote(name))}" '
+            f'width="{width}" height="{height}" data-tile="{tw}" data-per-label="{n}" '
+            f'alt="{_e(f"generated {modality} images of {k}, seed {seed}, rows = labels")}">'
+            "</figure>"
+        )
+    h, w = next(iter(loaded.values())).images.shape[1:3]
+    th, tw = grid_tile((h, w))
+    scale = (
+        f"; {w} px images shown at {tw} px (nearest neighbour)" if tw > w else f"; {tw} px tiles"
+    )
+    return [
+        "<h3>Samples</h3>",
+        f'<p class="note">Rows: the requested label; the first {n} images of each label per '
+        f"method, first seed{_e(scale)}. A light gray tile: fewer images of that label.</p>",
+        '<div class="grids">' + "".join(figures) + "</div>",
+    ]
 
 
 def _cas_section(modality, method_order, first_seed, cas_scores, references, fig_dir) -> list:
@@ -265,15 +579,33 @@ def _run_figures_section(modality, method_order, first_seed, run_figures, fig_di
     return parts
 
 
+def _write_claim_csv(claim: pd.DataFrame | str | None, path: Path) -> None:
+    """claim.csv: the claim table's rows as ``craft claim`` writes them (header only when the
+    page shows a line instead of the table)."""
+    if claim is None:
+        return
+    table = claim if isinstance(claim, pd.DataFrame) else pd.DataFrame(columns=CLAIM_COLUMNS)
+    atomic_write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+
+
+def _anchor(name: str) -> str:
+    return "m-" + re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+
+
+# ----------------------------------------------------------------------------- the page
+
+
 def build_report(
     summary: pd.DataFrame,
     samples: Mapping[tuple[str, str, int], Path],
     out_dir: Path,
     title: str,
-    grid_per_label: int = 8,
+    grid_per_label: int = GRID_MAX,
     *,
     n_metric_files: int | None = None,
     provenance: Mapping[str, str] | None = None,
+    claim: pd.DataFrame | str | None = None,
+    evaluators: Sequence[str] | None = None,
     cas_scores: Mapping[tuple[str, str, int, str], Path] | None = None,
     references: Mapping[tuple[str, str], Path] | None = None,
     run_figures: Mapping[tuple[str, str, int], Sequence[Path]] | None = None,
@@ -281,8 +613,16 @@ def build_report(
 ) -> Path:
     """Write ``out_dir/summary.csv``, ``out_dir/figures/*.png`` and ``out_dir/index.html``.
 
-    ``samples`` maps (modality, method, seed) to a ``samples.h5``; each modality's grid shows the
-    first (lowest) seed of each method. ``provenance`` adds lines to the page's footer.
+    ``claim`` opens the page: a :func:`~craft.report.summary.claim_table` (also written to
+    ``out_dir/claim.csv``), or the one line that says why there is none (claim.csv then holds
+    the header only); see :func:`claim_for_report`. Without it the page opens on the headline
+    metrics (:func:`headline_metrics`; ``evaluators`` orders them, default: as named by the
+    metrics) and writes no claim.csv.
+
+    ``samples`` maps (modality, method, seed) to a ``samples.h5``; each modality's grids show
+    the first (lowest) seed of each method, one figure per method, at most
+    min(``grid_per_label``, :data:`GRID_MAX`) images per label. ``provenance`` adds lines to
+    the page's footer.
 
     Optional, per modality and shown for the first seed of each method like the grid:
     ``cas_scores`` ((modality, method, seed, evaluator) -> ``cas-{evaluator}.h5``) with
@@ -297,10 +637,15 @@ def build_report(
         raise ValueError(
             f"summary columns must be {list(SUMMARY_COLUMNS)}, got {list(summary.columns)}"
         )
+    if isinstance(claim, pd.DataFrame) and list(claim.columns) != list(CLAIM_COLUMNS):
+        raise ValueError(f"claim columns must be {list(CLAIM_COLUMNS)}, got {list(claim.columns)}")
+    if isinstance(claim, pd.DataFrame) and claim.empty:
+        claim = "No claim table: no claim row has values."
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     write_summary(summary, out_dir / "summary.csv")
+    _write_claim_csv(claim, out_dir / "claim.csv")
 
     modalities = list(dict.fromkeys([*summary["modality"], *(k[0] for k in samples)]))
     method_order = list(dict.fromkeys([*summary["method"], *(k[1] for k in samples)]))
@@ -308,64 +653,78 @@ def build_report(
     for modality, method, seed in samples:
         key = (modality, method)
         first_seed[key] = min(seed, first_seed.get(key, seed))
+    highlight = str(claim["method"].iloc[0]) if isinstance(claim, pd.DataFrame) else None
+    evs = list(evaluators) if evaluators is not None else evaluators_of(summary["metric"])
 
+    csv_links = '<a href="summary.csv">summary.csv</a>'
+    if claim is not None:
+        csv_links += ', <a href="claim.csv">claim.csv</a>'
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        '<p class="note">Numbers are mean ± sample sd (ddof=1) over seeds; '
-        "the best value of each column is in bold (↑ higher is better, ↓ lower is better). "
-        'All numbers: <a href="summary.csv">summary.csv</a>.</p>',
     ]
-    if modalities:
-        parts.append("<nav><ul>")
-        parts += [f'<li><a href="#m-{_e(quote(m))}">{_e(m)}</a></li>' for m in modalities]
-        parts.append('<li><a href="#key-metrics">key metrics</a></li></ul></nav>')
-    else:
+    nav = []
+    if claim is not None:
+        nav.append('<li><a href="#claim">claim</a></li>')
+    if len(summary):
+        nav.append('<li><a href="#headline">headline metrics</a></li>')
+    nav += [f'<li><a href="#{_anchor(m)}">{_e(m)}</a></li>' for m in modalities]
+    nav.append('<li><a href="#key-metrics">key metrics</a></li>')
+    parts.append("<nav><ul>" + "".join(nav) + "</ul></nav>")
+    if not modalities:
         parts.append('<p class="note">No metrics and no samples were given.</p>')
+
+    if claim is not None:
+        parts += _claim_section(claim)
+
+    headline_by_modality = {}
+    if len(summary):
+        parts.append('<section id="headline"><h2>Headline metrics</h2>')
+        parts.append(
+            '<p class="note">Mean ± sample sd (ddof=1) over seeds; the best of each column in '
+            "bold (↑ higher is better, ↓ lower is better). Every number: "
+            f"{csv_links}; the other metrics are folded under each modality below.</p>"
+        )
+        for modality in modalities:
+            rows = summary[summary["modality"] == modality]
+            if rows.empty:
+                continue
+            methods = [k for k in method_order if k in set(rows["method"])]
+            metrics = headline_metrics(rows["metric"], evs)
+            headline_by_modality[modality] = metrics
+            parts.append(f"<h3>{_e(modality)}</h3>")
+            if metrics:
+                parts.append(_headline_table(rows, methods, metrics, highlight))
+            else:
+                parts.append('<p class="note">No headline metric for this modality.</p>')
+        parts.append("</section>")
 
     for modality in modalities:
         rows = summary[summary["modality"] == modality]
         methods = [k for k in method_order if k in set(rows["method"])]
-        parts.append(f'<section><h2 id="m-{_e(quote(modality))}">{_e(modality)}</h2>')
+        parts.append(f'<section><h2 id="{_anchor(modality)}">{_e(modality)}</h2>')
+        parts += _grid_section(modality, method_order, first_seed, samples, grid_per_label, fig_dir)
         if rows.empty:
             parts.append('<p class="note">No metrics for this modality.</p>')
         else:
-            parts.append(_main_table(rows, methods))
-            parts.append(_all_table(rows, methods))
+            parts.append("<h3>Metrics</h3>")
+            parts += _folded_tables(rows, methods, headline_by_modality.get(modality, []))
             parts += _patients_note(rows)
-        grid_methods = [k for k in method_order if (modality, k) in first_seed]
-        if grid_methods:
-            by_method = {
-                k: read_samples(samples[(modality, k, first_seed[(modality, k)])])
-                for k in grid_methods
-            }
-            name = figure_name("grid", modality)
-            seeds = ", ".join(f"{k}: seed {first_seed[(modality, k)]}" for k in grid_methods)
-            image_grid(
-                by_method,
-                grid_per_label,
-                fig_dir / name,
-                f"{modality}: {grid_per_label} samples per label",
-            )
-            parts.append(
-                _img(
-                    name,
-                    f"generated {modality} images per label and method",
-                    f"Generated samples, rows = requested label, first {grid_per_label} per label "
-                    f"({seeds}).",
-                )
-            )
         parts += _cas_section(modality, method_order, first_seed, cas_scores, references, fig_dir)
         parts += _curves_section(modality, method_order, first_seed, curves, fig_dir)
         parts += _run_figures_section(modality, method_order, first_seed, run_figures, fig_dir)
         parts.append("</section>")
 
     key_metrics = sorted(m for m in dict.fromkeys(summary["metric"]) if is_main_metric(m))
+    parts.append('<section><h2 id="key-metrics">Key metrics as bar charts</h2>')
     if key_metrics:
-        parts.append('<section><h2 id="key-metrics">Key metrics</h2>')
+        parts.append(
+            f'<details class="bars"><summary>{len(key_metrics)} bar charts: mean ± sd over '
+            "seeds per method and modality</summary>"
+        )
         for metric in key_metrics:
             name = figure_name("bars", metric)
             metric_bars(summary, metric, fig_dir / name)
@@ -376,7 +735,10 @@ def build_report(
                     f"{metric}: mean ± sd over seeds per method and modality.",
                 )
             )
-        parts.append("</section>")
+        parts.append("</details>")
+    else:
+        parts.append('<p class="note">No key metrics.</p>')
+    parts.append("</section>")
 
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     foot = [f"craft {__version__}", f"created {created}"]

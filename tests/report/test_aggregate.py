@@ -6,7 +6,6 @@ import io
 import json
 import math
 import os
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from craft.report.aggregate import (
     method_specs,
 )
 from craft.specs import digest_of, run_stage
-from tests.conftest import REPO, tiny_config, write_config
+from tests.conftest import REPO
 
 MODALITY = "phantom-cxr"
 METHODS = ["lora", "lora-enriched", "craft"]
@@ -260,37 +259,28 @@ def test_export_needs_metrics_and_a_valid_site_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_tiny_workflow_sites_pool_to_a_direct_computation(tmp_path, env):
+def test_two_tiny_workflow_sites_pool_to_a_direct_computation(tmp_path, tiny_site):
     """The tiny workflow runs twice as two sites with different seeds; aggregate the exports."""
     seeds = {"north": [0], "south": [1, 2]}
     tarballs = []
+    work = {}
     for site, site_seeds in seeds.items():
-        work = tmp_path / site
-        work.mkdir()
-        cfg = tiny_config(seeds=site_seeds)  # one modality, two methods: 3 workflow runs
-        cfg["modalities"] = {"phantom-cxr": cfg["modalities"]["phantom-cxr"]}
-        cfg["methods"] = {k: cfg["methods"][k] for k in ("zero-shot", "lora")}
-        cfg["study"] = None
-        write_config(work / "config.yaml", cfg)
-        cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work)]
-        cmd += ["--cores", "2", "--profile", str(REPO / "profiles/local")]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        cfg = load_config(work / "config.yaml")
+        work[site] = tiny_site(site, site_seeds)  # one modality, two methods: 3 workflow runs
+        cfg = load_config(work[site] / "config.yaml")
         cwd = os.getcwd()
         try:  # results: is relative to the workflow's directory
-            os.chdir(work)
+            os.chdir(work[site])
             tarballs.append(export_summary(cfg.results, cfg, tmp_path / f"{site}.tgz", site))
         finally:
             os.chdir(cwd)
-        assert (work / "results" / "report" / "summary.csv").is_file()
+        assert (work[site] / "results" / "report" / "summary.csv").is_file()
     out = tmp_path / "agg"
     aggregate(tarballs, out)
     df = pd.read_csv(out / "summary.csv")
 
     values: dict[tuple[str, str, str], list[float]] = {}
     for site in seeds:
-        for path in sorted((tmp_path / site / "results" / "runs").glob("*/*/*/metrics-*.json")):
+        for path in sorted((work[site] / "results" / "runs").glob("*/*/*/metrics-*.json")):
             record = json.loads(path.read_text())
             for metric, v in record["metrics"].items():
                 if v is not None and not math.isnan(v):
@@ -307,7 +297,7 @@ def test_two_tiny_workflow_sites_pool_to_a_direct_computation(tmp_path, env):
     assert checked > 20
     assert sum(len(vs) == 3 for vs in values.values()) > 20  # seeds of both sites, pooled
     # A site's rows agree with the site's own report.
-    own = pd.read_csv(tmp_path / "north" / "results" / "report" / "summary.csv")
+    own = pd.read_csv(work["north"] / "results" / "report" / "summary.csv")
     north = df[df["site"] == "north"].drop(columns="site").reset_index(drop=True)
     merged = own.merge(north, on=["modality", "method", "metric"], suffixes=("", "_agg"))
     assert len(merged) == len(own) == len(north)

@@ -6,6 +6,7 @@ import json
 import math
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -18,13 +19,17 @@ from craft.report import report
 from craft.report.figures import image_grid, metric_bars
 from craft.report.html import build_report, format_cell
 from craft.report.summary import (
+    CLAIM_COLUMNS,
     SUMMARY_COLUMNS,
+    claim_table,
     per_seed_table,
     read_summary,
     summarize,
+    whole_claim,
     write_summary,
 )
-from craft.store import STR, atomic_h5, image_dataset, read_samples
+from craft.store import atomic_h5, read_samples
+from tests.report.helpers import metrics_json, write_bench_runs, write_samples
 
 MODALITIES = ["phantom-cxr", "phantom-derm"]
 METHODS = ["lora", "craft"]
@@ -51,18 +56,6 @@ def known_values() -> dict[tuple[str, str, int], dict[str, dict[str, float]]]:
     return out
 
 
-def metrics_json(modality, method, seed, stage, metrics, **extra) -> dict:
-    return {
-        "modality": modality,
-        "method": method,
-        "seed": seed,
-        "stage": stage,
-        "metrics": metrics,
-        "provenance": {"config_digest": "abc123", "craft_version": "0.1.0"},
-        **extra,
-    }
-
-
 def write_metric_files(root: Path, values=None) -> list[Path]:
     values = values or known_values()
     paths = []
@@ -73,31 +66,6 @@ def write_metric_files(root: Path, values=None) -> list[Path]:
             p.write_text(json.dumps(metrics_json(modality, method, seed, stage, metrics)))
             paths.append(p)
     return paths
-
-
-def write_samples(path: Path, labels: list[str], n_per_label: int, channels: int, size=32) -> Path:
-    """Small samples.h5: label k drawn as a disc of brightness/colour depending on k."""
-    yy, xx = np.mgrid[:size, :size]
-    images, lab, prompts, seeds = [], [], [], []
-    rng = np.random.default_rng(len(labels) + channels)
-    for k, name in enumerate(labels):
-        for i in range(n_per_label):
-            r = size / 6 + i % 4
-            disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < r * r
-            img = np.full((size, size, channels), 20, np.uint8)
-            colour = [80 + 60 * k, 200 - 50 * k, 120][:channels] if channels == 3 else [90 + 70 * k]
-            img[disc] = colour
-            img = np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
-            images.append(img)
-            lab.append(k)
-            prompts.append(f"a {name} image")
-            seeds.append(1000 + len(seeds))
-    with atomic_h5(path, "samples", "digest", attrs={"labels": labels}) as f:
-        image_dataset(f, "images", np.stack(images))
-        f.create_dataset("labels", data=np.array(lab, np.int64))
-        f.create_dataset("prompts", data=prompts, dtype=STR)
-        f.create_dataset("seeds", data=np.array(seeds, np.int64))
-    return path
 
 
 # ----------------------------------------------------------------------------- summary
@@ -273,33 +241,54 @@ def test_metric_bars_single_and_multi_seed(tmp_path):
 # ----------------------------------------------------------------------------- html
 
 
+class _Cell(NamedTuple):
+    text: str
+    bold: bool
+    title: str
+
+
+class _Table(NamedTuple):
+    h2: str
+    h3: str
+    cls: str
+    rows: list[list[_Cell]]
+
+
 class _Page(HTMLParser):
-    """Tables (per h2 section, with bold flags), img srcs and external references."""
+    """Tables (under which h2 and h3, with bold flags and titles), img srcs and external
+    references."""
 
     def __init__(self):
         super().__init__()
-        self.section = None
-        self.tables: list[tuple[str, str, list[list[tuple[str, bool]]]]] = []
+        self.h2 = self.h3 = ""
+        self.tables: list[_Table] = []
         self.imgs: list[str] = []
+        self.img_attrs: list[dict] = []
         self.external: list[str] = []
         self._cell = None
         self._bold = False
-        self._in_h2 = False
+        self._title = ""
+        self._heading = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "h2":
-            self._in_h2, self.section = True, ""
+        if tag in ("h2", "h3"):
+            self._heading = tag
+            setattr(self, tag, "")
+            if tag == "h2":
+                self.h3 = ""
         elif tag == "table":
-            self.tables.append((self.section, a.get("class", ""), []))
+            self.tables.append(_Table(self.h2, self.h3, a.get("class", ""), []))
         elif tag == "tr":
-            self.tables[-1][2].append([])
+            self.tables[-1].rows.append([])
         elif tag in ("td", "th"):
             self._cell, self._bold = "", "best" in a.get("class", "")
+            self._title = a.get("title", "")
         elif tag == "b":
             self._bold = True
         elif tag == "img":
             self.imgs.append(a["src"])
+            self.img_attrs.append(a)
         if tag in ("link", "script") or any(
             k in ("src", "href") and v and ("//" in v or v.startswith("data:http"))
             for k, v in attrs
@@ -307,17 +296,22 @@ class _Page(HTMLParser):
             self.external.append(str(attrs))
 
     def handle_endtag(self, tag):
-        if tag == "h2":
-            self._in_h2 = False
+        if tag == self._heading:
+            self._heading = None
         elif tag in ("td", "th"):
-            self.tables[-1][2][-1].append((self._cell.strip(), self._bold))
+            self.tables[-1].rows[-1].append(_Cell(self._cell.strip(), self._bold, self._title))
             self._cell = None
 
     def handle_data(self, data):
-        if self._in_h2:
-            self.section += data
+        if self._heading:
+            setattr(self, self._heading, getattr(self, self._heading) + data)
         if self._cell is not None:
             self._cell += data
+
+
+def seed_values(values, modality, method, metric) -> np.ndarray:
+    stage = "oracle" if metric.startswith("oracle") else "cas"
+    return np.array([values[(modality, method, s)][stage][metric] for s in SEEDS])
 
 
 def test_build_report(tmp_path):
@@ -333,7 +327,8 @@ def test_build_report(tmp_path):
                 samples[(modality, method, seed)] = p
     out_dir = tmp_path / "results" / "report"
     title = "Phantom <benchmark> & co"
-    index = report(files, samples, out_dir, title, grid_per_label=3)
+    # lora is the baseline: craft, the other method, is the one whose claim opens the page
+    index = report(files, samples, out_dir, title, grid_per_label=3, baselines=["lora"])
     assert index == out_dir / "index.html"
     text = index.read_text()
     assert "Phantom &lt;benchmark&gt; &amp; co" in text and "<benchmark>" not in text
@@ -348,8 +343,7 @@ def test_build_report(tmp_path):
     for src in page.imgs:
         assert not src.startswith("/") and (out_dir / src).is_file(), src
     assert {Path(s).name for s in page.imgs} >= {
-        "grid-phantom-cxr.png",
-        "grid-phantom-derm.png",
+        *(f"grid-{m}-{k}.png" for m in MODALITIES for k in METHODS),
         "bars-tail_rate.png",
         "bars-oracle_label_agreement.png",
         "bars-cas_mean.png",
@@ -358,42 +352,78 @@ def test_build_report(tmp_path):
     assert not any("agreement__" in s for s in page.imgs)
     assert any("cas_mean__biomedclip" in s for s in page.imgs)
 
-    main = {section: rows for section, cls, rows in page.tables if cls == "main"}
-    assert set(main) == set(MODALITIES)
+    # The claim: craft against lora per modality, row by row, as numpy and scipy compute it.
+    (claim,) = [t for t in page.tables if t.cls == "claim"]
+    assert claim.h2 == "Did craft win?"
+    header, *body = claim.rows
+    assert [c.text for c in header][:3] == ["claim row", "craft", "needs"]
+    judged = {}
+    modality = None
+    for row in body:
+        if len(row) == 1:  # a modality's group row
+            modality = row[0].text
+            continue
+        judged[(modality, row[0].title.split(":")[0])] = [c.text for c in row[1:]]
+    metrics = ["cas_mean__biomedclip", "oracle_label_agreement"]
+    assert list(judged) == [(m, metric) for m in MODALITIES for metric in metrics]
+    for (modality, metric), cells in judged.items():
+        own = seed_values(values, modality, "craft", metric)
+        other = seed_values(values, modality, "lora", metric)
+        gain = own - other
+        p = stats.ttest_rel(own, other, alternative="greater").pvalue
+        assert cells == [
+            format_cell(own.mean(), own.std(ddof=1), 3),
+            "better",
+            f"lora {format_cell(other.mean(), other.std(ddof=1), 3)}",
+            f"{int((gain > 0).sum())}/3",
+            f"{gain.mean():+.3f} ± {gain.std(ddof=1) / np.sqrt(3):.3f}",
+            f"{p:.2g}",
+            "yes" if own.mean() > other.mean() else "no",
+        ], (modality, metric)
+    # claim.csv holds the same rows as `craft claim` computes them
+    written = pd.read_csv(out_dir / "claim.csv")
+    want = claim_table(per_seed_table(files), "craft", whole_claim(["biomedclip"]), ["lora"])
+    assert list(written.columns) == list(want.columns)
+    assert written[["modality", "metric", "best_other"]].values.tolist() == (
+        want[["modality", "metric", "best_other"]].values.tolist()
+    )
+    assert np.allclose(written["p_paired"], want["p_paired"], rtol=1e-5)
+
+    # The headline metrics per modality: methods x (CAS, tail rate, oracle), best in bold.
+    headline = {t.h3: t.rows for t in page.tables if t.cls == "headline"}
+    assert set(headline) == set(MODALITIES)
     for modality in MODALITIES:
-        header, *rows = main[modality]
-        names = [c[0].split(" ")[0] for c in header]
-        assert names[:2] == ["method", "seeds"]
-        assert names[2:] == [
-            "cas_mean",
-            "cas_mean__biomedclip",
-            "oracle_label_agreement",
-            "tail_rate",
-        ]
-        assert [r[0][0] for r in rows] == METHODS
-        for col, metric in enumerate(names[2:], start=2):
+        header, *rows = headline[modality]
+        assert [c.text for c in header[:2]] == ["method", "seeds"]
+        names = [c.title.split(":")[0] for c in header[2:]]
+        assert names == ["cas_mean", "cas_mean__biomedclip", "tail_rate", "oracle_label_agreement"]
+        assert [r[0].text for r in rows] == METHODS
+        for col, metric in enumerate(names, start=2):
             means = {}
             for row in rows:
-                method = row[0][0]
-                seeds = [
-                    values[(modality, method, s)][
-                        "oracle" if metric.startswith("oracle") else "cas"
-                    ][metric]
-                    for s in SEEDS
-                ]
-                expected = format_cell(np.mean(seeds), np.std(seeds, ddof=1), 3)
-                assert row[col][0] == expected
-                assert row[1][0] == "3"
-                means[method] = np.mean(seeds)
+                method = row[0].text
+                seeds = seed_values(values, modality, method, metric)
+                assert row[col].text == format_cell(seeds.mean(), seeds.std(ddof=1), 3)
+                assert row[1].text == "3"
+                means[method] = seeds.mean()
             best = (min if metric == "tail_rate" else max)(means, key=means.get)
-            assert [r[0][0] for r in rows if r[col][1]] == [best], (modality, metric)
-    # per-label metrics are in the collapsed all-metrics table
-    assert "oracle_label_agreement__effusion" in text and "cas_mean__biomedclip" in text
+            assert [r[0].text for r in rows if r[col].bold] == [best], (modality, metric)
+    # per-label metrics are only in the folded all-metrics table, not in the headline
+    folded = {t.h2: t.rows for t in page.tables if t.cls == "all"}
+    assert set(folded) == set(MODALITIES)
+    assert "oracle_label_agreement__effusion" in [r[0].text for r in folded["phantom-cxr"]]
+    assert not any("__effusion" in c.title for r in headline["phantom-cxr"] for c in r)
 
-    grid = np.asarray(Image.open(out_dir / "figures" / "grid-phantom-cxr.png").convert("L"))
+    # One grid per method: 3 label rows of 3 tiles (grid_per_label; seed 0 holds 4 per label)
+    grids = [a for a in page.img_attrs if a.get("class") == "grid"]
+    assert len(grids) == len(MODALITIES) * len(METHODS)
+    for a in grids:
+        im = Image.open(out_dir / a["src"])
+        assert (a["width"], a["height"]) == (str(im.size[0]), str(im.size[1]))
+        assert (a["data-tile"], a["data-per-label"]) == ("64", "3")
+    grid = np.asarray(Image.open(out_dir / "figures" / "grid-phantom-cxr-craft.png").convert("L"))
     assert grid.std() > 20
-    # grid of 3 labels x (2 methods x 3 tiles of 64 px): seed 0 files hold 4 per label
-    assert 3 * 64 <= grid.shape[0] <= 3 * 64 + 120 and 6 * 64 <= grid.shape[1] <= 6 * 64 + 250
+    assert 3 * 64 <= grid.shape[0] <= 3 * 64 + 120 and 3 * 64 <= grid.shape[1] <= 3 * 64 + 100
     assert not list(out_dir.glob(".*tmp*"))
 
     # rebuilding over an existing report works (atomic replace)
@@ -683,3 +713,132 @@ def test_the_report_says_whether_the_memorization_reference_knew_the_patients(
     assert not any(o in text for o in others)
     plain = build_report(summary.iloc[:1], {}, tmp_path / "p", "t").read_text()
     assert "Memorization reference" not in plain
+
+
+# ----------------------------------------------------------------------------- first screen
+
+
+def test_the_page_opens_on_the_claim_then_the_headline_then_folded_metrics(bench_report):
+    text = bench_report.index.read_text()
+    claim_at = text.index('<table class="claim"')
+    headline = text.index('<table class="headline"')
+    more_at, all_at = text.index('<details class="more"'), text.index('<details class="all"')
+    assert claim_at < headline < more_at < all_at
+    assert text.index("<h1>") < claim_at < text.index('<img class="grid"')
+    assert "<details open" not in text  # every other metric starts folded
+    page = _Page()
+    page.feed(text)
+    # the headline: CAS and tail rate per evaluator, downstream AUROC, the oracle's two
+    head = [t for t in page.tables if t.cls == "headline"][0].rows[0]
+    assert [c.title.split(":")[0] for c in head[2:]] == [
+        "cas_mean__clip",
+        "cas_mean__siglip",
+        "tail_rate__clip",
+        "tail_rate__siglip",
+        "downstream_auroc_synthetic",
+        "downstream_auroc_mixed",
+        "oracle_label_agreement",
+        "oracle_distribution_shift",
+    ]
+    # the other key metrics are folded, and only there
+    more = [r[0].text.split(" ")[0] for t in page.tables if t.cls == "more" for r in t.rows[1:]]
+    assert {"label_fidelity__clip", "fd", "memorization_rate", "audit_pass_rate"} <= set(more)
+    assert not set(more) & {c.title.split(":")[0] for c in head}
+    # the whole claim for both modalities: 12 rows each, costs against the start
+    (claim,) = [t for t in page.tables if t.cls == "claim"]
+    rows = [r for r in claim.rows[1:] if len(r) > 1]
+    assert len(rows) == 24
+    costs = {r[0].title.split(":")[0]: r[3].text for r in rows[:12]}
+    assert costs["memorization_rate"].startswith("lora-enriched (start) ")
+    assert costs["tail_reduction_relative__clip"] == "0"
+    assert costs["cas_mean__clip"].startswith("generic-reward ")  # the best other, not craft
+    verdict = text[text.index('<p class="verdict">') : claim_at]
+    passed = sum(r[-1].text == "yes" for r in rows)
+    assert f"passes <b>{passed} of 24</b> claim rows over 3 seeds" in verdict
+
+
+def test_grids_show_at_most_8_images_per_label_and_method(bench_report):
+    """grid_per_label 32 and 10 images per label: one figure per method, 8 tiles a row."""
+    from craft.report.figures import LABEL_BAND, TITLE_BAND
+
+    out = bench_report.index.parent
+    page = _Page()
+    page.feed(bench_report.index.read_text())
+    grids = [a for a in page.img_attrs if a.get("class") == "grid"]
+    assert len(grids) == 2 * 6 and all(a["data-per-label"] == "8" for a in grids)
+    for a in grids:
+        img = np.asarray(Image.open(out / a["src"]).convert("L")).astype(int)
+        # along the middle of the first label row: 8 dark tiles between white gaps
+        line = img[TITLE_BAND + LABEL_BAND + 32] < 250
+        starts = np.flatnonzero(line[1:] & ~line[:-1])
+        assert len(starts) + int(line[0]) == 8, a["src"]
+        assert img.shape[1] <= 8 * 64 + 7 * 2 + 40  # no ninth tile, no label column
+
+
+def test_a_method_grid_shows_the_first_images_of_each_label_crisp_and_aligned(tmp_path):
+    """Tiles: the label's first images in file order, upscaled x2 without smoothing; a label
+    the method lacks keeps its row (light gray), so grids of two methods line up."""
+    from craft.report.figures import GAP, LABEL_BAND, PAD, ROW_GAP, TITLE_BAND, method_grid
+
+    labels = ["normal", "effusion", "nodule"]
+    s = read_samples(write_samples(tmp_path / "a.h5", labels[:2], 5, 1))
+    out = method_grid(s, labels, 4, tmp_path / "g.png", "lora · seed 0")
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert img.shape[:2] == (
+        TITLE_BAND + 3 * (LABEL_BAND + 64) + 2 * ROW_GAP + PAD,
+        4 * 66 - 2 + 2 * PAD,
+    )
+    for r, label in enumerate(labels):
+        y = TITLE_BAND + r * (LABEL_BAND + 64 + ROW_GAP) + LABEL_BAND
+        for c in range(4):
+            x = PAD + c * (64 + GAP)
+            tile = img[y : y + 64, x : x + 64]
+            if label == "nodule":  # no image of it: a light gray tile
+                assert (tile == 235).all()
+                continue
+            want = s.images[np.flatnonzero(s.labels == labels.index(label))[c]]
+            want = np.repeat(np.repeat(want[..., 0], 2, axis=0), 2, axis=1)
+            assert (tile[..., 0] == want).all() and (tile[..., 1] == want).all(), (label, c)
+    other = read_samples(write_samples(tmp_path / "b.h5", labels, 5, 1))
+    out2 = method_grid(other, labels, 4, tmp_path / "h.png", "craft · seed 0")
+    assert Image.open(out2).size == Image.open(out).size
+
+
+def test_without_a_craft_method_or_with_one_seed_the_claim_is_one_line(tmp_path):
+    methods = ["zero-shot", "lora", "craft"]
+    files, samples, _ = write_bench_runs(
+        tmp_path / "runs", (0,), 2, methods, ["cas_mean__clip", "oracle_label_agreement"]
+    )
+    # every method a baseline: no method of kind craft
+    text = report(files, samples, tmp_path / "a", baselines=methods).read_text()
+    assert "no method of kind craft" in text and 'class="claim"' not in text
+    assert text.index('class="verdict claim-note"') < text.index('<table class="headline"')
+    header = (tmp_path / "a" / "claim.csv").read_text().splitlines()
+    assert header == [",".join(CLAIM_COLUMNS)]
+    # craft with one seed: said in one line, nothing judged
+    text = report(files, samples, tmp_path / "b", baselines=methods[:2]).read_text()
+    assert "craft has one run per modality (seed 0)" in text and 'class="claim"' not in text
+    assert len((tmp_path / "b" / "claim.csv").read_text().splitlines()) == 1
+    # the page without a claim (build_report alone, e.g. craft aggregate): no claim section
+    plain = build_report(summarize(files), samples, tmp_path / "c", "t").read_text()
+    assert 'id="claim"' not in plain and not (tmp_path / "c" / "claim.csv").exists()
+
+
+def test_the_costs_are_judged_against_the_start_its_model_cards_name(bench_report, tmp_path):
+    claim = pd.read_csv(bench_report.index.parent / "claim.csv")
+    start = claim[claim["against"] == "start"]
+    assert set(start["metric"]) == {"memorization_rate", "oracle_distribution_shift"}
+    assert set(start["best_other"]) == {"lora-enriched"} and len(start) == 4
+    # the start given outright wins over the cards; no card and none given: no such rows
+    methods = ["lora-enriched", "full", "craft"]
+    metrics = ["cas_mean__clip", "memorization_rate", "oracle_distribution_shift"]
+    files, samples, _ = write_bench_runs(tmp_path / "runs", (0, 1), 1, methods, metrics)
+    report(files, samples, tmp_path / "r", baselines=methods[:2], claim_start="full")
+    given = pd.read_csv(tmp_path / "r" / "claim.csv")
+    assert set(given.loc[given["against"] == "start", "best_other"]) == {"full"}
+    assert len(given) == 2 * 3
+    for path in samples.values():
+        (path.parent / "model.json").unlink(missing_ok=True)
+    report(files, samples, tmp_path / "s", baselines=methods[:2])
+    none = pd.read_csv(tmp_path / "s" / "claim.csv")
+    assert list(none["metric"]) == ["cas_mean__clip"] * 2

@@ -8,8 +8,6 @@ CRAFT_REQUIRE_BROWSER=1 (CI sets it), where their absence is a failure.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,59 +24,15 @@ LABELS = ["normal", "effusion", "nodule"]
 N_PER_LABEL = 4
 
 
-def _require(what: str):
-    reason = f"{what} (apt-get install -y chromium chromium-driver; pip install selenium)"
-    if os.environ.get("CRAFT_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"CRAFT_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 try:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # pragma: no cover - depends on the machine
-    webdriver = None
+except ImportError:  # pragma: no cover - the browser fixture skips (or fails) then
+    pass
 
-
-@pytest.fixture
-def browser(tmp_path):
-    if webdriver is None:
-        _require("the selenium package is not installed")
-    if not CHROMIUM or not CHROMEDRIVER:
-        _require("Debian's chromium / chromium-driver are not installed")
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # CI runs as root
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        opts.add_argument(arg)
-    opts.add_experimental_option(
-        "prefs",
-        {
-            "download.default_directory": str(downloads),
-            "download.prompt_for_download": False,
-            "profile.default_content_setting_values.automatic_downloads": 1,
-        },
-    )
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.downloads = downloads
-    try:
-        yield driver
-    finally:
-        driver.quit()
+# The `browser` fixture (headless Chromium, its downloads folder) is in tests/conftest.py.
 
 
 def wait_for_download(folder: Path, suffix: str, timeout: float = 20) -> Path:

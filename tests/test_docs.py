@@ -105,3 +105,28 @@ def test_cli_writes_the_reference(tmp_path):
     result = CliRunner().invoke(app, ["config", "reference", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text() == reference_markdown()
+
+
+def documented_metrics() -> list[re.Pattern]:
+    """The metric names docs/evaluation.md's tables document (first column, in backticks;
+    `{evaluator}`-style placeholders match any name part), as patterns."""
+    names = []
+    for line in (DOCS / "evaluation.md").read_text().splitlines():
+        if line.startswith("| `"):
+            first = re.split(r"(?<!\\)\|", line)[1]
+            names += re.findall(r"`([^`]+)`", first)
+    return [
+        re.compile(re.sub(r"\\\{[a-z_]+\\\}", r"[A-Za-z0-9_.-]+", re.escape(n)) + "$")
+        for n in names
+    ]
+
+
+def undocumented(metrics) -> list[str]:
+    """The metric names (as summary.csv writes them) that docs/evaluation.md does not cover."""
+    patterns = documented_metrics()
+    return sorted({m for m in metrics if not any(p.match(m) for p in patterns)})
+
+
+def test_the_metric_check_can_fail():
+    assert undocumented(["cas_mean__clip", "oracle_label_agreement__effusion"]) == []
+    assert undocumented(["cas_mean__clip", "made_up_metric"]) == ["made_up_metric"]

@@ -14,6 +14,7 @@ import yaml
 
 from craft.cas import DIMENSIONS
 from tests.conftest import REPO, tiny_config, write_config
+from tests.test_docs import undocumented
 
 # Full finetuning and the align methods run in tests/train; the workflow test keeps to the
 # methods that exercise every kind of rule input (plain, LoRA, knowledge-dependent).
@@ -195,6 +196,9 @@ def test_tiny_workflow_runs_and_reruns_only_what_a_change_touches(workdir, env):
         (r["modality"], r["method"]) for r in rows if r["metric"] == "oracle_label_agreement"
     }
     assert agreement == {(m, k) for m in ("phantom-cxr", "phantom-derm") for k in METHODS}
+    # Every metric the run wrote is explained in docs/evaluation.md.
+    missing = undocumented(r["metric"] for r in rows)
+    assert not missing, f"metrics not documented in docs/evaluation.md: {missing}"
     # Every run scored by both CAS evaluators and every evaluation stage, under stable names.
     names = {(r["modality"], r["method"], r["metric"]) for r in rows}
     per_run = [

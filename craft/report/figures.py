@@ -22,7 +22,6 @@ FONT = 10  # points
 TILE_MIN = 64  # images smaller than this are upscaled (nearest neighbour, integer factor)
 TILE_MAX = 128  # images larger than this are downscaled (box filter)
 GAP = 2  # pixels between tiles
-GROUP_GAP = 14  # pixels between method groups
 
 
 def _save(fig, path: Path) -> Path:
@@ -73,119 +72,6 @@ def _resize(img: np.ndarray, th: int, tw: int) -> np.ndarray:
     return out.reshape(th, tw, img.shape[2])
 
 
-def image_grid(
-    samples_by_method: Mapping[str, Samples], n_per_label: int, path: Path, title: str
-) -> Path:
-    """A grid of generated images: one row per label, a group of columns per method.
-
-    The first ``n_per_label`` images of each label are shown for each method, in file order.
-    Grayscale is drawn as gray (0..255 fixed, not stretched), RGB as RGB; small images are
-    upscaled by an integer nearest-neighbour factor so 32x32 images stay crisp. A method with
-    fewer images of a label leaves its tiles blank.
-    """
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-
-    if not samples_by_method:
-        raise CraftError(f"image grid {path}: no samples to show")
-    if n_per_label < 1:
-        raise ValueError(f"n_per_label must be >= 1, got {n_per_label}")
-    methods = list(samples_by_method)
-    # rows: the longest label list first (its order), then labels only other methods have
-    by_size = sorted(samples_by_method.values(), key=lambda s: -len(s.label_names))
-    labels: list[str] = list(dict.fromkeys(name for s in by_size for name in s.label_names))
-    shapes = {m: s.images.shape[1:] for m, s in samples_by_method.items() if len(s)}
-    if not shapes:
-        raise CraftError(f"image grid {path}: the samples hold no images")
-    if len({shp[:2] for shp in shapes.values()}) > 1:
-        raise CraftError(f"image grid {path}: methods have different image sizes {shapes}")
-    bad = {m: shp for m, shp in shapes.items() if shp[2] not in (1, 3)}
-    if bad:
-        raise CraftError(f"image grid {path}: images must have 1 or 3 channels, got {bad}")
-    h, w = next(iter(shapes.values()))[:2]
-    rgb = any(shp[2] == 3 for shp in shapes.values())
-    th, tw = _tile_size(h, w)
-
-    # Layout in pixels (the mosaic is drawn 1:1 onto the canvas so no resampling blurs it).
-    cells_w = n_per_label * tw + (n_per_label - 1) * GAP
-    group_w = [max(cells_w, math.ceil(_text_px(m, bold=True)) + 6) for m in methods]
-    mosaic_w = sum(group_w) + GROUP_GAP * (len(methods) - 1)
-    mosaic_h = len(labels) * th + (len(labels) - 1) * GAP
-    left = math.ceil(max(_text_px(lab) for lab in labels)) + 16
-    top, bottom = 56, 8
-    right = max(8, math.ceil(_text_px(title, FONT + 2)) + 24 - left - mosaic_w)
-    fig_w, fig_h = left + mosaic_w + right, top + mosaic_h + bottom
-
-    mosaic = np.zeros((mosaic_h, mosaic_w, 3 if rgb else 1), np.float32)
-    mask = np.ones((mosaic_h, mosaic_w), bool)  # True = background (drawn white)
-    missing: list[tuple[float, float]] = []  # centres of blank tiles, in mosaic pixels
-    x0 = 0
-    for method, gw in zip(methods, group_w, strict=True):
-        s = samples_by_method[method]
-        for r, label in enumerate(labels):
-            y = r * (th + GAP)
-            idx = (
-                np.flatnonzero(s.labels == s.label_names.index(label))[:n_per_label]
-                if label in s.label_names
-                else np.array([], int)
-            )
-            for c in range(n_per_label):
-                x = x0 + (gw - cells_w) // 2 + c * (tw + GAP)
-                if c >= len(idx):
-                    missing.append((x + tw / 2, y + th / 2))
-                    continue
-                img = _resize(s.images[idx[c]], th, tw)
-                if rgb and img.shape[2] == 1:
-                    img = np.repeat(img, 3, axis=2)
-                mosaic[y : y + th, x : x + tw] = img
-                mask[y : y + th, x : x + tw] = False
-        x0 += gw + GROUP_GAP
-
-    fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
-    ax = fig.add_axes((left / fig_w, bottom / fig_h, mosaic_w / fig_w, mosaic_h / fig_h))
-    ax.set_axis_off()
-    common = dict(interpolation="nearest", aspect="auto", resample=False)
-    if rgb:
-        shown = mosaic.astype(np.uint8)
-        shown[mask] = 255
-        ax.imshow(shown, **common)
-    else:
-        cmap = colormaps["gray"].with_extremes(bad="white")
-        ax.imshow(np.ma.masked_array(mosaic[..., 0], mask), cmap=cmap, vmin=0, vmax=255, **common)
-    for cx, cy in missing:
-        ax.text(cx, cy, "–", ha="center", va="center", color="0.6", fontsize=FONT)
-
-    def fx(px: float) -> float:
-        return px / fig_w
-
-    def fy(py_from_top: float) -> float:
-        return 1 - py_from_top / fig_h
-
-    fig.text(fx(fig_w / 2), fy(6), title, ha="center", va="top", fontsize=FONT + 2)
-    x0 = left
-    for method, gw in zip(methods, group_w, strict=True):
-        fig.text(
-            fx(x0 + gw / 2),
-            fy(top - 4),
-            method,
-            ha="center",
-            va="bottom",
-            fontsize=FONT,
-            fontweight="bold",
-        )
-        x0 += gw + GROUP_GAP
-    for r, label in enumerate(labels):
-        fig.text(
-            fx(left - 8),
-            fy(top + r * (th + GAP) + th / 2),
-            label,
-            ha="right",
-            va="center",
-            fontsize=FONT,
-        )
-    return _save(fig, path)
-
-
 #: The per-method sample grid (:func:`method_grid`): pixels of the title band, of each label's
 #: name above its row, between rows, and around the mosaic.
 TITLE_BAND, LABEL_BAND, ROW_GAP, PAD = 24, 17, 5, 4
@@ -206,8 +92,8 @@ def method_grid(
 
     Every method of a modality drawn with the same ``labels`` and ``n_per_label`` gives a
     figure of the same size with its rows at the same heights, so that figures set side by
-    side line up. Tiles as in :func:`image_grid` (small images upscaled by an integer
-    nearest-neighbour factor, grayscale drawn as gray); a label with fewer images (or none)
+    side line up. Small images are upscaled by an integer nearest-neighbour factor,
+    grayscale is drawn as gray; a label with fewer images (or none)
     leaves its tiles light gray. The mosaic is drawn 1:1, so no resampling blurs it.
     """
     from matplotlib.figure import Figure
@@ -431,7 +317,6 @@ __all__: Sequence[str] = (
     "cas_distributions",
     "figure_name",
     "grid_tile",
-    "image_grid",
     "method_grid",
     "metric_bars",
     "training_curves",

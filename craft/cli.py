@@ -693,6 +693,7 @@ def claim(
         claim_table,
         per_seed_table,
         whole_claim,
+        write_claim,
     )
 
     if alpha is not None and not 0.0 < alpha < 1.0:
@@ -713,9 +714,7 @@ def claim(
     if table.empty:
         names = ", ".join(r.metric for r in rows)
         raise CraftError(f"no metric of {names} has values for '{method}' and another method")
-    path = Path(out or lay.report() / "claim.csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False, float_format="%.6g")
+    path = write_claim(table, out or lay.report() / "claim.csv")
     view = Table(title=f"{method}: the claim, row by row (mean ± sd over seeds)")
     for col in ("modality", "metric", method, "against", "test", "seeds", "margin (p)", "passes"):
         view.add_column(col)

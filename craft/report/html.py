@@ -45,6 +45,7 @@ from craft.report.summary import (
     is_main_metric,
     lower_is_better,
     whole_claim,
+    write_claim,
     write_summary,
 )
 from craft.store import read_samples
@@ -585,7 +586,7 @@ def _write_claim_csv(claim: pd.DataFrame | str | None, path: Path) -> None:
     if claim is None:
         return
     table = claim if isinstance(claim, pd.DataFrame) else pd.DataFrame(columns=CLAIM_COLUMNS)
-    atomic_write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_claim(table, path)
 
 
 def _anchor(name: str) -> str:

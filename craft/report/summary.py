@@ -238,6 +238,15 @@ def summarize(
     return summarize_table(per_seed, modality_order, method_order)
 
 
+def write_claim(table: pd.DataFrame, path: Path) -> Path:
+    """Write a claim table (:func:`claim_table`) as CSV (atomically): claim.csv, the same from
+    ``craft claim`` and from the report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    return path
+
+
 def write_summary(df: pd.DataFrame, path: Path) -> Path:
     """Write the summary as CSV (atomically); a missing sd is an empty field."""
     if list(df.columns) != list(SUMMARY_COLUMNS):

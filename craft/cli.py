@@ -632,7 +632,7 @@ def report(
             f"{len(missing)} runs have no samples yet (first: {missing[0]}); run the workflow"
         )
     out_dir = out or lay.report()
-    craft_method = next((k for k, m in cfg.methods.items() if m.kind == "craft"), None)
+    craft_method = cfg.craft_method
     index = run(
         metric_files,
         samples,
@@ -642,7 +642,7 @@ def report(
         modality_order=list(cfg.modalities),
         method_order=list(cfg.methods),
         # Tail reductions are measured against the strongest method that is not CRAFT.
-        baselines=[k for k, m in cfg.methods.items() if m.kind != "craft"],
+        baselines=cfg.baseline_methods,
         # the page's claim: the first craft method, against its configured start for the costs
         claim_method=craft_method,
         claim_start=cfg.method(craft_method).init if craft_method else None,
@@ -701,7 +701,7 @@ def claim(
     cfg = _load(config)
     lay = _layout(cfg)
     if method is None:
-        method = next((k for k, m in cfg.methods.items() if m.kind == "craft"), None)
+        method = cfg.craft_method
         if method is None:
             raise CraftError("no method of kind craft in the config: name one with --method")
     start = cfg.method(method).init  # CraftError naming the configured ones if unknown
@@ -709,7 +709,7 @@ def claim(
     files = _run_metric_files(cfg, lay)
     if not files:
         raise CraftError(f"no metric files under {lay.root / 'runs'}: run the workflow first")
-    others = [k for k, m in cfg.methods.items() if m.kind != "craft"]
+    others = cfg.baseline_methods
     table = claim_table(per_seed_table(files), method, rows, others, start, alpha)
     if table.empty:
         names = ", ".join(r.metric for r in rows)

@@ -841,6 +841,16 @@ class CraftConfig(Strict):
                 f"method '{name}' is not in the config (configured: {', '.join(self.methods)})"
             ) from None
 
+    @property
+    def craft_method(self) -> str | None:
+        """The method the claim judges: the first of kind craft (None without one)."""
+        return next((k for k, m in self.methods.items() if m.kind == "craft"), None)
+
+    @property
+    def baseline_methods(self) -> list[str]:
+        """The methods craft is compared with: every method not of kind craft."""
+        return [k for k, m in self.methods.items() if m.kind != "craft"]
+
     def align_evaluators(self, method: str) -> list[str]:
         """Evaluators an align method uses: the reward one, and the out-of-family one that its
         held-out evaluations (early stopping) score with."""

@@ -190,7 +190,7 @@ def export_summary(results_dir: Path, config, out: Path, site: str) -> Path:
         "modality_order": list(config.modalities),
         "method_order": list(config.methods),
         # Tail reductions are measured against the strongest method that is not CRAFT.
-        "baselines": [k for k, m in config.methods.items() if m.kind != "craft"],
+        "baselines": config.baseline_methods,
         "runs": run_entries,
         "files": {name: _sha256(data) for name, data in sorted(payload.items())},
     }

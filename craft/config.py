@@ -356,6 +356,25 @@ class AlignSettings(Strict):
         description="Scale of the reward LoRA on top of the starting model when sampling "
         "(early-stopping evaluations and the final model): 0 = the starting model.",
     )
+    cas_cap_quantile: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="Kind craft: CAS above this percentile of the real test images' CAS of "
+        "the image's label (the reward evaluator's reference) earns no more reward, so "
+        "images already as aligned as real ones are not pushed past them (the gradient goes "
+        "to those below). None = no cap.",
+    )
+    handover_t: int | None = Field(
+        None,
+        ge=1,
+        le=999,
+        description="Below this diffusion timestep (of the 1000 of the training schedule) the "
+        "starting model draws every denoising step, in training rollouts, held-out "
+        "evaluations and generation: the reward LoRA shapes the noisy steps that lay an image "
+        "out (which findings, how many, where), the start the late steps that draw its "
+        "texture. None = the reward LoRA on every step.",
+    )
     eval_every: int = Field(
         0, ge=0, description="Steps between held-out evaluations (0 = none, no early stopping)."
     )
@@ -408,6 +427,12 @@ class AlignSettings(Strict):
             raise ValueError(
                 f"reward_power {self.reward_power} applies to reward 'cas' only; set reward: "
                 "cas or remove reward_power"
+            )
+        if self.handover_t is not None and self.window not in ("draft", "alignprop"):
+            raise ValueError(
+                f"handover_t {self.handover_t}: window '{self.window}' takes its gradient from "
+                "the last steps, which the starting model draws below the handover; use window "
+                "draft or alignprop, or remove handover_t"
             )
         return self
 
@@ -797,6 +822,11 @@ class CraftConfig(Strict):
                 raise ValueError(
                     f"{where}.align.checklist_weight: only kind craft scores the checklist "
                     f"(this kind {k.kind} method's reward knows no checklist); remove it"
+                )
+            if a.cas_cap_quantile is not None and k.kind != "craft":
+                raise ValueError(
+                    f"{where}.align.cas_cap_quantile: only kind craft's reward is CAS (this "
+                    f"kind {k.kind} method's is not); remove it"
                 )
             gpus = max(self.resources.align.gpu, 1) * self.resources.align.nodes
             if gpus > 1 and a.zero_stage == 0:

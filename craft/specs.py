@@ -204,6 +204,9 @@ class CasReward(Part):
     form: Literal["cas", "log-cas"]
     power: float
     checklist_weight: float
+    # settings added later are left out of the digest while unset, so that adding them
+    # reruns no job whose config does not use them
+    cap_quantile: float | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class GenericReward(Part):
@@ -267,6 +270,7 @@ class AlignMethod(Part):
     diffusion_weight: float
     kl_weight: float
     lora_scale: float
+    handover_t: int | None = Field(None, exclude_if=lambda v: v is None)
     evaluations: Evaluations | None
     zero_stage: int
     processes: int
@@ -565,7 +569,12 @@ def _align(cfg: CraftConfig, modality: str, method: str) -> AlignSpec:
     a = k.align_settings
     craft = k.kind == "craft"
     reward: Any = (
-        CasReward(form=a.reward, power=a.reward_power, checklist_weight=a.checklist_weight)
+        CasReward(
+            form=a.reward,
+            power=a.reward_power,
+            checklist_weight=a.checklist_weight,
+            cap_quantile=a.cas_cap_quantile,
+        )
         if craft
         else GenericReward()
     )
@@ -602,6 +611,7 @@ def _align(cfg: CraftConfig, modality: str, method: str) -> AlignSpec:
             diffusion_weight=a.diffusion_weight,
             kl_weight=a.kl_weight,
             lora_scale=a.lora_scale,
+            handover_t=a.handover_t,
             evaluations=evaluations,
             zero_stage=a.zero_stage,
             # the batch is sharded over the processes, each with its own noise

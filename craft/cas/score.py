@@ -279,6 +279,7 @@ def cas_reward(
     log: bool = True,
     power: float = 1.0,
     checklist_weight: float = 0.0,
+    cap: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N,) differentiable CAS of sampler images (float NCHW in [-1, 1]): the CRAFT reward.
 
@@ -287,7 +288,9 @@ def cas_reward(
     below :data:`REWARD_LINEAR_TAIL` so that no image's gradient grows with its distance;
     else ``cas`` itself, or ``cas ** power``. ``checklist_weight`` > 0 adds that times
     ``checklist_loglik``: a gradient for each checklist item the evaluator sees wrong, where
-    ``cas`` is flat at 0.
+    ``cas`` is flat at 0. ``cap`` (per label index): CAS above it earns nothing more (its log
+    in the log form), so an image already as aligned as real images of its label are is not
+    pushed past them.
     """
     from craft.cas.reference import REWARD_LINEAR_TAIL
 
@@ -297,8 +300,13 @@ def cas_reward(
     )
     if log:
         r = s["log_cas"]
+        if cap is not None:
+            r = torch.minimum(r, cap.to(r)[torch.as_tensor(labels, device=r.device)].log())
     else:
-        r = s["cas"] if power == 1.0 else s["cas"].clamp_min(1e-6) ** power
+        c = s["cas"]
+        if cap is not None:
+            c = torch.minimum(c, cap.to(c)[torch.as_tensor(labels, device=c.device)])
+        r = c if power == 1.0 else c.clamp_min(1e-6) ** power
     return r + checklist_weight * s["checklist_loglik"] if checklist_weight else r
 
 

@@ -33,6 +33,11 @@ class ModelCard(BaseModel):
     init: str | None = None
     reward_lora_dir: str | None = None
     lora_scale: float | None = None
+    # align.handover_t: below this timestep the starting model draws (start_lora_dir, its
+    # LoRA, relative to the card; None: the base or unet_dir UNet as it is), above it the
+    # starting model plus the reward LoRA at lora_scale
+    handover_t: int | None = None
+    start_lora_dir: str | None = None
     config_digest: str
     craft_version: str
     # what trained it: torch build, device, CPU kernel level (craft.train.common); None for
@@ -62,18 +67,29 @@ class ModelCard(BaseModel):
 def load_card_generator(
     card_path: Path, timestep_spacing: str = "trailing", lora_scale: float = 1.0
 ):
-    """Load the base generator and apply the card's weights (LoRA at ``lora_scale``)."""
+    """Load the base generator and apply the card's weights (LoRA at ``lora_scale``; with a
+    ``handover_t``, the starting model's LoRA fused and the reward LoRA as the adapter that
+    the sampler turns off below it)."""
     from diffusers import UNet2DConditionModel
 
     from craft.models.generator import load_generator
-    from craft.models.lora import load_lora
+    from craft.models.lora import fuse_lora, load_lora
 
     card = ModelCard.read(card_path)
     root = Path(card_path).parent
     gen = load_generator(card.base, card.revision, timestep_spacing)
     if card.unet_dir:
         gen.unet = UNet2DConditionModel.from_pretrained(root / card.unet_dir)
-    if card.lora_dir:
+    if card.handover_t is not None:  # two models by timestep: the start, the start + reward
+        if card.reward_lora_dir is None:
+            raise CraftError(f"{card_path} has a handover_t but no reward_lora_dir: rerun align")
+        if card.start_lora_dir:
+            load_lora(gen.unet, root / card.start_lora_dir)
+            fuse_lora(gen.unet)
+        scale = lora_scale * (card.lora_scale if card.lora_scale is not None else 1.0)
+        load_lora(gen.unet, root / card.reward_lora_dir, scale=scale)
+        gen.handover_t = card.handover_t
+    elif card.lora_dir:
         load_lora(gen.unet, root / card.lora_dir, scale=lora_scale)
     gen.unet.requires_grad_(False)
     return card, gen

@@ -9,6 +9,8 @@ space (the phantom foundation); with it, in the VAE's latent space.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +32,9 @@ class Generator:
     tokenizer: CLIPTokenizer
     scheduler: DDIMScheduler
     vae: AutoencoderKL | None = None
+    # align.handover_t: below this timestep the UNet's adapters are off (the starting model,
+    # its own LoRA fused, draws the late steps); None: the UNet as it is on every step
+    handover_t: int | None = None
 
     @property
     def image_channels(self) -> int:
@@ -55,6 +60,23 @@ class Generator:
         if self.vae is not None:
             _cast(self.vae, device, dtype)
         return self
+
+    def starts_at(self, t: torch.Tensor | int) -> bool:
+        """Does the starting model (adapters off) draw the denoising step at timestep t?"""
+        return self.handover_t is not None and int(t) < self.handover_t
+
+    @contextmanager
+    def step_model(self, t: torch.Tensor | int) -> Iterator[None]:
+        """The UNet that draws the step at timestep ``t``: below ``handover_t`` the starting
+        model (adapters off inside the block), else the UNet as it is."""
+        if not self.starts_at(t):
+            yield
+            return
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
 
     @property
     def mixed(self) -> bool:

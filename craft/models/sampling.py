@@ -60,7 +60,7 @@ def sample(
     ``grad_last`` > 0 keeps autograd only for the last ``grad_last`` denoising steps and the
     decode (DRaFT-K, Clark et al. 2023); 0 samples without any graph. Runs in the generator's
     precision (:meth:`Generator.autocast`); the latents of the chain and the images returned
-    are float32.
+    are float32. With ``gen.handover_t`` the starting model draws the steps below it.
     """
     scheduler = gen.scheduler
     scheduler.set_timesteps(steps, device=gen.device)
@@ -72,7 +72,9 @@ def sample(
         timesteps = scheduler.timesteps
         for i, t in enumerate(timesteps):
             with torch.set_grad_enabled(i >= len(timesteps) - grad_last):
-                eps = guided_eps(gen, scheduler.scale_model_input(x, t), t, cond, uncond, guidance)
+                with gen.step_model(t):
+                    x_in = scheduler.scale_model_input(x, t)
+                    eps = guided_eps(gen, x_in, t, cond, uncond, guidance)
                 x = scheduler.step(eps, t, x, eta=0.0).prev_sample
         with torch.set_grad_enabled(grad_last > 0):
             return gen.to_image_space(x, channels).float()

@@ -5,10 +5,13 @@ UNet); a new LoRA is trained on top of it with :class:`~craft.train.reward.Rewar
 The run ends in a model card that ``craft generate`` loads unchanged (kind lora): ``lora/``
 holds the starting model's LoRA and the reward LoRA at ``align.lora_scale`` stacked into one
 diffusers LoRA of the base model (``pipe.load_lora_weights`` loads it); ``reward-lora/`` holds
-the reward LoRA alone, ``curves.csv`` the reward and held-out CAS curves.
+the reward LoRA alone, ``curves.csv`` the reward and held-out CAS curves. With
+``align.handover_t`` the model is two models by timestep: the card names ``start-lora/`` (the
+starting model's LoRA, fused on loading) and the reward LoRA, which ``load_card_generator``
+turns off below the handover; ``lora/`` then holds what draws the steps above it.
 
 Rewards (plain functions, swappable):
-- craft: the differentiable CAS (log form) of the reward evaluator, for each image's label
+- craft: the differentiable CAS of the reward evaluator, for each image's label
   and the prompt it was drawn from (craft.cas.score.cas_reward);
 - generic-reward: the reward evaluator's cosine similarity of the image to the plain label
   prompt: reward finetuning without clinical knowledge.
@@ -71,13 +74,16 @@ def cas_reward_fn(
     log_form=True,
     power: float = 1.0,
     checklist_weight: float = 0.0,
+    cap_quantile: float | None = None,
 ):
     """CRAFT's reward: per-image (log) CAS of the evaluator for its label and prompt, or
     CAS ** power (without ``log_form``), plus ``checklist_weight`` times the checklist's
-    log-likelihood (craft.cas.score.cas_reward)."""
+    log-likelihood (craft.cas.score.cas_reward); with ``cap_quantile``, CAS capped per label
+    at that percentile of the real test images' CAS of the reference (:func:`cas_cap`)."""
     from craft.cas.score import TextBank, cas_reward
 
     bank = TextBank.build(evaluator, knowledge, label_names)
+    cap = None if cap_quantile is None else cas_cap(reference, label_names, cap_quantile)
 
     def reward(images: torch.Tensor, labels: np.ndarray, prompts: list[str]) -> torch.Tensor:
         return cas_reward(
@@ -91,9 +97,27 @@ def cas_reward_fn(
             log=log_form,
             power=power,
             checklist_weight=checklist_weight,
+            cap=cap,
         )
 
     return reward
+
+
+def cas_cap(reference, label_names: list[str], quantile: float) -> torch.Tensor:
+    """Per label (in ``label_names``' order), the ``quantile``-th percentile of the CAS that
+    the reference's real test images score with their label's prompts: the level of
+    alignment real images of the label reach, above which the reward stops pushing."""
+    names = list(reference.label_names)
+    caps = []
+    for lab in label_names:
+        values = reference.real_test_cas[reference.real_test_labels == names.index(lab)]
+        if len(values) == 0:
+            raise CraftError(
+                f"the reward evaluator's reference has no real test image of '{lab}': "
+                "rebuild it (craft reference) or set align.cas_cap_quantile to null"
+            )
+        caps.append(float(np.percentile(values, quantile)))
+    return torch.tensor(caps, dtype=torch.float32)
 
 
 def generic_reward_fn(evaluator, label_prompts: list[str]) -> RewardFn:
@@ -270,6 +294,7 @@ def align(
     init, gen = load_card_generator(init_card, cfg.sampling.timestep_spacing)
     if init.lora_dir:
         fuse_lora(gen.unet)
+    gen.handover_t = a.handover_t  # the starting model below it (rollouts, evaluations)
     # on a GPU every frozen part in bf16 (the recipe then computes under bf16 autocast); the
     # reward LoRA, added at setup, and its optimizer state stay float32
     gen.to(device, compute_dtype(device, cfg.models.gpu_precision), unet_too=True)
@@ -310,6 +335,7 @@ def align(
             a.reward == "log-cas",
             a.reward_power,
             a.checklist_weight,
+            a.cas_cap_quantile,
         )
     else:
         reward = generic_reward_fn(shared, [plain[lab] for lab in labels])
@@ -359,7 +385,7 @@ def align(
         return ModelCard.read(card_path)
 
     # 4. Outputs: the reward LoRA, the one LoRA of the base model, the curves, the card.
-    for name in ("lora", "reward-lora"):
+    for name in ("lora", "reward-lora", "start-lora"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
     kept_step = recipe.keep_best()
     recipe.save_weights(run_dir)  # -> run_dir/lora: the reward LoRA alone
@@ -368,6 +394,10 @@ def align(
     if init.lora_dir:
         parts.insert(0, (read_lora(init_card.parent / init.lora_dir), 1.0))
     write_lora(combine_loras(parts), run_dir / "lora")
+    start_lora = None
+    if a.handover_t is not None and init.lora_dir:  # the run dir holds both models
+        shutil.copytree(init_card.parent / init.lora_dir, run_dir / "start-lora")
+        start_lora = "start-lora"
     recipe.write_curves(run_dir / "curves.csv")
     unet_dir = None
     if init.unet_dir:
@@ -387,6 +417,8 @@ def align(
         init=k.init,
         reward_lora_dir="reward-lora",
         lora_scale=a.lora_scale,
+        handover_t=a.handover_t,
+        start_lora_dir=start_lora,
         machine=machine_description(device),
     )
     card.write(card_path)

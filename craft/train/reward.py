@@ -15,6 +15,8 @@ the loss of a step differs. One step:
    - ``draft-lv``: the whole chain without gradients, then the last step repeated from
      ``lv_draws`` fresh re-noisings of the sample, x_t = sqrt(a_t) sg(x0) + sqrt(1 - a_t) eps_j
      (DRaFT-LV, Clark et al. 2023, sec. 4.3): lower-variance K=1 gradients;
+   with ``handover_t``, the starting model (reward LoRA off) draws the steps below that
+   timestep, and the gradient reaches the LoRA through the steps it drew before;
 3. decode (VAE in latent space; pixel-space generators are already images), score with the
    reward function (the differentiable CAS of the reward evaluator for CRAFT);
 4. loss = -mean reward + diffusion_weight * diffusion loss on real labelled images
@@ -163,6 +165,7 @@ class RewardFinetune(DiffusionFinetune):
             raise ValueError("realism_weight needs a realism function")
         if self.a.realism_weight:
             self._check_realism_batch(len(prompts))
+        self._check_handover(gen)
         self.realism = realism
         self.prompts, self.reward_fn, self.evaluation = prompts, reward, evaluation
         self.prompt_weights = prompt_weights or {}
@@ -206,6 +209,22 @@ class RewardFinetune(DiffusionFinetune):
                 f"align.realism_weight needs two images of each label on each process, and a "
                 f"batch of {b} over {world} process(es) gives {fewest} for {n_lab} labels: set "
                 f"batch_size to a multiple of {2 * n_lab * world}"
+            )
+
+    def _check_handover(self, gen: Generator) -> None:
+        """With align.handover_t, the draft window must reach a step the reward LoRA draws,
+        else no gradient ever reaches it."""
+        if gen.handover_t is None or self.a.window != "draft":
+            return
+        gen.scheduler.set_timesteps(self.rollout.steps)
+        steps = gen.scheduler.timesteps
+        first = int(steps[len(steps) - min(self.a.k, len(steps))])
+        if first < gen.handover_t:
+            raise CraftError(
+                f"align.handover_t {gen.handover_t}: the draft window (the last {self.a.k} of "
+                f"{len(steps)} steps, timesteps {first} and below) lies wholly below it, where "
+                "the starting model draws, so the reward LoRA gets no gradient: raise align.k "
+                "or lower handover_t"
             )
 
     def _print_arithmetic(self) -> None:
@@ -260,14 +279,17 @@ class RewardFinetune(DiffusionFinetune):
     def _eps(self, x, t, cond, uncond, grad: bool, kl_terms: list[torch.Tensor]):
         """Guided noise prediction; inside the window with gradients (with
         gradient_checkpointing, each UNet block's activations are recomputed in the backward
-        pass) and, with a KL weight, compared to the starting model's."""
+        pass) and, with a KL weight, compared to the starting model's. Below
+        ``align.handover_t`` the starting model predicts (gradients still flow through x to
+        the earlier steps the reward LoRA drew) and there is no KL term."""
         gen, g = self.gen, self.rollout.guidance
         x_in = gen.scheduler.scale_model_input(x, t)
         if not grad:
-            with torch.no_grad():
+            with torch.no_grad(), gen.step_model(t):
                 return guided_eps(gen, x_in, t, cond, uncond, g)
-        eps = guided_eps(gen, x_in, t, cond, uncond, g)
-        if self.a.kl_weight:
+        with gen.step_model(t):  # align.handover_t: the starting model below it
+            eps = guided_eps(gen, x_in, t, cond, uncond, g)
+        if self.a.kl_weight and not gen.starts_at(t):
             with torch.no_grad(), self.starting_model():
                 eps_start = guided_eps(gen, x_in, t, cond, uncond, g)
             kl_terms.append((eps.float() - eps_start.float()).pow(2).mean())

@@ -1307,3 +1307,143 @@ def test_combined_lora_equals_fused_start_plus_scaled_reward(tmp_path):
     plain = build_tiny_generator(TINY, RES, CH, WORDS, seed=0).unet
     assert (out(combined) - out(plain)).abs().max() > 1e-3
     assert read_lora(tmp_path / "c").r == 5
+
+
+def _adapters_on(unet) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers, "the UNet holds no LoRA layer"
+    return not layers[0].disable_adapters
+
+
+def test_below_the_handover_the_starting_model_draws_and_the_gradient_still_reaches_the_lora(
+    world, tmp_path
+):
+    """align.handover_t 500 on 4 trailing steps (999, 749, 499, 249): the last two UNet calls
+    run with the reward LoRA off and add no KL term; the gradient of the final image reaches
+    the LoRA through the two steps it drew; a draft window wholly below the handover, which
+    could never train the LoRA, is refused."""
+    r = make_recipe(world, AlignSettings(window="draft", k=4, kl_weight=1.0), tmp_path / "a")
+    r.gen.handover_t = 500
+    calls = []
+    forward = r.gen.unet.forward
+
+    def recording(x, t, *args, **kwargs):
+        calls.append((int(t), _adapters_on(r.gen.unet)))
+        return forward(x, t, *args, **kwargs)
+
+    r.gen.unet.forward = recording
+    rng = np.random.default_rng(0)
+    _, prompts, seeds = r._reward_batch(rng)
+    # a LoRA that does something, so that the start and the reward model differ
+    for name, p in r.gen.unet.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    images, _, kl = r._rollout(prompts, seeds, rng)
+    # each step: the guided call, then (with the LoRA on) the KL's call with adapters off
+    assert [t for t, on in calls if on] == [999, 749]
+    assert [t for t, on in calls if not on] == [999, 749, 499, 249]
+    assert len(kl) == 2
+    images.sum().backward()
+    grads = [p.grad for n, p in r.gen.unet.named_parameters() if "lora_A" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert _adapters_on(r.gen.unet)  # on again after the rollout
+
+    late = make_recipe(world, AlignSettings(window="draft", k=4), tmp_path / "b")
+    late.gen.handover_t = 500
+    late.a = AlignSettings(window="draft", k=2)
+    with pytest.raises(CraftError, match="align.handover_t 500: the draft window"):
+        late._check_handover(late.gen)
+
+
+def test_a_handover_run_samples_the_start_below_and_the_reward_model_above(world, tmp_path):
+    """The align stage with handover_t writes the start's LoRA beside the reward LoRA, and the
+    card loads into a generator whose sampler equals a hand-written two-model loop."""
+    from craft.models.card import ModelCard, load_card_generator
+    from craft.models.lora import fuse_lora, load_lora
+    from craft.models.sampling import guided_eps, initial_noise, sample
+    from craft.paths import Layout
+    from craft.train.adapt import adapt
+    from craft.train.align import align
+
+    cfg = validate_config(stage_config(world, handover_t=400, k=3))
+    lay = Layout(cfg.results)
+    adapt(cfg, PHANTOM, "lora", 0, lay.card(PHANTOM, "lora", 0), threads=1)
+    card = align(cfg, PHANTOM, "craft", 0, lay.card(PHANTOM, "craft", 0), threads=1)
+    run = lay.run(PHANTOM, "craft", 0)
+    assert card.handover_t == 400 and card.start_lora_dir == "start-lora"
+    assert ModelCard.read(run / "model.json") == card
+
+    _, gen = load_card_generator(run / "model.json")
+    assert gen.handover_t == 400
+    _, start = load_card_generator(lay.card(PHANTOM, "lora", 0))
+    _, reward = load_card_generator(lay.card(PHANTOM, "lora", 0))
+    fuse_lora(reward.unet)
+    load_lora(reward.unet, run / "reward-lora", scale=0.5)  # the config's lora_scale
+
+    prompts, seeds = ["chest radiograph, nodule", "chest radiograph, normal"], [3, 4]
+    got = sample(gen, prompts, seeds, RES, CH, steps=3, guidance=2.0)
+    sched = start.scheduler
+    sched.set_timesteps(3)
+    with torch.no_grad():
+        cond = start.encode_prompts(prompts)
+        uncond = start.encode_prompts([""] * 2)
+        x = initial_noise(start, seeds, RES) * sched.init_noise_sigma
+        for t in sched.timesteps:  # 999, 666, 333: the last one the start's
+            model = start if int(t) < 400 else reward
+            eps = guided_eps(model, sched.scale_model_input(x, t), t, cond, uncond, 2.0)
+            x = sched.step(eps, t, x, eta=0.0).prev_sample
+    want = start.to_image_space(x, CH).float()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    gen.handover_t = None  # the reward model on every step draws something else
+    assert (sample(gen, prompts, seeds, RES, CH, steps=3, guidance=2.0) - got).abs().max() > 1e-4
+
+
+def test_the_cas_cap_flattens_the_reward_above_the_real_images_level(world):
+    """align.cas_cap_quantile: each label's cap is that percentile of its real test images'
+    CAS; an image whose CAS is above its cap earns the cap and no gradient, one below earns
+    its CAS with its gradient."""
+    from craft.cas.score import TextBank, cas_dimensions, cas_reward
+    from craft.train.align import cas_cap
+
+    evaluator, reference, knowledge = loaded(world)
+    names = list(reference.label_names)
+    for i, value in enumerate(cas_cap(reference, LABELS, 50)):
+        real = reference.real_test_cas[reference.real_test_labels == names.index(LABELS[i])]
+        assert float(value) == pytest.approx(float(np.median(real)), abs=1e-6)
+
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand((8, CH, RES, RES), generator=g) * 2 - 1).requires_grad_(True)
+    labels = np.zeros(8, dtype=np.int64)  # one label, so one cap: the batch's median CAS
+    prompts = ["chest radiograph, normal"] * 8
+    bank = TextBank.build(evaluator, knowledge, LABELS)
+    cas = cas_dimensions(evaluator, images, labels, prompts, knowledge, reference, bank)["cas"]
+    cap = torch.full((len(LABELS),), float(cas.detach().median()))
+    r = cas_reward(evaluator, images, labels, prompts, knowledge, reference, bank, False, cap=cap)
+    torch.testing.assert_close(r, torch.minimum(cas, cap[0]))
+    above = cas.detach() > cap[0]
+    assert 0 < int(above.sum()) < 8
+    for rows, moves in ((above, False), (~above, True)):
+        (grad,) = torch.autograd.grad(r[rows].sum(), images, retain_graph=True)
+        assert bool(grad.abs().sum() > 0) == moves
+    data = stage_config(world)
+    data["methods"]["generic-reward"]["align"]["cas_cap_quantile"] = 75
+    with pytest.raises(CraftError, match="cas_cap_quantile: only kind craft"):
+        validate_config(data)
+
+
+def test_handover_and_cap_rerun_align_only_where_they_are_set(world):
+    """The two settings are part of the align job's key when set; unset, the key is what it
+    was before they existed (no site's align job reruns for a setting it does not use)."""
+    plain = validate_config(stage_config(world))
+    spec = plain.spec("align", PHANTOM, "craft")
+    assert "handover_t" not in spec.plain()["method"]
+    assert "cap_quantile" not in spec.plain()["method"]["reward"]
+    for extra in ({"handover_t": 400, "k": 3}, {"cas_cap_quantile": 75}):
+        changed = validate_config(stage_config(world, **extra))
+        assert changed.spec("align", PHANTOM, "craft").digest != spec.digest
+        assert (
+            changed.spec("align", PHANTOM, "generic-reward").digest
+            == plain.spec("align", PHANTOM, "generic-reward").digest
+        )

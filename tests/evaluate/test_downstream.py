@@ -93,9 +93,7 @@ def test_shared_real_only_phases_give_every_method_the_same_numbers(cxr_data, tm
         ]
     # a record made under another config digest is not taken: the phase is trained here
     out = tmp_path / "other" / "m.json"
-    downstream(
-        settings, cxr_data, samples, out, CXR, "x", 0, "digest-2", real_dir=real_json.parent
-    )
+    downstream(settings, cxr_data, samples, out, CXR, "x", 0, "digest-2", real_dir=real_json.parent)
     assert (out.parent / "downstream" / "real.json").is_file()
     with pytest.raises(CraftError, match="name the file real-phases.json"):
         real_phases(settings, cxr_data, tmp_path / "shared" / "real.json", 0, "digest")

@@ -298,14 +298,12 @@ def cas_reward(
     s = cas_dimensions(
         evaluator, images, labels, prompts, knowledge, reference, bank, linear_below=tail
     )
+    c = s["cas"]
+    per_image = None if cap is None else cap.to(c)[torch.as_tensor(labels, device=c.device)]
     if log:
-        r = s["log_cas"]
-        if cap is not None:
-            r = torch.minimum(r, cap.to(r)[torch.as_tensor(labels, device=r.device)].log())
+        r = s["log_cas"] if cap is None else torch.minimum(s["log_cas"], per_image.log())
     else:
-        c = s["cas"]
-        if cap is not None:
-            c = torch.minimum(c, cap.to(c)[torch.as_tensor(labels, device=c.device)])
+        c = c if cap is None else torch.minimum(c, per_image)
         r = c if power == 1.0 else c.clamp_min(1e-6) ** power
     return r + checklist_weight * s["checklist_loglik"] if checklist_weight else r
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -66,17 +66,19 @@ class Generator:
         return self.handover_t is not None and int(t) < self.handover_t
 
     @contextmanager
-    def step_model(self, t: torch.Tensor | int) -> Iterator[None]:
-        """The UNet that draws the step at timestep ``t``: below ``handover_t`` the starting
-        model (adapters off inside the block), else the UNet as it is."""
-        if not self.starts_at(t):
-            yield
-            return
+    def starting_model(self) -> Iterator[None]:
+        """The UNet without its adapters (the reward LoRA: the starting model) inside the
+        block."""
         self.unet.disable_adapters()
         try:
             yield
         finally:
             self.unet.enable_adapters()
+
+    def step_model(self, t: torch.Tensor | int) -> AbstractContextManager[None]:
+        """The UNet that draws the step at timestep ``t``: below ``handover_t`` the starting
+        model, else the UNet as it is."""
+        return self.starting_model() if self.starts_at(t) else nullcontext()
 
     @property
     def mixed(self) -> bool:

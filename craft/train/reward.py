@@ -290,7 +290,7 @@ class RewardFinetune(DiffusionFinetune):
         with gen.step_model(t):  # align.handover_t: the starting model below it
             eps = guided_eps(gen, x_in, t, cond, uncond, g)
         if self.a.kl_weight and not gen.starts_at(t):
-            with torch.no_grad(), self.starting_model():
+            with torch.no_grad(), gen.starting_model():
                 eps_start = guided_eps(gen, x_in, t, cond, uncond, g)
             kl_terms.append((eps.float() - eps_start.float()).pow(2).mean())
         return eps
@@ -368,15 +368,6 @@ class RewardFinetune(DiffusionFinetune):
         self.engine.step()
 
     # -- the starting model, the LoRA scale ----------------------------------------------
-
-    @contextmanager
-    def starting_model(self) -> Iterator[None]:
-        """The UNet without the reward LoRA (the starting model) inside the block."""
-        self.gen.unet.disable_adapters()
-        try:
-            yield
-        finally:
-            self.gen.unet.enable_adapters()
 
     @contextmanager
     def lora_scale(self, scale: float) -> Iterator[None]:

@@ -221,6 +221,9 @@ Reward = Annotated[CasReward | GenericReward, Field(discriminator="kind")]
 class Realism(Part):
     weight: float
     real_per_label: int
+    features: Literal["reward-evaluator", "image-statistics"] = Field(
+        "reward-evaluator", exclude_if=lambda v: v == "reward-evaluator"
+    )
 
 
 class EarlyStopping(Part):
@@ -605,7 +608,11 @@ def _align(cfg: CraftConfig, modality: str, method: str) -> AlignSpec:
             lora=_lora(k),
             window=_window(a),
             reward=reward,
-            realism=Realism(weight=a.realism_weight, real_per_label=a.realism_real)
+            realism=Realism(
+                weight=a.realism_weight,
+                real_per_label=a.realism_real,
+                features=a.realism_features,
+            )
             if a.realism_weight
             else None,
             diffusion_weight=a.diffusion_weight,

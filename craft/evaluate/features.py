@@ -10,6 +10,10 @@ Encoders map uint8 NHWC images to (N, D) float features (``embed``):
   al. 2020, "Reliable fidelity and diversity metrics", random embeddings).
 - a transformers image model (hub id or dir; DINOv2 for memorization as in Stein et al. 2023):
   :class:`HFImageEncoder`, the pooled (CLS) output with the model's own preprocessing constants.
+- :class:`ImageStatistics`: no weights at all: quantiles of each channel's intensities and of
+  its local contrast (the absolute Laplacian) at a few scales, standardised by real images. It
+  sees how bright, how contrasted and how smooth or grainy images are, not where anything is;
+  differentiable, so reward finetuning can use it as a realism term (``align.realism_features``).
 - ``pixels`` (:func:`pixel_vectors`): the images themselves, area-downsampled, centred and
   normalised, so that a dot product is the Pearson correlation of two images.
 
@@ -34,6 +38,7 @@ from craft.errors import CraftError
 __all__ = [
     "RandomConvEncoder",
     "HFImageEncoder",
+    "ImageStatistics",
     "load_encoder",
     "embed",
     "pixel_vectors",
@@ -100,6 +105,86 @@ class RandomConvEncoder(nn.Module):
             if i < 2:
                 h = F.avg_pool2d(h, 2)
         return F.adaptive_avg_pool2d(h, self.grid).flatten(1)
+
+
+class ImageStatistics(nn.Module):
+    """Low-level statistics of an image, as one (N, D) vector per image: per channel, the
+    ``quantiles`` of its intensities and of its absolute Laplacian (5-point stencil, the local
+    contrast) at each of ``scales`` resolutions (the image, then 2x average pools while both
+    sides stay >= 8 px). Input float NCHW in [-1, 1], moved to the module's device;
+    differentiable.
+
+    The statistics are standardised by :meth:`fit` (each dimension's mean and standard deviation
+    over real images), so that every one counts alike in a distance. What they see is the
+    intensity histogram, the contrast and the grain of the image at each scale, not where a
+    finding lies or how it is shaped: a realism measure that an alignment reward, which is
+    about the findings, need not fight.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        quantiles: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95),
+        scales: int = 3,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.scales = scales
+        self.register_buffer("q", torch.tensor(quantiles, dtype=torch.float32))
+        self.register_buffer("mean", torch.zeros(0))
+        self.register_buffer("std", torch.zeros(0))
+        self.requires_grad_(False)
+        self.eval()
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The statistics before standardisation."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise CraftError(
+                f"image statistics were set up for {self.in_channels}-channel NCHW images, "
+                f"got shape {tuple(x.shape)}"
+            )
+        h = x.to(self.q.device, torch.float32)
+        q = self.q
+        parts = [torch.quantile(h.flatten(2), q, dim=2)]
+        for s in range(self.scales):
+            if s:
+                if min(h.shape[-2:]) < 16:
+                    break
+                h = F.avg_pool2d(h, 2)
+            lap = (
+                4 * h[..., 1:-1, 1:-1]
+                - h[..., :-2, 1:-1]
+                - h[..., 2:, 1:-1]
+                - h[..., 1:-1, :-2]
+                - h[..., 1:-1, 2:]
+            )
+            parts.append(torch.quantile(lap.abs().flatten(2), q, dim=2))
+        # (quantile, N, C) per part -> (N, C * quantiles * parts)
+        return torch.cat(parts, 0).permute(1, 2, 0).flatten(1)
+
+    @torch.no_grad()
+    def fit(self, images: np.ndarray, batch_size: int = 256) -> ImageStatistics:
+        """Standardise by these real images (uint8 NHWC); returns self."""
+        if len(images) < 2:
+            raise CraftError(f"image statistics need two or more real images, got {len(images)}")
+        feats = torch.cat(
+            [
+                self.raw(to_float(images[i : i + batch_size]))
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+        self.mean = feats.mean(0)
+        self.std = feats.std(0).clamp_min(1e-6)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not len(self.mean):
+            raise RuntimeError("ImageStatistics.fit(real images) first")
+        return (self.raw(x) - self.mean) / self.std
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """The evaluator-like name the realism term calls."""
+        return self(x)
 
 
 class HFImageEncoder(nn.Module):

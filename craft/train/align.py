@@ -31,6 +31,7 @@ import torch
 from craft import __version__
 from craft.config import CraftConfig
 from craft.errors import CraftError
+from craft.evaluate.features import ImageStatistics
 from craft.models.card import ModelCard, load_card_generator
 from craft.models.generator import compute_dtype
 from craft.models.lora import combine_loras, fuse_lora, read_lora, write_lora
@@ -131,6 +132,12 @@ def generic_reward_fn(evaluator, label_prompts: list[str]) -> RewardFn:
     return reward
 
 
+def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances between the rows of ``a`` and of ``b``."""
+    aa, bb = (a * a).sum(1), (b * b).sum(1)
+    return (aa[:, None] + bb[None, :] - 2 * a @ b.T).clamp_min(0)
+
+
 def embedding_mmd_fn(
     evaluator,
     images: np.ndarray,
@@ -138,13 +145,15 @@ def embedding_mmd_fn(
     label_names: list[str],
     n_real: int,
     chunk: int = 256,
+    space: str = "the reward evaluator",
 ) -> RealismFn:
     """The realism term: per label in the batch, the squared maximum mean discrepancy (MMD,
-    Gretton et al. 2012, unbiased form) between the evaluator's embeddings of the batch's
-    images of that label and of ``n_real`` real ``images`` (uint8 NHWC, label indices
+    Gretton et al. 2012, unbiased form) between the embeddings (``evaluator.encode_images``:
+    the reward evaluator's, or :class:`~craft.evaluate.features.ImageStatistics`) of the
+    batch's images of that label and of ``n_real`` real ``images`` (uint8 NHWC, label indices
     ``labels``) of it drawn afresh, averaged over the batch's labels. Kernel
     exp(-|a - b|^2 / (2 s^2)) with s the median distance between different real embeddings
-    of the label (embeddings are unit vectors, so |a - b|^2 = 2 - 2 a.b).
+    of the label.
 
     The returned function takes ``sources`` besides the images and labels: which independent
     sample each row is (draft-lv's re-noisings of one sample share one). The self term, which
@@ -175,17 +184,17 @@ def embedding_mmd_fn(
             )
             pick = np.sort(subset.permutation(len(emb))[:512])
             sub = emb[torch.as_tensor(pick, device=emb.device)]
-            sq = (2 - 2 * sub @ sub.T)[~torch.eye(len(sub), dtype=torch.bool, device=emb.device)]
+            sq = sq_dist(sub, sub)[~torch.eye(len(sub), dtype=torch.bool, device=emb.device)]
             apart = sq[sq > 1e-4]  # float32 rounding leaves equal embeddings ~1e-7 apart
             if not len(apart):
                 raise CraftError(
                     f"the realism term needs two different real training images of each "
-                    f"label, and all of '{name}' look the same to the reward evaluator: {fix}"
+                    f"label, and all of '{name}' look the same to {space}: {fix}"
                 )
             real[y], bandwidth[y] = emb, float(apart.median().sqrt())
 
     def kernel(a: torch.Tensor, b: torch.Tensor, s: float) -> torch.Tensor:
-        return torch.exp(-(2 - 2 * a @ b.T).clamp_min(0) / (2 * s * s))
+        return torch.exp(-sq_dist(a, b) / (2 * s * s))
 
     def realism(
         gen: torch.Tensor, gen_labels: np.ndarray, sources: np.ndarray, rng: np.random.Generator
@@ -324,8 +333,10 @@ def align(
     reward_ev = cfg.cas.reward_evaluator
     evaluator = load_configured_evaluator(cfg.cas, reward_ev, lay, modality)
     reference = load_reference(lay.reference(modality, reward_ev))
-    # with the realism term, the reward and the term embed each step's images once, together
-    shared = SharedImageEmbeddings(evaluator) if a.realism_weight else evaluator
+    # with the realism term in its space, the reward and the term embed each step's images
+    # once, together
+    in_reward_space = a.realism_weight and a.realism_features == "reward-evaluator"
+    shared = SharedImageEmbeddings(evaluator) if in_reward_space else evaluator
     if k.kind == "craft":
         reward = cas_reward_fn(
             shared,
@@ -368,8 +379,13 @@ def align(
     )
     recipe = RewardFinetune(settings, a, rollout, run_dir / "checkpoint", parallel)
     realism = None
-    if a.realism_weight:
+    if in_reward_space:
         realism = embedding_mmd_fn(shared, data.images, data.labels, labels, a.realism_real)
+    elif a.realism_weight:
+        stats = ImageStatistics(m.channels).fit(data.images).to(device)
+        realism = embedding_mmd_fn(
+            stats, data.images, data.labels, labels, a.realism_real, space="image statistics"
+        )
     recipe.setup(
         gen,
         TrainingData(data.images, data.labels, caption),

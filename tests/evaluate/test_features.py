@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from craft.data.phantoms import draw_batch
 from craft.errors import CraftError
 from craft.evaluate.features import RandomConvEncoder, embed, nearest_neighbours, pixel_vectors
 
@@ -66,3 +68,31 @@ def test_pixel_vectors_give_correlations():
     assert v[0] @ v[1] == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(CraftError, match="uint8 NHWC"):
         pixel_vectors(img.astype(np.float32))
+
+
+def test_image_statistics_see_contrast_and_grain_but_not_where_things_lie():
+    """Flipping an image keeps every statistic (a quantile does not care where a pixel is,
+    the Laplacian stencil is symmetric); lowering its contrast or smoothing it does not.
+    Standardised by the images it was fitted on, and differentiable."""
+    from craft.evaluate.features import ImageStatistics, to_float
+
+    images, _ = draw_batch("phantom-cxr", ["nodule"] * 16, 0, 32)
+    stats = ImageStatistics(1).fit(images)
+    x = to_float(images)
+    f = stats(x)
+    assert f.shape == (16, 5 * 4)  # 5 quantiles of the intensities + of 3 Laplacian scales
+    assert torch.allclose(f.mean(0), torch.zeros(20), atol=1e-4)
+    assert torch.allclose(f.std(0), torch.ones(20), atol=1e-3)
+    torch.testing.assert_close(stats(x.flip(-1)), f, rtol=0, atol=1e-4)
+    torch.testing.assert_close(stats(x.flip(-2)), f, rtol=0, atol=1e-4)
+    flat = stats(0.5 * x)
+    smooth = stats(torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1))
+    for other in (flat, smooth):
+        assert (other - f).abs().mean() > 0.5, float((other - f).abs().mean())
+    grad_in = x[:2].clone().requires_grad_()
+    (grad,) = torch.autograd.grad(stats(grad_in).pow(2).sum(), grad_in)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with pytest.raises(CraftError, match="set up for 1-channel"):
+        stats(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(CraftError, match="two or more real images"):
+        ImageStatistics(1).fit(images[:1])

@@ -1433,17 +1433,57 @@ def test_the_cas_cap_flattens_the_reward_above_the_real_images_level(world):
         validate_config(data)
 
 
-def test_handover_and_cap_rerun_align_only_where_they_are_set(world):
-    """The two settings are part of the align job's key when set; unset, the key is what it
+def test_handover_cap_and_realism_features_rerun_align_only_where_they_are_set(world):
+    """The settings are part of the align job's key when set; unset, the key is what it
     was before they existed (no site's align job reruns for a setting it does not use)."""
     plain = validate_config(stage_config(world))
     spec = plain.spec("align", PHANTOM, "craft")
     assert "handover_t" not in spec.plain()["method"]
     assert "cap_quantile" not in spec.plain()["method"]["reward"]
-    for extra in ({"handover_t": 400, "k": 3}, {"cas_cap_quantile": 75}):
+    in_reward_space = validate_config(stage_config(world, realism_weight=1.0))
+    realism = in_reward_space.spec("align", PHANTOM, "craft").plain()["method"]["realism"]
+    assert realism == {"weight": 1.0, "real_per_label": 16}  # as before image statistics
+    for extra in (
+        {"handover_t": 400, "k": 3},
+        {"cas_cap_quantile": 75},
+        {"realism_weight": 1.0, "realism_features": "image-statistics"},
+    ):
         changed = validate_config(stage_config(world, **extra))
         assert changed.spec("align", PHANTOM, "craft").digest != spec.digest
         assert (
             changed.spec("align", PHANTOM, "generic-reward").digest
             == plain.spec("align", PHANTOM, "generic-reward").digest
         )
+
+
+def test_the_align_stage_measures_realism_in_image_statistics_where_asked(world, monkeypatch):
+    """align.realism_features image-statistics: the stage hands the realism term the image
+    statistics fitted on the modality's training images, not the reward evaluator, and the
+    term's value is in the curves."""
+    import craft.train.align as align_module
+    from craft.evaluate.features import ImageStatistics, to_float
+    from craft.paths import Layout
+    from craft.store import read_split
+    from craft.train.adapt import adapt
+
+    data = stage_config(world, realism_weight=1.0, realism_features="image-statistics")
+    data["methods"]["craft"]["batch_size"] = 8  # two images of each label per step
+    cfg = validate_config(data)
+    lay = Layout(cfg.results)
+    spaces = []
+    real_fn = align_module.embedding_mmd_fn
+
+    def spy(features, *args, **kwargs):
+        spaces.append((features, kwargs.get("space")))
+        return real_fn(features, *args, **kwargs)
+
+    monkeypatch.setattr(align_module, "embedding_mmd_fn", spy)
+    adapt(cfg, PHANTOM, "lora", 0, lay.card(PHANTOM, "lora", 0), threads=1)
+    align_module.align(cfg, PHANTOM, "craft", 0, lay.card(PHANTOM, "craft", 0), threads=1)
+    [(space, name)] = spaces
+    assert isinstance(space, ImageStatistics) and name == "image statistics"
+    train = read_split(lay.data(PHANTOM), "train")  # fitted on the training images
+    torch.testing.assert_close(space.mean, space.raw(to_float(train.images)).mean(0))
+    curves = (lay.run(PHANTOM, "craft", 0) / "curves.csv").read_text().splitlines()
+    mmd = [float(line.split(",")[2]) for line in curves if ",realism_mmd," in line]
+    assert len(mmd) == 3 and all(np.isfinite(mmd))

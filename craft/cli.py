@@ -682,7 +682,8 @@ def claim(
     configured seeds against the best other method (methods of kind craft are not counted as
     others) or, for what a reward could cost (memorization, distribution shift), against the
     method's own start; on how many seeds, and the paired margin with its p-value. Reads the
-    runs' metric files; writes claim.csv."""
+    runs' metric files; writes claim.csv (the report's, the same table), or with --method,
+    --metric or --alpha a file named after them beside it, so that the report's is kept."""
     from rich.console import Console
     from rich.table import Table
 
@@ -714,7 +715,7 @@ def claim(
     if table.empty:
         names = ", ".join(r.metric for r in rows)
         raise CraftError(f"no metric of {names} has values for '{method}' and another method")
-    path = write_claim(table, out or lay.report() / "claim.csv")
+    path = write_claim(table, out or lay.report() / _claim_name(method, cfg, metric, alpha))
     view = Table(title=f"{method}: the claim, row by row (mean ± sd over seeds)")
     for col in ("modality", "metric", method, "against", "test", "seeds", "margin (p)", "passes"):
         view.add_column(col)
@@ -768,6 +769,17 @@ def _training_machines(cfg, lay, table) -> set[str]:
     runs = {(r.modality, k) for r in rows for k in (r.method, r.best_other) if k}
     cards = [lay.card(m, k, s) for m, k in runs for s in cfg.seeds]
     return {c.machine for c in map(ModelCard.read, filter(Path.is_file, cards)) if c.machine}
+
+
+def _claim_name(method: str, cfg, metric: list[str] | None, alpha: float | None) -> str:
+    """claim.csv for the default claim (the same table the report writes); another claim
+    a name of its own: claim-lora-alpha0.05.csv, claim-metrics.csv."""
+    parts = [] if method == cfg.craft_method else [method]
+    if metric:
+        parts.append("metrics")
+    if alpha is not None:
+        parts.append(f"alpha{alpha:g}")
+    return "-".join(["claim", *parts]) + ".csv"
 
 
 def _format_margin(margin: float, se: float, p: float) -> str:

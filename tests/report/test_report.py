@@ -664,8 +664,12 @@ def test_cli_claim_judges_craft_against_the_other_kinds_and_checks(tmp_path):
         ["oracle_label_agreement", "full", True, 2]
     ]
     # craft's margin over full (+0.05, +0.02) is not resolved at alpha 0.05 (p 0.13)
-    assert claim("--check", "--alpha", "0.05").returncode == 1
+    strict = claim("--check", "--alpha", "0.05")
+    assert strict.returncode == 1 and "report/claim-alpha0.05.csv" in strict.stdout
     assert claim("--check", "--alpha", "0.2").returncode == 0
+    # ... and the default claim.csv (the report's) is left as it was
+    assert pd.read_csv(tmp_path / "results/report/claim.csv")["passes"].tolist() == [True]
+    assert not pd.read_csv(tmp_path / "results/report/claim-alpha0.05.csv")["passes"].any()
     bad_alpha = claim("--alpha", "5")
     assert bad_alpha.returncode == 2 and "--alpha must lie between 0 and 1" in bad_alpha.stderr
     lost = claim("--check", "--method", "lora", "--out", str(tmp_path / "lora.csv"))

@@ -783,10 +783,11 @@ def _claim_name(method: str, cfg, metric: list[str] | None, alpha: float | None)
 
 
 def _format_margin(margin: float, se: float, p: float) -> str:
-    """'+0.012 ± 0.020 (p 0.31)': the paired per-seed margin, its standard error, p-value."""
-    if math.isnan(se):
-        return f"{margin:+.3g}"
-    return f"{margin:+.3f} ± {se:.3f} (p {p:.2g})"
+    """'+0.012 ± 0.020 (p 0.31)': the report's margin cell and its p-value in one."""
+    from craft.report.html import format_margin, format_p
+
+    text = format_margin(margin, se)
+    return text if math.isnan(p) else f"{text} (p {format_p(p)})"
 
 
 def _run_metric_files(cfg, lay) -> list[Path]:

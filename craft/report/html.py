@@ -248,15 +248,18 @@ def claim_for_report(
     return table
 
 
-def _margin(r) -> str:
-    if math.isnan(r.margin):
+def format_margin(margin: float, se: float) -> str:
+    """'+0.012 ± 0.020': a claim row's paired per-seed margin and its standard error ('–'
+    without a margin, the margin alone without a standard error)."""
+    if math.isnan(margin):
         return "–"
-    if math.isnan(r.margin_se):
-        return f"{r.margin:+.3f}"
-    return f"{r.margin:+.3f} ± {r.margin_se:.3f}"
+    if math.isnan(se):
+        return f"{margin:+.3f}"
+    return f"{margin:+.3f} ± {se:.3f}"
 
 
-def _p(p: float) -> str:
+def format_p(p: float) -> str:
+    """A claim row's one-sided paired p-value, or '–' where there is none."""
     return "–" if math.isnan(p) else f"{p:.2g}"
 
 
@@ -305,8 +308,8 @@ def _claim_section(claim: pd.DataFrame | str) -> list[str]:
                 f"<td>{_e(r.test)}</td>",
                 f'<td class="name">{_e(other)}</td>',
                 f"<td>{r.seeds_won}/{r.n_seeds}</td>",
-                f"<td>{_e(_margin(r))}</td>",
-                f"<td>{_e(_p(r.p_paired))}</td>",
+                f"<td>{_e(format_margin(r.margin, r.margin_se))}</td>",
+                f"<td>{_e(format_p(r.p_paired))}</td>",
                 f'<td class="{"pass" if r.passes else "fail"}">{verdict}</td>',
             ]
             body.append(

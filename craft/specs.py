@@ -621,7 +621,8 @@ def _align(cfg: CraftConfig, modality: str, method: str) -> AlignSpec:
             handover_t=a.handover_t,
             evaluations=evaluations,
             zero_stage=a.zero_stage,
-            # the batch is sharded over the processes, each with its own noise
+            # the batch is sharded over the processes: the same run but for rounding (and for
+            # the realism term, which each process takes over its own share of the batch)
             processes=max(res.gpu, 1) * res.nodes,
         ),
         rollout=Rollout(

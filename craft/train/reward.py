@@ -77,6 +77,16 @@ class Rollout:
     channels: int
 
 
+def lv_noise(seeds: list[int], shape: tuple[int, ...], draw: int) -> torch.Tensor:
+    """draft-lv's re-noising noise for draw ``draw`` of each image, from the image's own noise
+    seed: an image gets the same noise whichever process of a data-parallel run draws it."""
+    out = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(int(np.random.default_rng([s, draw]).integers(2**62)))
+        out.append(torch.randn(tuple(shape), generator=g))
+    return torch.stack(out)
+
+
 @dataclass
 class Evaluation:
     """Held-out images to score during training: fixed prompts, labels and noise seeds."""
@@ -323,10 +333,9 @@ class RewardFinetune(DiffusionFinetune):
         draws = 1
         if self.a.window == "draft-lv":  # re-noise the sample for the last step, lv_draws times
             x0, t = x.detach(), timesteps[-1]
-            g = torch.Generator().manual_seed(int(rng.integers(2**62)))
             outs = []
-            for _ in range(self.a.lv_draws):
-                noise = torch.randn(x0.shape, generator=g).to(x0)
+            for d in range(self.a.lv_draws):
+                noise = lv_noise(seeds, x0.shape[1:], d).to(x0)
                 xt = sched.add_noise(x0, noise, t.reshape(1))
                 eps = self._eps(xt, t, cond, uncond, True, kl)
                 outs.append(sched.step(eps, t, xt, eta=0.0).prev_sample)

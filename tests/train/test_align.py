@@ -1487,3 +1487,16 @@ def test_the_align_stage_measures_realism_in_image_statistics_where_asked(world,
     curves = (lay.run(PHANTOM, "craft", 0) / "curves.csv").read_text().splitlines()
     mmd = [float(line.split(",")[2]) for line in curves if ",realism_mmd," in line]
     assert len(mmd) == 3 and all(np.isfinite(mmd))
+
+
+def test_draft_lv_renoises_an_image_alike_whichever_process_draws_it():
+    """draft-lv's re-noising comes from each image's own noise seed, so two processes that
+    split a batch (rows rank::2) draw what one process draws for those rows; draws differ."""
+    from craft.train.reward import lv_noise
+
+    seeds = [11, 12, 13, 14, 15, 16]
+    whole = lv_noise(seeds, (1, 4, 4), 0)
+    for rank in (0, 1):
+        torch.testing.assert_close(lv_noise(seeds[rank::2], (1, 4, 4), 0), whole[rank::2])
+    assert not torch.equal(lv_noise(seeds, (1, 4, 4), 1), whole)
+    assert not torch.equal(whole[0], whole[1])

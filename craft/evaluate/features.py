@@ -144,8 +144,7 @@ class ImageStatistics(nn.Module):
                 f"got shape {tuple(x.shape)}"
             )
         h = x.to(self.q.device, torch.float32)
-        q = self.q
-        parts = [torch.quantile(h.flatten(2), q, dim=2)]
+        parts = [torch.quantile(h.flatten(2), self.q, dim=2)]
         for s in range(self.scales):
             if s:
                 if min(h.shape[-2:]) < 16:
@@ -158,7 +157,7 @@ class ImageStatistics(nn.Module):
                 - h[..., 1:-1, :-2]
                 - h[..., 1:-1, 2:]
             )
-            parts.append(torch.quantile(lap.abs().flatten(2), q, dim=2))
+            parts.append(torch.quantile(lap.abs().flatten(2), self.q, dim=2))
         # (quantile, N, C) per part -> (N, C * quantiles * parts)
         return torch.cat(parts, 0).permute(1, 2, 0).flatten(1)
 

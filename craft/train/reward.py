@@ -77,14 +77,10 @@ class Rollout:
     channels: int
 
 
-def lv_noise(seeds: list[int], shape: tuple[int, ...], draw: int) -> torch.Tensor:
-    """draft-lv's re-noising noise for draw ``draw`` of each image, from the image's own noise
-    seed: an image gets the same noise whichever process of a data-parallel run draws it."""
-    out = []
-    for s in seeds:
-        g = torch.Generator().manual_seed(int(np.random.default_rng([s, draw]).integers(2**62)))
-        out.append(torch.randn(tuple(shape), generator=g))
-    return torch.stack(out)
+def lv_seeds(seeds: list[int], draw: int) -> list[int]:
+    """draft-lv's noise seeds of draw ``draw``: one per image, from the image's own noise seed,
+    so an image is re-noised alike whichever process of a data-parallel run draws it."""
+    return [int(np.random.default_rng([s, draw]).integers(2**62)) for s in seeds]
 
 
 @dataclass
@@ -335,7 +331,7 @@ class RewardFinetune(DiffusionFinetune):
             x0, t = x.detach(), timesteps[-1]
             outs = []
             for d in range(self.a.lv_draws):
-                noise = lv_noise(seeds, x0.shape[1:], d).to(x0)
+                noise = initial_noise(gen, lv_seeds(seeds, d), self.rollout.resolution).to(x0)
                 xt = sched.add_noise(x0, noise, t.reshape(1))
                 eps = self._eps(xt, t, cond, uncond, True, kl)
                 outs.append(sched.step(eps, t, xt, eta=0.0).prev_sample)

@@ -1492,11 +1492,21 @@ def test_the_align_stage_measures_realism_in_image_statistics_where_asked(world,
 def test_draft_lv_renoises_an_image_alike_whichever_process_draws_it():
     """draft-lv's re-noising comes from each image's own noise seed, so two processes that
     split a batch (rows rank::2) draw what one process draws for those rows; draws differ."""
-    from craft.train.reward import lv_noise
+    from types import SimpleNamespace
 
+    from craft.models.sampling import initial_noise
+    from craft.train.reward import lv_seeds
+
+    gen = SimpleNamespace(
+        latent_scale=1, unet=SimpleNamespace(config=SimpleNamespace(in_channels=1)), device="cpu"
+    )
     seeds = [11, 12, 13, 14, 15, 16]
-    whole = lv_noise(seeds, (1, 4, 4), 0)
+    whole = initial_noise(gen, lv_seeds(seeds, 0), 4)
     for rank in (0, 1):
-        torch.testing.assert_close(lv_noise(seeds[rank::2], (1, 4, 4), 0), whole[rank::2])
-    assert not torch.equal(lv_noise(seeds, (1, 4, 4), 1), whole)
+        torch.testing.assert_close(
+            initial_noise(gen, lv_seeds(seeds[rank::2], 0), 4), whole[rank::2]
+        )
+    assert not torch.equal(initial_noise(gen, lv_seeds(seeds, 1), 4), whole)
     assert not torch.equal(whole[0], whole[1])
+    # not the image's first noise either
+    assert not torch.equal(initial_noise(gen, seeds, 4), whole)

@@ -164,6 +164,13 @@ class ImageStatistics(nn.Module):
     @torch.no_grad()
     def fit(self, images: np.ndarray, batch_size: int = 256) -> ImageStatistics:
         """Standardise by these real images (uint8 NHWC); returns self."""
+        self.fit_transform(images, batch_size)
+        return self
+
+    @torch.no_grad()
+    def fit_transform(self, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+        """Standardise by these real images (uint8 NHWC) and return their standardised
+        statistics, row for row (what ``self(images)`` would give, without a second pass)."""
         if len(images) < 2:
             raise CraftError(f"image statistics need two or more real images, got {len(images)}")
         feats = torch.cat(
@@ -174,7 +181,7 @@ class ImageStatistics(nn.Module):
         )
         self.mean = feats.mean(0)
         self.std = feats.std(0).clamp_min(1e-6)
-        return self
+        return (feats - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not len(self.mean):

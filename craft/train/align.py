@@ -146,6 +146,7 @@ def embedding_mmd_fn(
     n_real: int,
     chunk: int = 256,
     space: str = "the reward evaluator",
+    embeddings: torch.Tensor | None = None,
 ) -> RealismFn:
     """The realism term: per label in the batch, the squared maximum mean discrepancy (MMD,
     Gretton et al. 2012, unbiased form) between the embeddings (``evaluator.encode_images``:
@@ -161,9 +162,14 @@ def embedding_mmd_fn(
     source has none, and its value is then the pull towards real images alone (no longer an
     MMD). :class:`~craft.train.reward.RewardFinetune` refuses batches that give a process
     fewer than two sources of a label.
+
+    ``embeddings``: the real images' embeddings when the caller already has them, row for row
+    (``ImageStatistics.fit_transform``), so that they are not computed a second time.
     """
     from craft.cas.evaluators import to_model_range
 
+    if embeddings is not None and len(embeddings) != len(images):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(images)} real images")
     real: dict[int, torch.Tensor] = {}
     bandwidth: dict[int, float] = {}
     subset = np.random.default_rng(0)  # the bandwidth's images: not the file's first ones
@@ -176,12 +182,16 @@ def embedding_mmd_fn(
                     f"the realism term needs real training images of every label, and "
                     f"'{name}' has {len(x)}: {fix}"
                 )
-            emb = torch.cat(
-                [
-                    evaluator.encode_images(to_model_range(x[i : i + chunk]))
-                    for i in range(0, len(x), chunk)
-                ]
-            )
+            if embeddings is not None:
+                rows = torch.as_tensor(np.flatnonzero(labels == y), device=embeddings.device)
+                emb = embeddings[rows]
+            else:
+                emb = torch.cat(
+                    [
+                        evaluator.encode_images(to_model_range(x[i : i + chunk]))
+                        for i in range(0, len(x), chunk)
+                    ]
+                )
             pick = np.sort(subset.permutation(len(emb))[:512])
             sub = emb[torch.as_tensor(pick, device=emb.device)]
             sq = sq_dist(sub, sub)[~torch.eye(len(sub), dtype=torch.bool, device=emb.device)]
@@ -382,9 +392,16 @@ def align(
     if in_reward_space:
         realism = embedding_mmd_fn(shared, data.images, data.labels, labels, a.realism_real)
     elif a.realism_weight:
-        stats = ImageStatistics(m.channels).fit(data.images).to(device)
+        stats = ImageStatistics(m.channels)
+        real_stats = stats.fit_transform(data.images).to(device)
         realism = embedding_mmd_fn(
-            stats, data.images, data.labels, labels, a.realism_real, space="image statistics"
+            stats.to(device),
+            data.images,
+            data.labels,
+            labels,
+            a.realism_real,
+            space="image statistics",
+            embeddings=real_stats,
         )
     recipe.setup(
         gen,

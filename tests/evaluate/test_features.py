@@ -96,3 +96,29 @@ def test_image_statistics_see_contrast_and_grain_but_not_where_things_lie():
         stats(torch.zeros(2, 3, 32, 32))
     with pytest.raises(CraftError, match="two or more real images"):
         ImageStatistics(1).fit(images[:1])
+    # fit_transform: the fit and the fitted images' statistics in one pass
+    other = ImageStatistics(1)
+    torch.testing.assert_close(other.fit_transform(images), f)
+    torch.testing.assert_close(other.mean, stats.mean)
+
+
+def test_the_realism_term_takes_the_real_pool_precomputed_or_computes_it_alike():
+    """embedding_mmd_fn with ``embeddings`` (the fit's own pass) gives the term it computes
+    itself from the images; a pool of the wrong length is refused."""
+    from craft.evaluate.features import ImageStatistics, to_float
+    from craft.train.align import embedding_mmd_fn
+
+    images, _ = draw_batch("phantom-cxr", ["nodule", "effusion"] * 12, 0, 32)
+    labels = np.array([0, 1] * 12)
+    stats = ImageStatistics(1)
+    real = stats.fit_transform(images)
+    given = embedding_mmd_fn(stats, images, labels, ["nodule", "effusion"], 8, embeddings=real)
+    own = embedding_mmd_fn(stats, images, labels, ["nodule", "effusion"], 8)
+    gen, gen_labels = to_float(images[:8]) * 0.7, labels[:8]
+    sources = np.arange(8)
+    a = given(gen, gen_labels, sources, np.random.default_rng(0))
+    b = own(gen, gen_labels, sources, np.random.default_rng(0))
+    torch.testing.assert_close(a, b)
+    assert a > 0
+    with pytest.raises(ValueError, match="3 embeddings for 24 real images"):
+        embedding_mmd_fn(stats, images, labels, ["nodule", "effusion"], 8, embeddings=real[:3])

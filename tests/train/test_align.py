@@ -1474,16 +1474,18 @@ def test_the_align_stage_measures_realism_in_image_statistics_where_asked(world,
     real_fn = align_module.embedding_mmd_fn
 
     def spy(features, *args, **kwargs):
-        spaces.append((features, kwargs.get("space")))
+        spaces.append((features, kwargs.get("space"), kwargs.get("embeddings")))
         return real_fn(features, *args, **kwargs)
 
     monkeypatch.setattr(align_module, "embedding_mmd_fn", spy)
     adapt(cfg, PHANTOM, "lora", 0, lay.card(PHANTOM, "lora", 0), threads=1)
     align_module.align(cfg, PHANTOM, "craft", 0, lay.card(PHANTOM, "craft", 0), threads=1)
-    [(space, name)] = spaces
+    [(space, name, real)] = spaces
     assert isinstance(space, ImageStatistics) and name == "image statistics"
     train = read_split(lay.data(PHANTOM), "train")  # fitted on the training images
     torch.testing.assert_close(space.mean, space.raw(to_float(train.images)).mean(0))
+    # and the real pool is the fit's own pass over those images, row for row
+    torch.testing.assert_close(real, space(to_float(train.images)))
     curves = (lay.run(PHANTOM, "craft", 0) / "curves.csv").read_text().splitlines()
     mmd = [float(line.split(",")[2]) for line in curves if ",realism_mmd," in line]
     assert len(mmd) == 3 and all(np.isfinite(mmd))

@@ -92,6 +92,19 @@ class Reference:
     aggregation: str = "geometric"  # or "arithmetic"
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
+    def real_test_percentile(
+        self, label: str, q: float, fix: str = "rebuild it with `craft reference`"
+    ) -> float:
+        """The ``q``-th percentile of the CAS that real test images of ``label`` score with
+        their label's prompts (the tail threshold at q = tail_quantile); ``fix`` ends the
+        error when there is none."""
+        values = self.real_test_cas[self.real_test_labels == list(self.label_names).index(label)]
+        if len(values) == 0:
+            raise CraftError(
+                f"the {self.evaluator} reference has no real test image of '{label}': {fix}"
+            )
+        return float(np.percentile(values, q))
+
     # -- torch views (cached per device) --------------------------------------------------
 
     def _tensor(self, key: tuple, values: np.ndarray, device) -> torch.Tensor:
@@ -430,10 +443,7 @@ def build_reference(
     ref.real_test_cas = np.concatenate(cas_parts).astype(np.float32)
     ref.real_test_labels = np.concatenate(lab_parts).astype(np.int64)
     ref.tau = float(np.percentile(ref.real_test_cas, tail_quantile))
-    ref.tau_by_label = {
-        lab: float(np.percentile(ref.real_test_cas[ref.real_test_labels == i], tail_quantile))
-        for i, lab in enumerate(names)
-    }
+    ref.tau_by_label = {lab: ref.real_test_percentile(lab, tail_quantile) for lab in names}
     ref.meta = {
         "evaluator": evaluator.describe(),
         "judge": getattr(judge, "source", None),

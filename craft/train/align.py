@@ -108,16 +108,8 @@ def cas_cap(reference, label_names: list[str], quantile: float) -> torch.Tensor:
     """Per label (in ``label_names``' order), the ``quantile``-th percentile of the CAS that
     the reference's real test images score with their label's prompts: the level of
     alignment real images of the label reach, above which the reward stops pushing."""
-    names = list(reference.label_names)
-    caps = []
-    for lab in label_names:
-        values = reference.real_test_cas[reference.real_test_labels == names.index(lab)]
-        if len(values) == 0:
-            raise CraftError(
-                f"the reward evaluator's reference has no real test image of '{lab}': "
-                "rebuild it (craft reference) or set align.cas_cap_quantile to null"
-            )
-        caps.append(float(np.percentile(values, quantile)))
+    fix = "rebuild it (craft reference) or set align.cas_cap_quantile to null"
+    caps = [reference.real_test_percentile(lab, quantile, fix) for lab in label_names]
     return torch.tensor(caps, dtype=torch.float32)
 
 

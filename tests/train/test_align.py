@@ -8,6 +8,7 @@ thread; the whole file takes well under a minute.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -1412,6 +1413,16 @@ def test_the_cas_cap_flattens_the_reward_above_the_real_images_level(world):
     for i, value in enumerate(cas_cap(reference, LABELS, 50)):
         real = reference.real_test_cas[reference.real_test_labels == names.index(LABELS[i])]
         assert float(value) == pytest.approx(float(np.median(real)), abs=1e-6)
+    # the tail threshold is the same percentile at tail_quantile
+    assert reference.tau_by_label[LABELS[1]] == pytest.approx(
+        float(cas_cap(reference, LABELS, reference.tail_quantile)[1]), abs=1e-6
+    )
+    gone = copy.copy(reference)  # a reference without the test images of a label
+    keep = reference.real_test_labels != names.index(LABELS[2])
+    gone.real_test_cas = reference.real_test_cas[keep]
+    gone.real_test_labels = reference.real_test_labels[keep]
+    with pytest.raises(CraftError, match=f"no real test image of '{LABELS[2]}'.*cas_cap_quantile"):
+        cas_cap(gone, LABELS, 75)
 
     g = torch.Generator().manual_seed(0)
     images = (torch.rand((8, CH, RES, RES), generator=g) * 2 - 1).requires_grad_(True)

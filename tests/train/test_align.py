@@ -9,11 +9,6 @@ thread; the whole file takes well under a minute.
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +22,7 @@ from craft.models.generator import load_generator, save_generator
 from craft.models.tiny import build_tiny_generator
 from craft.train.diffusion import FinetuneSettings, TrainingData
 from craft.train.reward import Evaluation, RewardFinetune, Rollout, _Best
+from tests.interrupt import sigterm_after_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 PHANTOM = "phantom-cxr"
@@ -868,27 +864,7 @@ def test_sigterm_then_rerun_equals_uninterrupted_run(world, uninterrupted, tmp_p
     script = tmp_path / "align.py"
     script.write_text(SCRIPT)
     ckpt = tmp_path / "ckpt"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(world), str(ckpt)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (ckpt / "state.pt").is_file():
-            assert proc.poll() is None, f"ended early: {proc.communicate()[1][-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _, err = sigterm_after_checkpoint(script, [str(world), str(ckpt)], ckpt)
     assert "Interrupted" in err and "SIGTERM" in err, err[-2000:]
     saved = int(torch.load(ckpt / "state.pt", weights_only=False)["step"])
     assert 3 <= saved < STEPS

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +21,8 @@ from craft.models.generator import load_generator, save_generator
 from craft.models.lora import load_lora
 from craft.models.tiny import build_tiny_generator
 from craft.train.diffusion import DiffusionFinetune, FinetuneSettings, Interrupted, TrainingData
+from tests.interrupt import sigterm_after_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = TinyUNet(
     block_out_channels=[8, 16, 16],
     attention_levels=[False, False, True],
@@ -236,28 +233,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(base, reference, tmp_pa
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     ckpt = tmp_path / "checkpoint"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(base), str(ckpt)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (ckpt / "state.pt").is_file():
-            assert proc.poll() is None, f"training ended early: {proc.communicate()[1][-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode not in (0, -signal.SIGTERM), (proc.returncode, err[-2000:])
+    returncode, err = sigterm_after_checkpoint(script, [str(base), str(ckpt)], ckpt)
+    assert returncode not in (0, -signal.SIGTERM), (returncode, err[-2000:])
     assert "Interrupted" in err and "SIGTERM" in err
     saved = checkpoint_step(ckpt)
     assert 3 <= saved < STEPS

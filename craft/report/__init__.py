@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from craft.errors import CraftError
 from craft.report.html import LOWER_IS_BETTER, build_report, claim_for_report
 from craft.report.summary import (
     MetricsFile,
@@ -57,8 +58,8 @@ def report(
     The page opens on the claim of ``claim_method`` (default: the first method, in method
     order, that is not one of ``baselines``: ``craft report`` passes the methods not of kind
     craft as baselines) against the best of ``baselines``, and against its own start for the
-    costs: ``claim_start`` (``craft report`` passes the ``init`` of the method's config; None:
-    no rows against a start). Without baselines there is no method of kind craft to judge, and the
+    costs: ``claim_start``, default the ``init`` its runs' model cards (``model.json`` beside
+    ``samples.h5``) name. Without baselines there is no method of kind craft to judge, and the
     page says so; ``evaluators`` orders the claim's and the headline's per-evaluator rows
     (default: as the metric names give them).
     """
@@ -74,6 +75,8 @@ def report(
     methods = list(dict.fromkeys([*(method_order or []), *summary["method"]]))
     if claim_method is None and baselines is not None:
         claim_method = next((k for k in methods if k not in set(baselines)), None)
+    if claim_method is not None and claim_start is None:
+        claim_start = _start_from_cards(samples, claim_method)
     claim = claim_for_report(per_seed, claim_method, baselines, claim_start, evaluators)
     return build_report(
         summary,
@@ -87,3 +90,21 @@ def report(
         evaluators=evaluators,
         **figures,
     )
+
+
+def _start_from_cards(samples: Mapping[tuple[str, str, int], Path], method: str) -> str | None:
+    """The method an align method started from, as its runs' model cards name it (``init``);
+    None when no card of its runs names one (a method that is not an align method)."""
+    from craft.models.card import ModelCard
+
+    for (_, k, _), path in sorted(samples.items(), key=lambda kv: kv[0]):
+        card = Path(path).parent / "model.json"
+        if k != method or not card.is_file():
+            continue
+        try:
+            init = ModelCard.read(card).init
+        except CraftError:
+            continue
+        if init:
+            return init
+    return None

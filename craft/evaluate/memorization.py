@@ -235,17 +235,23 @@ def _train_rows(data_h5: Path, rows: np.ndarray) -> np.ndarray:
         return np.stack([ds[int(i)] for i in rows]) if len(rows) else ds[:0]
 
 
-def _patients_line(known: float) -> str:
-    if known == 1:
-        return "reference: the patient of every test image is known; same-patient pairs excluded"
-    if known == 0:
+def patients_note(known: float) -> str:
+    """What the real-image reference of the memorization rate knew of patients, given the
+    share of test images whose patient is known (the log line and the report's note)."""
+    if known >= 1:
         return (
-            "reference: patients unknown (no patient column in the manifest); a test image may "
-            "meet a train image of its own patient, which raises the reference rate"
+            "Memorization reference: every test image's patient is known; train images of the "
+            "same patient were left out of its search."
+        )
+    if known <= 0:
+        return (
+            "Memorization reference: patients unknown (the data names none; a manifest names "
+            "them in a patient column), so a test image may have met a train image of its own "
+            "patient; the reference rate may be high for that reason."
         )
     return (
-        f"reference: patients known for {known:.0%} of the test images (their same-patient "
-        "pairs excluded); the rest may meet a train image of their own patient"
+        f"Memorization reference: patients known for {known:.0%} of the test images (their "
+        "same-patient train images left out); the others may meet their own patient."
     )
 
 
@@ -363,7 +369,7 @@ def memorization(
         f"memorized above {threshold:g})",
     )
     write_metrics(out, modality, method, seed, "memorization", metrics, config_digest)
-    log(_patients_line(known))
+    log(patients_note(known))
     log(
         f"{modality}/{method}/{seed}: memorization rate {metrics['memorization_rate']:.3f} "
         f"(real test reference {metrics['memorization_rate_reference']:.3f}), pixel view "

@@ -547,24 +547,9 @@ def _patients_note(rows: pd.DataFrame) -> list[str]:
     known = rows.loc[rows["metric"] == "memorization_reference_patients_known", "mean"]
     if known.empty:
         return []
-    share = float(known.min())
-    if share >= 1:
-        text = (
-            "Memorization reference: every test image's patient is known; train images of the "
-            "same patient were left out of its search."
-        )
-    elif share <= 0:
-        text = (
-            "Memorization reference: patients unknown (the data names none; a manifest names them "
-            "in a patient column), so "
-            "a test image may have met a train image of its own patient; the reference rate "
-            "may be high for that reason."
-        )
-    else:
-        text = (
-            f"Memorization reference: patients known for {share:.0%} of the test images "
-            "(their same-patient train images left out); the others may meet their own patient."
-        )
+    from craft.evaluate.memorization import patients_note
+
+    text = patients_note(float(known.min()))
     return [f'<p class="note">{_e(text)}</p>']
 
 

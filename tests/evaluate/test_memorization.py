@@ -151,11 +151,13 @@ def test_the_train_vector_cache_changes_nothing_and_is_removed(cxr_data, tmp_pat
     assert list((tmp_path / "cache").iterdir()) == []
 
 
-def test_a_patients_second_scan_in_test_is_left_out_of_the_reference(cxr_data, tmp_path):
+def test_a_patients_second_scan_in_test_is_left_out_of_the_reference(cxr_data, tmp_path, capsys):
     """Test images that are near copies of their own patient's train images: counted as
-    memorized by the reference while patients are unknown, left out once they are known."""
+    memorized by the reference while patients are unknown, left out once they are known; the
+    log says which, in the report's words."""
     import shutil
 
+    from craft.evaluate.memorization import patients_note
     from craft.store import STR
 
     data = shutil.copyfile(cxr_data, tmp_path / "cxr.h5")
@@ -170,12 +172,14 @@ def test_a_patients_second_scan_in_test_is_left_out_of_the_reference(cxr_data, t
     unknown, _ = _run(MemorizationConfig(), data, samples, tmp_path / "a")
     assert unknown["memorization_reference_patients_known"] == 0.0
     assert unknown["memorization_rate_reference"] > 0.9  # rescans look like copies
+    assert patients_note(0.0) in capsys.readouterr().err
     with h5py.File(data, "r+") as f:
         f["train"].create_dataset("patients", data=[f"P{i}" for i in range(len(train))], dtype=STR)
         f["test"].create_dataset("patients", data=[f"P{i}" for i in range(n_test)], dtype=STR)
     known, run = _run(MemorizationConfig(), data, samples, tmp_path / "b")
     assert known["memorization_reference_patients_known"] == 1.0
     assert known["memorization_rate_reference"] < 0.1
+    assert patients_note(1.0) in capsys.readouterr().err
     with h5py.File(run / "memorization.h5") as f:
         ref = f["embedding/reference_nn_index"][()]
     assert (ref != np.arange(n_test)).all()  # never the patient's own train image

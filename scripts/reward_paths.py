@@ -101,7 +101,10 @@ def measure(args) -> None:
                         )
                     )
                 start_card = lay.card(modality, card.init, seed)
-                start = read_lora(start_card.parent / ModelCard.read(start_card).lora_dir)
+                start_lora = ModelCard.read(start_card).lora_dir
+                if start_lora is None or card.unet_dir is not None:
+                    raise SystemExit(f"{start_card}: the start must be a LoRA run of the base")
+                start = read_lora(start_card.parent / start_lora)
                 reward = read_lora(card_path.parent / card.reward_lora_dir)
                 for scale in scales:
                     if (modality, method, seed, scale) in done or scale == 1.0:
@@ -150,11 +153,13 @@ def along(points: list[tuple], target: float, x: int, y: int) -> float:
 
 
 def _paired(diffs: list[float], lower_is_better: bool) -> str:
+    from craft.report.summary import paired_margin
+
     d = np.array(diffs)
-    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    mean, se, _ = paired_margin(d)
     better = (d < 0) if lower_is_better else (d > 0)
     won = f"better on {int(better.sum())} of {len(d)} seeds"
-    return f"{d.mean():+.3f} ± {se:.3f} (paired SE; {won})"
+    return f"{mean:+.3f} ± {se:.3f} (paired SE; {won})"
 
 
 def table(args) -> None:

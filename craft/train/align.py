@@ -167,21 +167,20 @@ def embedding_mmd_fn(
     subset = np.random.default_rng(0)  # the bandwidth's images: not the file's first ones
     with torch.no_grad():
         for y, name in enumerate(label_names):
-            x = images[labels == y]
+            rows = np.flatnonzero(labels == y)
             fix = "give the modality more training images or set align.realism_weight 0"
-            if len(x) < 2:
+            if len(rows) < 2:
                 raise CraftError(
                     f"the realism term needs real training images of every label, and "
-                    f"'{name}' has {len(x)}: {fix}"
+                    f"'{name}' has {len(rows)}: {fix}"
                 )
             if embeddings is not None:
-                rows = torch.as_tensor(np.flatnonzero(labels == y), device=embeddings.device)
-                emb = embeddings[rows]
-            else:
+                emb = embeddings[torch.as_tensor(rows, device=embeddings.device)]
+            else:  # chunk by chunk: no copy of the label's images as a whole
                 emb = torch.cat(
                     [
-                        evaluator.encode_images(to_model_range(x[i : i + chunk]))
-                        for i in range(0, len(x), chunk)
+                        evaluator.encode_images(to_model_range(images[rows[i : i + chunk]]))
+                        for i in range(0, len(rows), chunk)
                     ]
                 )
             pick = np.sort(subset.permutation(len(emb))[:512])

@@ -207,6 +207,7 @@ class CasReward(Part):
     # settings added later are left out of the digest while unset, so that adding them
     # reruns no job whose config does not use them
     cap_quantile: float | None = Field(None, exclude_if=lambda v: v is None)
+    dimension_weights: dict[str, float] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class GenericReward(Part):
@@ -577,6 +578,7 @@ def _align(cfg: CraftConfig, modality: str, method: str) -> AlignSpec:
             power=a.reward_power,
             checklist_weight=a.checklist_weight,
             cap_quantile=a.cas_cap_quantile,
+            dimension_weights=None if a.reward_weights is None else a.reward_weights.model_dump(),
         )
         if craft
         else GenericReward()

@@ -19,6 +19,7 @@ Rewards (plain functions, swappable):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import weakref
@@ -76,6 +77,7 @@ def cas_reward_fn(
     power: float = 1.0,
     checklist_weight: float = 0.0,
     cap_quantile: float | None = None,
+    weights: dict[str, float] | None = None,
 ):
     """CRAFT's reward: per-image (log) CAS of the evaluator for its label and prompt, or
     CAS ** power (without ``log_form``), plus ``checklist_weight`` times the checklist's
@@ -84,6 +86,8 @@ def cas_reward_fn(
     from craft.cas.score import TextBank, cas_reward
 
     bank = TextBank.build(evaluator, knowledge, label_names)
+    if weights is not None:  # the reward's own mix of the dimensions; evaluations keep the CAS's
+        reference = dataclasses.replace(reference, weights=dict(weights))
     cap = None if cap_quantile is None else cas_cap(reference, label_names, cap_quantile)
 
     def reward(images: torch.Tensor, labels: np.ndarray, prompts: list[str]) -> torch.Tensor:
@@ -348,6 +352,7 @@ def align(
             a.reward_power,
             a.checklist_weight,
             a.cas_cap_quantile,
+            None if a.reward_weights is None else a.reward_weights.model_dump(),
         )
     else:
         reward = generic_reward_fn(shared, [plain[lab] for lab in labels])

@@ -1420,6 +1420,38 @@ def test_the_cas_cap_flattens_the_reward_above_the_real_images_level(world):
         validate_config(data)
 
 
+def test_reward_weights_mix_the_rewards_cas_and_leave_the_evaluations_cas_alone(world):
+    """align.reward_weights: the reward is the CAS of the chosen dimensions alone (a zero
+    weight leaves a dimension out, its gradient too); the reference the evaluations score
+    with keeps cas.weights; a generic reward, which is no CAS, refuses the setting."""
+    from craft.cas.reference import GEOMETRIC_FLOOR
+    from craft.cas.score import cas_dimensions
+    from craft.train.align import cas_reward_fn
+
+    evaluator, reference, knowledge = loaded(world)
+    weights = {
+        "label_fidelity": 0.0,
+        "prompt_alignment": 1.0,
+        "checklist_adherence": 3.0,
+        "plausibility": 0.0,
+    }
+    before = dict(reference.weights)
+    reward = cas_reward_fn(evaluator, knowledge, reference, LABELS, False, weights=weights)
+    assert reference.weights == before
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand((6, CH, RES, RES), generator=g) * 2 - 1
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    prompts = [f"chest radiograph, {LABELS[int(y)]}" for y in labels]
+    s = cas_dimensions(evaluator, images, labels, prompts, knowledge, reference)
+    pa, ca = (s[d].clamp(min=GEOMETRIC_FLOOR).log() for d in weights if weights[d])
+    torch.testing.assert_close(reward(images, labels, prompts), torch.exp((pa + 3 * ca) / 4))
+    assert not torch.allclose(reward(images, labels, prompts), s["cas"])
+    data = stage_config(world)
+    data["methods"]["generic-reward"]["align"]["reward_weights"] = weights
+    with pytest.raises(CraftError, match="reward_weights: only kind craft"):
+        validate_config(data)
+
+
 def test_handover_cap_and_realism_features_rerun_align_only_where_they_are_set(world):
     """The settings are part of the align job's key when set; unset, the key is what it
     was before they existed (no site's align job reruns for a setting it does not use)."""
@@ -1427,12 +1459,14 @@ def test_handover_cap_and_realism_features_rerun_align_only_where_they_are_set(w
     spec = plain.spec("align", PHANTOM, "craft")
     assert "handover_t" not in spec.plain()["method"]
     assert "cap_quantile" not in spec.plain()["method"]["reward"]
+    assert "dimension_weights" not in spec.plain()["method"]["reward"]
     in_reward_space = validate_config(stage_config(world, realism_weight=1.0))
     realism = in_reward_space.spec("align", PHANTOM, "craft").plain()["method"]["realism"]
     assert realism == {"weight": 1.0, "real_per_label": 16}  # as before image statistics
     for extra in (
         {"handover_t": 400, "k": 3},
         {"cas_cap_quantile": 75},
+        {"reward_weights": {"label_fidelity": 0.0}},
         {"realism_weight": 1.0, "realism_features": "image-statistics"},
     ):
         changed = validate_config(stage_config(world, **extra))

@@ -844,16 +844,12 @@ class CraftConfig(Strict):
                     f"{where}.align.checklist_weight: only kind craft scores the checklist "
                     f"(this kind {k.kind} method's reward knows no checklist); remove it"
                 )
-            if a.reward_weights is not None and k.kind != "craft":
-                raise ValueError(
-                    f"{where}.align.reward_weights: only kind craft's reward is CAS (this "
-                    f"kind {k.kind} method's is not); remove it"
-                )
-            if a.cas_cap_quantile is not None and k.kind != "craft":
-                raise ValueError(
-                    f"{where}.align.cas_cap_quantile: only kind craft's reward is CAS (this "
-                    f"kind {k.kind} method's is not); remove it"
-                )
+            for name in ("reward_weights", "cas_cap_quantile"):  # settings of the CAS reward
+                if getattr(a, name) is not None and k.kind != "craft":
+                    raise ValueError(
+                        f"{where}.align.{name}: only kind craft's reward is CAS (this "
+                        f"kind {k.kind} method's is not); remove it"
+                    )
             gpus = max(self.resources.align.gpu, 1) * self.resources.align.nodes
             if gpus > 1 and a.zero_stage == 0:
                 raise ValueError(

@@ -1422,8 +1422,8 @@ def test_the_cas_cap_flattens_the_reward_above_the_real_images_level(world):
 
 def test_reward_weights_mix_the_rewards_cas_and_leave_the_evaluations_cas_alone(world):
     """align.reward_weights: the reward is the CAS of the chosen dimensions alone (a zero
-    weight leaves a dimension out, its gradient too); the reference the evaluations score
-    with keeps cas.weights; a generic reward, which is no CAS, refuses the setting."""
+    weight leaves a dimension out); the reference the evaluations score with keeps
+    cas.weights; a generic reward, which is no CAS, refuses the setting."""
     from craft.cas.reference import GEOMETRIC_FLOOR
     from craft.cas.score import cas_dimensions
     from craft.train.align import cas_reward_fn

@@ -10,7 +10,7 @@ references); scale 1 is read from the runs' own metric files, every other scale 
 
     python scripts/reward_paths.py measure configs/phantom-benchmark.yaml --seeds 0,1,2 \\
         --scales craft=0.25,0.5,0.75 generic-reward=0,0.5,1.5,2 --out paths/
-    python scripts/reward_paths.py table paths/ --against generic-reward
+    python scripts/reward_paths.py table paths/ --against generic-reward --budget 0.01
     python scripts/reward_paths.py figure paths/ --out docs/assets/reward-paths.png
 
 ``measure`` appends one JSON line per (modality, method, seed, scale) to paths/results.jsonl
@@ -197,6 +197,45 @@ def table(args) -> None:
             lower = name in ("oof_tail", "shift at equal agreement")
             text = _paired(diffs, lower) if diffs else "no seed's path reaches it"
             print(f"  {modality} {method} - {args.against}, {name}: {text}")
+    if args.budget is not None:
+        within_budget(paths, args.against, args.budget)
+
+
+def at_budget(points: list[tuple], budget: float) -> tuple:
+    """The point where a path, walked in scale order, first exceeds its own start's (scale 0)
+    distribution shift plus ``budget`` (linear between the scales around the crossing); its
+    end if it never does: how far a method gets while staying about as real as its start."""
+    target = points[0][2] + budget
+    crossed = along(points, target, 2, 0)
+    if not np.isfinite(crossed):
+        return points[-1]
+    return tuple(along(points, target, 2, col) for col in range(len(points[0])))
+
+
+def within_budget(paths: dict, against: str, budget: float) -> None:
+    columns = {"agree": 1, "oof_cas": 3, "oof_tail": 4}
+    print(f"\nEach path where it first exceeds its own start's shift + {budget:g} (its end if")
+    print(f"it never does), against {against}'s path at the same budget, paired over seeds:")
+    for (modality, method), by_seed in sorted(paths.items()):
+        if method == against or (modality, against) not in paths:
+            continue
+        other = paths[modality, against]
+        seeds = [s for s in sorted(by_seed) if s in other]
+        seeds = [s for s in seeds if by_seed[s][0][0] == 0.0 and other[s][0][0] == 0.0]
+        if not seeds:
+            print(f"  {modality} {method}: no seed has both paths from scale 0")
+            continue
+        mine = [at_budget(by_seed[s], budget) for s in seeds]
+        theirs = [at_budget(other[s], budget) for s in seeds]
+        for who, pts in ((method, mine), (against, theirs)):
+            scale, *means = np.mean(pts, axis=0)
+            values = " / ".join(f"{v:.3f}" for v in means)
+            print(f"  {modality} {who}: scale {scale:.2f}, agreement / shift / "
+                  f"out-of-family CAS / tail {values}")  # fmt: skip
+        for name, col in columns.items():
+            diffs = [a[col] - b[col] for a, b in zip(mine, theirs, strict=True)]
+            print(f"  {modality} {method} - {against}, {name}: "
+                  f"{_paired(diffs, name == 'oof_tail')}")  # fmt: skip
 
 
 def figure(args) -> None:
@@ -246,6 +285,7 @@ def main() -> None:
     t = sub.add_parser("table", help="mean path per method; paired comparison at matched shift")
     t.add_argument("folder", type=Path)
     t.add_argument("--against", help="compare every other method at this method's shift")
+    t.add_argument("--budget", type=float, help="and each at its own start's shift + BUDGET")
     t.set_defaults(run=table)
     f = sub.add_parser("figure", help="agreement against shift, one panel per modality")
     f.add_argument("folder", type=Path)

@@ -46,7 +46,7 @@ def test_the_table_compares_each_path_at_the_other_runs_shift_and_agreement(
             row = {"mod": "m", "method": method, "seed": seed, "scale": scale, "agree": agree}
             row |= {"shift": shift, "oof_cas": agree / 2, "oof_tail": 1 - agree}
             f.write(json.dumps(row) + "\n")
-    paths.table(Namespace(folder=tmp_path, against="generic-reward"))
+    paths.table(Namespace(folder=tmp_path, against="generic-reward", budget=None))
     out = capsys.readouterr().out
 
     def value(name: str) -> tuple[float, float, str]:
@@ -64,3 +64,16 @@ def test_the_table_compares_each_path_at_the_other_runs_shift_and_agreement(
     mean, _, won = value("shift at equal agreement")
     assert mean == pytest.approx((0.10 + 0.2 * 0.15 / 0.22 - 0.05) / 2, abs=1e-3)
     assert won == "better on 0 of 2 seeds"
+
+
+def test_a_path_within_its_realism_budget_stops_where_it_first_exceeds_it(paths, capsys):
+    points = [(0, 0.7, 0.20, 0.4, 0.2), (0.5, 0.8, 0.30, 0.5, 0.1), (1, 0.9, 0.25, 0.6, 0.0)]
+    assert paths.at_budget(points, 0.05) == pytest.approx((0.25, 0.75, 0.25, 0.45, 0.15))
+    assert paths.at_budget(points, 0.2) == points[-1]  # never exceeds it: its end
+    # each method against its own start: craft starts higher, so at the same budget it goes on
+    other = [(0, 0.7, 0.10, 0.4, 0.2), (1, 0.8, 0.30, 0.5, 0.1)]
+    by = {("m", "craft"): {0: points}, ("m", "generic-reward"): {0: other}}
+    paths.within_budget(by, "generic-reward", 0.05)
+    out = capsys.readouterr().out
+    # generic-reward reaches shift 0.15 a quarter of the way: agreement 0.725
+    assert "m craft - generic-reward, agree: +0.025" in out, out

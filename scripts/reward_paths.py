@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = "results.jsonl"
+# the columns of a path point compared between methods: (scale, agree, shift, oof_cas, oof_tail)
+COMPARED = {"agree": 1, "oof_cas": 3, "oof_tail": 4}
 
 
 def _scales(items: list[str]) -> dict[str, list[float]]:
@@ -162,9 +164,16 @@ def _paired(diffs: list[float], lower_is_better: bool) -> str:
     return f"{mean:+.3f} ± {se:.3f} (paired SE; {won})"
 
 
+def _against(paths: dict, against: str):
+    """(modality, method, its paths by seed, ``against``'s paths by seed) for every other
+    method of a modality where ``against`` has paths too."""
+    for (modality, method), by_seed in sorted(paths.items()):
+        if method != against and (modality, against) in paths:
+            yield modality, method, by_seed, paths[modality, against]
+
+
 def table(args) -> None:
     paths = _load(args.folder)
-    columns = {"agree": 1, "oof_cas": 3, "oof_tail": 4}
     for (modality, method), by_seed in sorted(paths.items()):
         scales = sorted({p[0] for pts in by_seed.values() for p in pts})
         print(f"\n{modality} {method} ({len(by_seed)} seeds): scale, mean agreement / shift / "
@@ -177,16 +186,13 @@ def table(args) -> None:
         return
     print(f"\nAgainst {args.against} as trained (scale 1), each other path where it first")
     print("reaches that run's distribution shift, and where it first reaches its agreement:")
-    for (modality, method), by_seed in sorted(paths.items()):
-        if method == args.against or (modality, args.against) not in paths:
-            continue
-        other = paths[modality, args.against]
-        rows = {name: [] for name in (*columns, "shift at equal agreement")}
+    for modality, method, by_seed, other in _against(paths, args.against):
+        rows = {name: [] for name in (*COMPARED, "shift at equal agreement")}
         for seed, pts in sorted(by_seed.items()):
             end = [p for p in other.get(seed, []) if p[0] == 1.0]
             if not end:
                 continue
-            for name, col in columns.items():
+            for name, col in COMPARED.items():
                 mine = along(pts, end[0][2], 2, col)
                 if np.isfinite(mine):
                     rows[name].append(mine - end[0][col])
@@ -206,20 +212,14 @@ def at_budget(points: list[tuple], budget: float) -> tuple:
     distribution shift plus ``budget`` (linear between the scales around the crossing); its
     end if it never does: how far a method gets while staying about as real as its start."""
     target = points[0][2] + budget
-    crossed = along(points, target, 2, 0)
-    if not np.isfinite(crossed):
-        return points[-1]
-    return tuple(along(points, target, 2, col) for col in range(len(points[0])))
+    point = tuple(along(points, target, 2, col) for col in range(len(points[0])))
+    return point if np.isfinite(point[0]) else points[-1]
 
 
 def within_budget(paths: dict, against: str, budget: float) -> None:
-    columns = {"agree": 1, "oof_cas": 3, "oof_tail": 4}
     print(f"\nEach path where it first exceeds its own start's shift + {budget:g} (its end if")
     print(f"it never does), against {against}'s path at the same budget, paired over seeds:")
-    for (modality, method), by_seed in sorted(paths.items()):
-        if method == against or (modality, against) not in paths:
-            continue
-        other = paths[modality, against]
+    for modality, method, by_seed, other in _against(paths, against):
         seeds = [s for s in sorted(by_seed) if s in other]
         seeds = [s for s in seeds if by_seed[s][0][0] == 0.0 and other[s][0][0] == 0.0]
         if not seeds:
@@ -232,7 +232,7 @@ def within_budget(paths: dict, against: str, budget: float) -> None:
             values = " / ".join(f"{v:.3f}" for v in means)
             print(f"  {modality} {who}: scale {scale:.2f}, agreement / shift / "
                   f"out-of-family CAS / tail {values}")  # fmt: skip
-        for name, col in columns.items():
+        for name, col in COMPARED.items():
             diffs = [a[col] - b[col] for a, b in zip(mine, theirs, strict=True)]
             print(f"  {modality} {method} - {against}, {name}: "
                   f"{_paired(diffs, name == 'oof_tail')}")  # fmt: skip
@@ -292,6 +292,8 @@ def main() -> None:
     f.add_argument("--out", type=Path, default=Path("docs/assets/reward-paths.png"))
     f.set_defaults(run=figure)
     args = ap.parse_args()
+    if getattr(args, "budget", None) is not None and not args.against:
+        ap.error("--budget compares each method with another one: name it with --against")
     args.run(args)
 
 

@@ -77,3 +77,10 @@ def test_a_path_within_its_realism_budget_stops_where_it_first_exceeds_it(paths,
     out = capsys.readouterr().out
     # generic-reward reaches shift 0.15 a quarter of the way: agreement 0.725
     assert "m craft - generic-reward, agree: +0.025" in out, out
+
+
+def test_a_budget_without_a_method_to_compare_with_is_refused(paths, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["reward_paths.py", "table", str(tmp_path), "--budget", "0.01"])
+    with pytest.raises(SystemExit):
+        paths.main()
+    assert "name it with --against" in capsys.readouterr().err

@@ -40,11 +40,17 @@ def check_manifest(cfg: CraftConfig, name: str) -> list[str]:
     first few lines, with the count of the rest; ``craft data check`` lists every one."""
     from craft.data.manifest import check_rows
     from craft.errors import CraftError
+    from craft.paths import Layout
 
     m = cfg.modalities[name]
     try:
         _, problems = check_rows(
-            m.source.manifest, m.source.image_root, m.labels, m.splits.fractions, m.splits.seed
+            m.source.manifest,
+            m.source.image_root,
+            m.labels,
+            m.splits.fractions,
+            m.splits.seed,
+            Layout(cfg.results).split_cache(name),
         )
     except CraftError as err:  # the file itself: its errors name it
         problems = [str(err)]

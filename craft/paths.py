@@ -14,6 +14,11 @@ class Layout:
     def data(self, modality: str) -> Path:
         return self.root / "data" / f"{modality}.h5"
 
+    def split_cache(self, modality: str) -> Path:
+        """Folder of a manifest modality's dealt splits, one file per manifest content
+        (craft.data.manifest.manifest_splits): the plan and prepare deal them once."""
+        return self.root / "data" / ".splits" / modality
+
     def foundation(self, modality: str) -> Path:
         return self.root / "models" / "foundation" / modality
 

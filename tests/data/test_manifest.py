@@ -333,3 +333,75 @@ def test_explicit_splits_that_leave_a_split_empty_are_refused():
     rows[1] = ManifestRow(3, Path("/d/1.png"), LABELS[1], "val")
     rows[3] = ManifestRow(5, Path("/d/3.png"), LABELS[1], "test")
     assert set(assign_splits(rows, FRACTIONS, seed=0)) == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize("n_folds", [2, 5, 10, 20])
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_folds_are_scikit_learns_stratified_group_kfold_sample_for_sample(n_folds, seed):
+    """craft's linear-time dealing is scikit-learn's (so no split dealt before changes)."""
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from craft.data.manifest import stratified_group_folds
+
+    rng = np.random.default_rng(100 * n_folds + seed)
+    n_groups = int(rng.integers(n_folds, 400))
+    sizes = rng.integers(1, 6, n_groups)
+    groups = [f"g{g}" for g in range(n_groups) for _ in range(sizes[g])]
+    labels = [f"l{int(x)}" for x in rng.choice(4, len(groups), p=[0.55, 0.25, 0.15, 0.05])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sgkf = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+        expected = np.empty(len(groups), dtype=np.int64)
+        for f, (_, test) in enumerate(sgkf.split(groups, labels, groups)):
+            expected[test] = f
+    assert stratified_group_folds(labels, groups, n_folds, seed).tolist() == expected.tolist()
+
+
+def test_the_same_file_by_a_hard_link_is_a_duplicate(tmp_path, root):
+    (root / "sub" / "e.png").hardlink_to(root / "a.png")
+    csv = write_csv(tmp_path, "path,label\na.png,normal\nb.png,effusion\nsub/e.png,effusion\n")
+    with pytest.raises(
+        CraftError, match=r"manifest\.csv line 4: duplicate path 'sub/e.png'.*line 2"
+    ):
+        read_manifest(csv, root, LABELS)
+
+
+def test_splits_are_dealt_once_per_manifest_content_and_again_when_a_row_changes(
+    tmp_path, monkeypatch
+):
+    import craft.data.manifest as manifest
+
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = ["path,label,patient"]
+    for p in range(12):
+        for i in range(2):
+            (images / f"{p}-{i}.png").write_bytes(b"\x89PNG")
+            lines.append(f"{p}-{i}.png,{LABELS[p % 2]},P{p}")
+    csv = write_csv(tmp_path, "\n".join(lines) + "\n")
+    calls = []
+    real = manifest.assign_splits
+    monkeypatch.setattr(manifest, "assign_splits", lambda *a: calls.append(1) or real(*a))
+    cache = tmp_path / "results" / "data" / ".splits" / "site"
+
+    def dealt(seed=0):  # the plan's check, then prepare
+        rows, problems = manifest.check_rows(csv, images, LABELS, FRACTIONS, seed, cache)
+        assert not problems, problems
+        return manifest.manifest_splits(csv, images, LABELS, rows, FRACTIONS, seed, cache)
+
+    first = dealt()
+    assert first == real(manifest.read_manifest(csv, images, LABELS), FRACTIONS, 0)
+    assert len(calls) == 1 and len(list(cache.iterdir())) == 1
+    assert dealt() == first and len(calls) == 1  # planned again: nothing dealt
+    assert dealt(seed=1) != first and len(calls) == 2  # another seed is another key
+    lines[5] = lines[5].replace(",P2", ",P9")  # one row changes patient
+    csv.write_text("\n".join(lines) + "\n")
+    changed = dealt()
+    assert len(calls) == 3 and len(list(cache.iterdir())) == 3
+    assert changed == real(manifest.read_manifest(csv, images, LABELS), FRACTIONS, 0)
+    for f in cache.iterdir():
+        f.write_text("{not json")
+    assert dealt() == changed and len(calls) == 4  # a damaged cache file: dealt again

@@ -51,6 +51,9 @@ OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Output path (default: results layout).")
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")]
+DecodeThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="Worker processes that decode images (default 1).")
+]
 DataOpt = Annotated[Path | None, typer.Option(help="Prepared data .h5 (default: layout).")]
 
 
@@ -249,9 +252,11 @@ def data_check(
     modality: Annotated[
         str | None, typer.Option("--modality", "-m", help="One modality (default: all).")
     ] = None,
+    threads: DecodeThreadsOpt = None,
 ) -> None:
     """Read every manifest row and decode every image once, as prepare would; list every bad
-    row and file, one line each naming its CSV line; exits 1 if there is one. Writes nothing."""
+    row and file, one line each naming its CSV line; exits 1 if there is one. Writes nothing
+    but the split cache."""
     from craft.data.prepare import check_data
 
     cfg = _load(config)
@@ -263,7 +268,7 @@ def data_check(
         if cfg.modalities[name].source.kind != "manifest":
             print(f"{name}: phantom modality, nothing to check")
             continue
-        n, problems = check_data(cfg, name)
+        n, problems = check_data(cfg, name, threads or 1)
         for line in problems:
             print(f"craft: bad: {line}", file=sys.stderr)
         found += len(problems)
@@ -274,14 +279,18 @@ def data_check(
 
 @app.command()
 def prepare(
-    config: ConfigOpt = Path("config.yaml"), modality: ModalityOpt = ..., out: OutOpt = None
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    out: OutOpt = None,
+    threads: DecodeThreadsOpt = None,
 ) -> None:
-    """Read (or draw) a modality's images into results/data/{modality}.h5 with splits."""
+    """Read (or draw) a modality's images into results/data/{modality}.h5 with splits,
+    decoding with --threads worker processes."""
     from craft.data.prepare import prepare as run
 
     cfg = _load(config)
     out = out or _layout(cfg).data(modality)
-    run(cfg, modality, out)
+    run(cfg, modality, out, threads or 1)
     m = cfg.modality(modality)
     files = [m.source.manifest] if m.source.kind == "manifest" else []
     _record(out, cfg, "prepare", modality, inputs={"manifest": files})

@@ -57,6 +57,68 @@ def _stamp(
         f.attrs[key] = json.dumps(value) if isinstance(value, list | dict) else value
 
 
+class ImageColumn:
+    """A data file split's images, written one image at a time with their own channels.
+
+    A modality whose generator takes RGB (``channels`` 3) may be grayscale (radiographs):
+    its images are kept once, with one channel, and repeated to three when read
+    (:func:`expand_channels`): a third of the disk and of the reads. The column starts with
+    one channel and widens to three, once, at the first image whose R, G and B differ (the
+    images already written get their gray copied into G and B, chunk by chunk). Memory is
+    one image, whatever the split's size; one HDF5 chunk per image.
+    """
+
+    def __init__(self, group: h5py.Group, name: str, n: int, resolution: int, channels: int):
+        self.channels = channels
+        shape = (n, resolution, resolution)
+        self.ds = group.create_dataset(
+            name,
+            shape=(*shape, 1),
+            maxshape=(*shape, channels),
+            dtype=np.uint8,
+            chunks=(1, resolution, resolution, 1) if n else None,
+        )
+        self.end = 0  # rows below this may have been written
+
+    def write(self, i: int, image: np.ndarray) -> None:
+        """Put one (H, W, channels) uint8 image at row ``i``."""
+        if self.ds.shape[-1] == 1 and self.channels == 3 and not _is_gray(image):
+            self._widen(self.end)
+        self.ds[i] = image[..., :1] if self.ds.shape[-1] == 1 else image
+        self.end = max(self.end, i + 1)
+
+    def _widen(self, written: int, chunk: int = 64) -> None:
+        self.ds.resize(3, axis=3)
+        for a in range(0, written, chunk):
+            gray = self.ds[a : a + chunk, ..., :1]
+            self.ds[a : a + chunk] = np.repeat(gray, 3, axis=3)
+
+
+def _is_gray(image: np.ndarray) -> bool:
+    """Whether an (H, W, C) image has the same value in every channel."""
+    return image.shape[-1] == 1 or bool(
+        (image[..., 0] == image[..., 1]).all() and (image[..., 0] == image[..., 2]).all()
+    )
+
+
+def expand_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """Images (..., H, W, C) as ``channels`` channels: a gray image kept once (C = 1) is
+    repeated to RGB for a generator that takes three (:class:`ImageColumn`)."""
+    if images.shape[-1] == channels:
+        return images
+    if images.shape[-1] == 1:
+        return np.repeat(images, channels, axis=-1)
+    raise ValueError(f"images have {images.shape[-1]} channels, cannot give {channels}")
+
+
+def data_channels(f: h5py.File, split: str) -> int:
+    """The channels a data file's images are read with (the modality's ``channels``);
+    files written before images were kept with their own channels store exactly those."""
+    if "channels" in f.attrs:
+        return int(f.attrs["channels"])
+    return int(f[split]["images"].shape[-1])
+
+
 def image_dataset(group: h5py.Group, name: str, images: np.ndarray) -> h5py.Dataset:
     """Write uint8 NHWC images with one chunk per image."""
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -241,7 +303,7 @@ def read_split(path: Path, split: str, config_digest: str | None = None) -> Spli
             )
         g = f[split]
         return Split(
-            images=g["images"][()],
+            images=expand_channels(g["images"][()], data_channels(f, split)),
             labels=g["labels"][()].astype(np.int64),
             label_names=json_attr(f, "labels"),
             paths=_strings(g["paths"]),

@@ -6,11 +6,20 @@ manifest names them; rows with an explicit split keep it. Layout: ``{split}/imag
 NHWC (one chunk per image), ``{split}/labels`` int64, ``{split}/paths`` str,
 ``{split}/patients`` str ("" where the manifest names none), and for phantoms
 ``{split}/findings`` float (N, F) with the finding names in the ``findings`` attr. The
-``labels`` attr lists the label names in config order.
+``labels`` attr lists the label names in config order; the ``channels`` attr the channels
+the images are read with (a grayscale modality of an RGB generator keeps one channel on disk,
+craft.store.ImageColumn).
+
+A manifest is streamed: the images are decoded by ``threads`` worker processes, a few at a
+time each, and written as they come, so memory holds a few images per worker, never the data
+set (a CheXpert-size set is 176 GB at 512 px RGB).
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +31,18 @@ from craft.data.manifest import (
     assign_splits,
     check_rows,
     first_problem,
+    manifest_splits,
     read_manifest,
 )
 from craft.data.phantoms import PHANTOMS, draw_batch
 from craft.errors import CraftError
+from craft.paths import Layout
 from craft.progress import log, progress
-from craft.store import SPLITS, STR, atomic_h5, image_dataset
+from craft.store import SPLITS, STR, ImageColumn, atomic_h5
+
+#: Images one worker decodes per task: enough to amortise the hand-over, few enough that
+#: memory stays a few images per worker (at 512 px RGB, 16 images are 12.6 MB).
+IMAGES_PER_TASK = 16
 
 
 def _from_phantoms(
@@ -60,66 +75,127 @@ def _options(m: ModalityConfig) -> ImageOptions:
     )
 
 
-def read_images(
-    m: ModalityConfig, rows: list[ManifestRow], what: str = "reading images"
-) -> tuple[np.ndarray, list[str]]:
-    """Decode every row's image: (images, one line per file that would not read, naming its
-    CSV line). A bad file does not stop the others, so one pass finds them all."""
-    csv, opts = m.source.manifest, _options(m)
-    images = np.zeros((len(rows), m.resolution, m.resolution, m.channels), np.uint8)
-    problems: list[str] = []
-    for i in progress(range(len(rows)), len(rows), what):
+def _decode_task(opts: ImageOptions, paths: Sequence[Path]) -> list[np.ndarray | CraftError]:
+    """One worker's task: each path's image, or the error that says why it would not read."""
+    out: list[np.ndarray | CraftError] = []
+    for path in paths:
         try:
-            images[i] = read_image(rows[i].path, opts)
+            out.append(read_image(path, opts))
         except CraftError as err:
-            problems.append(f"{csv} line {rows[i].row}: {err}")
-    return images, problems
+            out.append(err)
+    return out
 
 
-def _from_manifest(m: ModalityConfig) -> tuple[list[ManifestRow], np.ndarray]:
-    src: ManifestSource = m.source
-    rows = read_manifest(src.manifest, src.image_root, m.labels)
-    images, problems = read_images(m, rows)
-    if problems:
-        raise first_problem(problems, "file(s)")
-    return rows, images
+def decode_stream(
+    paths: Sequence[Path], opts: ImageOptions, threads: int = 1
+) -> Iterator[np.ndarray | CraftError]:
+    """Each path's decoded image (or its error), in order, decoded by ``threads`` worker
+    processes (in this process for 1). At most two tasks per worker are in flight, so
+    memory stays bounded whatever the number of paths."""
+    tasks = [paths[i : i + IMAGES_PER_TASK] for i in range(0, len(paths), IMAGES_PER_TASK)]
+    if threads <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield from _decode_task(opts, task)
+        return
+    with ProcessPoolExecutor(max_workers=threads) as pool:
+        pending: deque[Future] = deque()
+        todo = iter(tasks)
+        for task in todo:
+            pending.append(pool.submit(_decode_task, opts, task))
+            if len(pending) >= 2 * threads:
+                break
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(_decode_task, opts, nxt))
+            yield from done
 
 
-def check_data(cfg: CraftConfig, modality: str) -> tuple[int, list[str]]:
+def check_data(cfg: CraftConfig, modality: str, threads: int = 1) -> tuple[int, list[str]]:
     """(images that read, problems) of a manifest modality, every image decoded once: what
-    prepare would refuse, all of it, one line each (``craft data check``). Writes nothing."""
+    prepare would refuse, all of it, one line each (``craft data check``). Writes nothing but
+    the split cache."""
     m = cfg.modality(modality)
     src: ManifestSource = m.source
     rows, problems = check_rows(
-        src.manifest, src.image_root, m.labels, m.splits.fractions, m.splits.seed
+        src.manifest,
+        src.image_root,
+        m.labels,
+        m.splits.fractions,
+        m.splits.seed,
+        Layout(cfg.results).split_cache(modality),
     )
-    _, bad = read_images(m, rows, f"{modality}: decoding images")
+    bad = []
+    images = decode_stream([r.path for r in rows], _options(m), threads)
+    shown = progress(images, len(rows), f"{modality}: decoding images")
+    for row, image in zip(rows, shown, strict=True):
+        if isinstance(image, CraftError):
+            bad.append(f"{src.manifest} line {row.row}: {image}")
     return len(rows) - len(bad), problems + bad
 
 
-def prepare(cfg: CraftConfig, modality: str, out: Path) -> Path:
-    """Read or draw the modality's images, split them, and write ``out`` atomically."""
+def prepare(cfg: CraftConfig, modality: str, out: Path, threads: int = 1) -> Path:
+    """Read or draw the modality's images, split them, and write ``out`` atomically.
+
+    A manifest's images are decoded by ``threads`` processes and written as they come; a file
+    that does not read does not stop the others, and prepare then fails naming the first
+    (``craft data check`` lists all) and leaves no file.
+    """
     m = cfg.modality(modality)
-    findings, finding_names = None, []
+    findings, finding_names, phantom_images = None, [], None
     if m.source.kind == "phantom":
-        rows, images, findings, finding_names = _from_phantoms(m)
+        rows, phantom_images, findings, finding_names = _from_phantoms(m)
+        splits = np.array(assign_splits(rows, m.splits.fractions, m.splits.seed))
     else:
-        rows, images = _from_manifest(m)
-    splits = np.array(assign_splits(rows, m.splits.fractions, m.splits.seed))
+        src: ManifestSource = m.source
+        rows = read_manifest(src.manifest, src.image_root, m.labels)
+        cache = Layout(cfg.results).split_cache(modality)
+        splits = np.array(
+            manifest_splits(
+                src.manifest,
+                src.image_root,
+                m.labels,
+                rows,
+                m.splits.fractions,
+                m.splits.seed,
+                cache,
+            )  # fmt: skip
+        )
     label_idx = np.array([m.labels.index(r.label) for r in rows], dtype=np.int64)
-    attrs = {"labels": list(m.labels), "modality": modality, "findings": finding_names}
+    attrs = {
+        "labels": list(m.labels),
+        "modality": modality,
+        "findings": finding_names,
+        "channels": m.channels,
+    }
     with atomic_h5(out, "data", cfg.spec("prepare", modality).digest, attrs=attrs) as f:
+        columns, position = {}, np.zeros(len(rows), dtype=np.int64)
         for split in SPLITS:
             sel = np.flatnonzero(splits == split)
+            position[sel] = np.arange(len(sel))
             g = f.create_group(split)
-            image_dataset(g, "images", images[sel])
+            columns[split] = ImageColumn(g, "images", len(sel), m.resolution, m.channels)
             g.create_dataset("labels", data=label_idx[sel])
             g.create_dataset("paths", data=[str(rows[i].path) for i in sel], dtype=STR)
             g.create_dataset("patients", data=[rows[i].patient or "" for i in sel], dtype=STR)
             if findings is not None:
                 g.create_dataset("findings", data=findings[sel])
+        if phantom_images is not None:
+            images: Iterator = iter(phantom_images)
+        else:
+            images = decode_stream([r.path for r in rows], _options(m), threads)
+        problems = []
+        for i, image in enumerate(progress(images, len(rows), f"{modality}: reading images")):
+            if isinstance(image, CraftError):
+                problems.append(f"{m.source.manifest} line {rows[i].row}: {image}")
+            elif not problems:
+                columns[splits[i]].write(int(position[i]), image)
+        if problems:
+            raise first_problem(problems, "file(s)")
+        stored = {s: c.ds.shape[-1] for s, c in columns.items()}
     counts = {s: int((splits == s).sum()) for s in SPLITS}
-    log(f"wrote {out}: {counts} images, labels {list(m.labels)}")
+    log(f"wrote {out}: {counts} images, labels {list(m.labels)}, channels on disk {stored}")
     named = [r for r in rows if r.patient is not None]
     if named:
         patients = {s: {r.patient for r, x in zip(rows, splits, strict=True) if x == s}

@@ -346,11 +346,11 @@ def nearest_neighbours(
 
 def iter_split_images(data_h5: Path, split: str, chunk_size: int) -> Iterator[np.ndarray]:
     """The images of one split of a data file, ``chunk_size`` at a time (never all at once)."""
-    from craft.store import open_h5
+    from craft.store import data_channels, expand_channels, open_h5
 
     with open_h5(data_h5, "data") as f:
         if split not in f:
             raise CraftError(f"{data_h5} has no split '{split}'")
-        ds = f[split]["images"]
+        ds, channels = f[split]["images"], data_channels(f, split)
         for i in range(0, ds.shape[0], chunk_size):
-            yield ds[i : i + chunk_size]
+            yield expand_channels(ds[i : i + chunk_size], channels)

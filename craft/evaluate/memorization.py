@@ -44,7 +44,15 @@ from craft.evaluate.features import (
 )
 from craft.evaluate.settings import MemorizationConfig
 from craft.progress import log
-from craft.store import atomic_h5, open_h5, read_patients, read_samples, read_split
+from craft.store import (
+    atomic_h5,
+    data_channels,
+    expand_channels,
+    open_h5,
+    read_patients,
+    read_samples,
+    read_split,
+)
 
 #: Grid of the tiny encoder's pooled map here: fine enough to tell two phantoms apart.
 TINY_GRID = 8
@@ -232,7 +240,8 @@ def patient_ids(data_h5: Path) -> tuple[np.ndarray, np.ndarray, float]:
 def _train_rows(data_h5: Path, rows: np.ndarray) -> np.ndarray:
     with open_h5(data_h5, "data") as f:
         ds = f["train"]["images"]
-        return np.stack([ds[int(i)] for i in rows]) if len(rows) else ds[:0]
+        images = np.stack([ds[int(i)] for i in rows]) if len(rows) else ds[:0]
+        return expand_channels(images, data_channels(f, "train"))
 
 
 def patients_note(known: float) -> str:

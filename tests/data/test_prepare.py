@@ -62,3 +62,75 @@ def test_a_manifests_prepare_spec_says_its_splits_keep_patients_together(tmp_pat
     assert cfg.spec("prepare", "site-ct").plain()["source"]["split_by"] == "patient"
     phantom = validate_config(tiny_config())
     assert "split_by" not in phantom.spec("prepare", "phantom-cxr").plain()["source"]
+
+
+def _site(tmp_path, n_patients, resolution=32, channels=1):
+    manifest, images = write_site(tmp_path / f"site{n_patients}", n_patients=n_patients)
+    raw = site_config(manifest, images)
+    raw["results"] = str(tmp_path / "results")
+    raw["modalities"]["site-ct"].update(resolution=resolution, channels=channels)
+    return validate_config(raw)
+
+
+def test_prepares_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    """Images are decoded a task at a time and written as they come: growing the data set
+    fourfold adds far less than its images' bytes to the peak (holding them, as prepare did
+    before, adds all of them)."""
+    import tracemalloc
+
+    res = 128
+    peaks = {}
+    prepare(_site(tmp_path, 8, res, 3), "site-ct", tmp_path / "warm.h5")  # one-time allocations
+    for n_patients in (16, 64):
+        cfg = _site(tmp_path, n_patients, resolution=res, channels=3)
+        tracemalloc.start()
+        out = prepare(cfg, "site-ct", tmp_path / f"{n_patients}.h5")
+        peaks[n_patients] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        peaks[f"n{n_patients}"] = sum(len(read_split(out, s)) for s in ("train", "val", "test"))
+    extra_images = peaks["n64"] - peaks["n16"]
+    assert extra_images > 100, peaks
+    grown = peaks[64] - peaks[16]
+    assert grown < 0.1 * extra_images * res * res * 3, peaks
+
+
+def test_gray_images_are_kept_once_and_read_as_rgb_and_workers_change_nothing(tmp_path):
+    import h5py
+    import numpy as np
+
+    from craft.data.images import read_image
+    from craft.data.prepare import _options
+
+    cfg = _site(tmp_path, 12, channels=3)
+    one = prepare(cfg, "site-ct", tmp_path / "one.h5", threads=1)
+    two = prepare(cfg, "site-ct", tmp_path / "two.h5", threads=2)
+    opts = _options(cfg.modality("site-ct"))
+    for split in ("train", "val", "test"):
+        with h5py.File(one, "r") as f, h5py.File(two, "r") as g:
+            assert f[split]["images"].shape[-1] == 1  # the site's images are all gray
+            assert np.array_equal(f[split]["images"][()], g[split]["images"][()])
+        s = read_split(one, split)
+        assert s.images.shape[-1] == 3
+        for image, path in zip(s.images, s.paths, strict=True):
+            assert np.array_equal(image, read_image(path, opts))  # what was stored before
+
+
+def test_an_image_column_widens_to_rgb_at_the_first_colour_image(tmp_path):
+    import h5py
+    import numpy as np
+
+    from craft.store import ImageColumn, expand_channels
+
+    rng = np.random.default_rng(0)
+    gray = [np.repeat(rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), 3, axis=2) for _ in range(3)]
+    colour = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    images = [gray[0], gray[1], colour, gray[2]]
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        col = ImageColumn(f, "images", 4, 8, 3)
+        for i in (0, 1):
+            col.write(i, images[i])
+        assert f["images"].shape == (4, 8, 8, 1)
+        col.write(2, colour)
+        col.write(3, gray[2])
+        assert f["images"].shape == (4, 8, 8, 3)
+        assert np.array_equal(expand_channels(f["images"][()], 3), np.stack(images))

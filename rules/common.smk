@@ -55,6 +55,9 @@ if hub_offline():
         )
 
 LAYOUT = Layout(CFG.results)
+# Snakemake's working directory (--directory, else where it was started): relative paths of
+# inputs and outputs start here, in the jobs too.
+WORKDIR = os.getcwd()
 RESULTS = str(CFG.results)
 # Logs live under the results folder, so that two configs with two results folders keep their
 # own. Each attempt of a job writes its own file, {log}.attempts/<UTC time>-<pid>.log, so that a
@@ -120,6 +123,26 @@ def get_spec(stage):
     return spec
 
 
+def workdir_name(path):
+    """A file's name as a rule input: relative to the working directory where an absolute
+    path lies inside it (the files shipped in the checkout, such as the curated knowledge
+    bases, when Snakemake runs from the checkout), else as given. Snakemake reruns a job
+    whose recorded input names changed: an absolute name inside the folder would rerun every
+    job that reads the file once the folder is moved, copied or cloned anew. Jobs run in the
+    same working directory (on a cluster node too), so a relative name finds the file there.
+    """
+    path = str(path)
+    if not os.path.isabs(path):
+        return path
+    # the path as given, else with its links resolved (the working directory has them
+    # resolved: a checkout reached through a link)
+    for candidate in (os.path.abspath(path), os.path.realpath(path)):
+        name = os.path.relpath(candidate, WORKDIR)
+        if name != os.pardir and not name.startswith(os.pardir + os.sep):
+            return name
+    return path
+
+
 def get_knowledge_review(wildcards):
     """A clinician-edited review file pinned in knowledge.review (an input: edits rerun)."""
     pinned = CFG.knowledge.review.get(wildcards.modality)
@@ -135,7 +158,8 @@ def get_manifest(wildcards):
 
 def get_curated_knowledge(wildcards):
     """The curated knowledge YAML a modality's knowledge is built from (shipped or the
-    user's own, knowledge.curated): an input, so that editing it reruns what reads it.
+    user's own, knowledge.curated): an input, so that editing it reruns what reads it. A
+    shipped base is named relative to the working directory (workdir_name).
     """
     from craft.knowledge.curated import curated_path, resolve_base
 
@@ -145,7 +169,7 @@ def get_curated_knowledge(wildcards):
     m = CFG.modality(wildcards.modality)
     try:
         return [
-            str(
+            workdir_name(
                 curated_path(
                     resolve_base(dict(kn.curated), wildcards.modality, m.phantom)
                 )
@@ -216,11 +240,12 @@ def get_auditor_evaluators(wildcards):
 
 
 def get_foundation(wildcards):
-    """The foundation dir when the workflow trains it or it is a local dir (not a hub id)."""
+    """The foundation dir when the workflow trains it or it is a local dir (not a hub id),
+    such as the shipped phantom foundations (named as workdir_name does)."""
     if PRETRAIN:
         return [str(LAYOUT.foundation(wildcards.modality))]
     local = Path(CFG.models.generator_for(wildcards.modality))
-    return [str(local)] if local.is_dir() else []
+    return [workdir_name(local)] if local.is_dir() else []
 
 
 def get_metric_files(modality, method, seed):

@@ -484,3 +484,46 @@ def test_a_given_config_file_replaces_the_default_whole(workdir, env, tmp_path):
     assert touched == {"phantom-derm"}, touched
     both = snakemake(workdir, env, "-n", "--config", "seeds=[0,1]").stdout
     assert job_counts(both)["adapt"] == 2 * 3 * 2  # 2 modalities x 3 methods x 2 seeds
+
+
+def planned_inputs(output: str) -> dict[tuple[str, str], list[str]]:
+    """(rule, wildcards) -> the input names of every job a dry run lists."""
+    jobs = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if not m:
+            continue
+        wc = re.search(r"wildcards: (.*)", block)
+        names = re.search(r"\n\s+input: (.*)", block)
+        jobs[(m.group(1), wc.group(1) if wc else "")] = names.group(1).split(", ") if names else []
+    return jobs
+
+
+def test_a_moved_checkout_plans_its_jobs_with_the_same_input_names(env, tmp_path):
+    """Snakemake reruns a job whose recorded input names changed. Run from the checkout, the
+    files shipped in it (the curated knowledge bases, the phantom foundations) are named
+    relative to the working directory: two copies of the checkout plan the default config's
+    jobs with the same input names, so a finished run moved, copied or cloned anew plans
+    nothing (issue 40: it reran 86 of its 126 jobs)."""
+    plans = []
+    for name in ("a", "b"):
+        work = tmp_path / name
+        work.mkdir()
+        for part in ("Snakefile", "config.yaml"):
+            shutil.copy(REPO / part, work / part)
+        for part in ("rules", "craft", "assets"):
+            shutil.copytree(REPO / part, work / part, ignore=shutil.ignore_patterns("__pycache__"))
+        proc = subprocess.run(
+            ["snakemake", "-n"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        plans.append(planned_inputs(proc.stdout))
+        inputs = {f for names in plans[-1].values() for f in names}
+        assert not [f for f in inputs if f.startswith(str(tmp_path))], sorted(inputs)
+        for f in (
+            "craft/knowledge/curated/phantom-cxr.yaml",
+            "assets/phantom-foundation/phantom-cxr",
+        ):
+            assert f in inputs, sorted(inputs)
+    assert ("knowledge", "modality=phantom-derm") in plans[0]
+    assert plans[0] == plans[1]

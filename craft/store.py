@@ -263,11 +263,145 @@ def json_attr(f: h5py.File, key: str) -> Any:
 # ----------------------------------------------------------------------------- typed views
 
 
+class SplitImages:
+    """A data file split's images (N, H, W, C) uint8, read from disk when indexed.
+
+    It indexes like the array it stands for (an int, a slice, an index array in any order with
+    repeats, a boolean mask), and each index reads only those images, with their channels
+    expanded (:func:`expand_channels`): a stage that takes a batch at a time holds a batch,
+    whatever the split's size (CheXpert's training split is ~120 GB at 512 px RGB). Each
+    process opens its own handle on first use (DataLoader workers included), and a pickled
+    view carries no handle. ``np.asarray(view)`` reads the whole split: for splits small by
+    construction only. ``max_rows_per_read``, when set (tests), refuses any larger read.
+    """
+
+    max_rows_per_read: int | None = None
+
+    def __init__(self, path: Path, split: str, rows: np.ndarray | None = None):
+        self.path, self.split = Path(path), split
+        with h5py.File(self.path, "r") as f:
+            ds = f[split]["images"]
+            self._channels = data_channels(f, split)
+            self._n_stored = ds.shape[0]
+            self._hw = ds.shape[1:3]
+        self._rows = rows  # a subset of the split's rows (subset()), or all of them
+        self._file: h5py.File | None = None
+        self._pid = -1
+
+    # array-like surface
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self._hw, self._channels)
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __len__(self) -> int:
+        return self._n_stored if self._rows is None else len(self._rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, tuple):  # images[idx, ...]: the rows, then the rest
+            return self[key[0]][(slice(None), *key[1:])]
+        if isinstance(key, int | np.integer):
+            i = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"image {key} out of range for {len(self)} images")
+            return self._read(np.array([i]))[0]
+        if isinstance(key, slice):
+            return self._read(np.arange(len(self))[key])
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64)
+        return self._read(np.where(idx < 0, idx + len(self), idx))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        images = self[:]
+        return images if dtype is None else images.astype(dtype)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for chunk in self.chunks(64):
+            yield from chunk
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """The images in order, ``size`` at a time."""
+        for i in range(0, len(self), size):
+            yield self[i : i + size]
+
+    def subset(self, rows: np.ndarray) -> SplitImages:
+        """A view of some of these images (row indices into this view), read when indexed."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return SplitImages(self.path, self.split, rows if self._rows is None else self._rows[rows])
+
+    # reading
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        limit = SplitImages.max_rows_per_read
+        if limit is not None and len(idx) > limit:
+            raise RuntimeError(f"{len(idx)} images read at once from {self.path} ({limit} allowed)")
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"image index out of range for {len(self)} images")
+        stored = idx if self._rows is None else self._rows[idx]
+        ds = self._dataset()
+        if not len(stored):
+            images = np.zeros((0, *ds.shape[1:]), np.uint8)
+        elif len(stored) > 1 and np.all(np.diff(stored) == 1):  # one contiguous block
+            images = ds[int(stored[0]) : int(stored[-1]) + 1]
+        else:  # h5py reads increasing rows without repeats: read those, then put in order
+            unique, back = np.unique(stored, return_inverse=True)
+            images = ds[unique.tolist()][back.ravel()]
+        return expand_channels(images, self._channels)
+
+    def _dataset(self) -> h5py.Dataset:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file[self.split]["images"]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_pid": -1}
+
+    def __del__(self) -> None:
+        f = getattr(self, "_file", None)
+        if f is not None and self._pid == os.getpid():
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+
+
+class StackedImages:
+    """Several image arrays or views (N_i, H, W, C) as one, read part by part when indexed:
+    real training rows of a :class:`SplitImages` followed by generated images, say."""
+
+    def __init__(self, parts: list):
+        self.parts = [p for p in parts if len(p)] or parts[:1]
+        self._starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self._starts[-1]), *self.parts[0].shape[1:])
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            return self[np.array([key])][0]
+        idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64)
+        idx = np.where(idx < 0, idx + len(self), idx)
+        part = np.searchsorted(self._starts, idx, side="right") - 1
+        out = np.empty((len(idx), *self.shape[1:]), np.uint8)
+        for p in np.unique(part).tolist():
+            sel = part == p
+            out[sel] = self.parts[p][idx[sel] - self._starts[p]]
+        return out
+
+
 @dataclass
 class Split:
-    """One split of a prepared data file."""
+    """One split of a prepared data file; its images are read from disk when indexed."""
 
-    images: np.ndarray  # (N, H, W, C) uint8
+    images: SplitImages  # (N, H, W, C) uint8, array-like
     labels: np.ndarray  # (N,) int64 index into label_names
     label_names: list[str]
     paths: list[str]
@@ -295,7 +429,8 @@ def read_patients(path: Path, split: str) -> list[str]:
 
 
 def read_split(path: Path, split: str, config_digest: str | None = None) -> Split:
-    """Load one split (train/val/test) of ``results/data/{modality}.h5``."""
+    """One split (train/val/test) of ``results/data/{modality}.h5``: its labels, paths and
+    patients, and its images as a view that reads them when indexed (:class:`SplitImages`)."""
     with open_h5(path, "data", config_digest) as f:
         if split not in f:
             raise CraftError(
@@ -303,7 +438,7 @@ def read_split(path: Path, split: str, config_digest: str | None = None) -> Spli
             )
         g = f[split]
         return Split(
-            images=expand_channels(g["images"][()], data_channels(f, split)),
+            images=SplitImages(path, split),
             labels=g["labels"][()].astype(np.int64),
             label_names=json_attr(f, "labels"),
             paths=_strings(g["paths"]),

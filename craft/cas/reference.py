@@ -376,7 +376,7 @@ def build_reference(
             raise CraftError(f"{data_h5}: the train split needs 2+ images of '{lab}'")
         if len(idx) > max_per_label:
             idx = np.sort(rng.choice(idx, max_per_label, replace=False))
-        emb = embed_images(evaluator, train.images[idx], batch_size)
+        emb = embed_images(evaluator, train.images.subset(idx), batch_size)
         d = soft_knn_distance(emb, emb, knn_k, 1.0, exclude_self=True)
         s = float(d.median())
         s = float(soft_knn_distance(emb, emb, knn_k, s, exclude_self=True).median())

@@ -50,7 +50,7 @@ from craft.evaluate import write_metrics
 from craft.evaluate.features import device, to_float
 from craft.evaluate.settings import DownstreamConfig
 from craft.progress import log
-from craft.store import read_samples, read_split
+from craft.store import StackedImages, read_samples, read_split
 
 __all__ = [
     "TinyCNN",
@@ -207,7 +207,7 @@ def classification_metrics(
 class PhaseData:
     """The images one classifier trains on, and the real val / test splits."""
 
-    train_x: np.ndarray  # (N, H, W, C) uint8
+    train_x: np.ndarray  # (N, H, W, C) uint8, or an array-like view that reads when indexed
     train_y: np.ndarray  # (N,) int64
     val_x: np.ndarray
     val_y: np.ndarray
@@ -226,7 +226,9 @@ def phase_digest(
         h.update(np.ascontiguousarray(arr).tobytes())
     h.update(str(data.train_x.shape).encode())
     # The pixels too: regenerated samples start over.
-    h.update(np.ascontiguousarray(data.train_x[:: max(1, len(data.train_x) // 1024)]).tobytes())
+    rows = np.arange(0, len(data.train_x), max(1, len(data.train_x) // 1024))
+    for i in range(0, len(rows), 256):  # a chunk at a time: the same bytes, hashed in turn
+        h.update(np.ascontiguousarray(data.train_x[rows[i : i + 256]]).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -436,15 +438,16 @@ def phases(
 
 
 def _phase_data(train, val, test, idx: np.ndarray | None, samples) -> PhaseData:
-    """A phase's images: the real train rows ``idx`` (None: none) and the samples (or None)."""
+    """A phase's images: the real train rows ``idx`` (None: none) and the samples (or None),
+    as one view that reads a batch's real images from the data file when it is drawn."""
     xs, ys = [], []
     if idx is not None:
-        xs.append(train.images[idx])
+        xs.append(train.images.subset(idx))
         ys.append(train.labels[idx])
     if samples is not None:
         xs.append(samples.images)
         ys.append(samples.labels)
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    x, y = StackedImages(xs), np.concatenate(ys)
     return PhaseData(
         x, y, val.images, val.labels, test.images, test.labels, list(train.label_names)
     )

@@ -128,7 +128,13 @@ def nearest_training(
             if path is not None:
                 path.unlink(missing_ok=True)
             raise
-    q_vecs = [vectorise(q) for q in queries]
+    # chunk by chunk, as the train stream: a real split is read a chunk at a time
+    q_vecs = [
+        np.concatenate([vectorise(q[i : i + chunk_size]) for i in range(0, len(q), chunk_size)])
+        if len(q)
+        else vectorise(q[:0])
+        for q in queries
+    ]
     if mean is not None:
         q_vecs = [q - mean for q in q_vecs]
     # One pass over the train stream serves every query set: stack them.

@@ -32,12 +32,28 @@ from craft.prompts import label_prompt
 from craft.store import read_samples, read_split
 
 
+def measure_in_chunks(phantom: str, images, chunk: int = 256) -> oracle.OracleResult:
+    """``oracle.measure`` of ``images`` (an array, or a data split's view read when indexed)
+    ``chunk`` images at a time: the oracle measures each image on its own, so the result is
+    the whole measurement's, and memory is a chunk's."""
+    if len(images) <= chunk:
+        return oracle.measure(phantom, images[:])
+    parts = [oracle.measure(phantom, images[i : i + chunk]) for i in range(0, len(images), chunk)]
+    cat = lambda key, get: np.concatenate([get(p)[key] for p in parts])  # noqa: E731
+    return oracle.OracleResult(
+        criteria={c: cat(c, lambda p: p.criteria) for c in parts[0].criteria},
+        predicted=np.concatenate([p.predicted for p in parts]),
+        valid=np.concatenate([p.valid for p in parts]),
+        measurements={k: cat(k, lambda p: p.measurements) for k in parts[0].measurements},
+    )
+
+
 def _measured(
     phantom: str, images: np.ndarray, result: oracle.OracleResult | None
 ) -> oracle.OracleResult:
     """``result`` where given (checked to have a row per image), else a fresh measurement."""
     if result is None:
-        return oracle.measure(phantom, images)
+        return measure_in_chunks(phantom, images)
     if len(result.valid) != len(images):
         raise CraftError(
             f"the oracle result has {len(result.valid)} rows for {len(images)} images: pass "

@@ -152,3 +152,20 @@ def test_reference_and_score_stages_write_what_the_report_reads(
     assert "cas_oracle_spearman__clip" in mf.metrics
     # plain label prompts (the lora method's) calibrate like real images with them
     assert 0.3 <= metrics["cas_mean__clip"] <= 0.7
+
+
+def test_the_reference_reads_each_split_a_batch_at_a_time(
+    cxr_evaluator, cxr_data, cxr_knowledge, monkeypatch
+):
+    """With reads capped below every split's size, the reference still builds, and builds the
+    same numbers (its digest) as uncapped."""
+    from craft.cas.reference import build_reference
+    from craft.store import SplitImages, read_split
+
+    sizes = [len(read_split(cxr_data, s)) for s in ("train", "val", "test")]
+    assert min(sizes) > 64, sizes
+    free = build_reference(cxr_evaluator, cxr_data, cxr_knowledge, batch_size=32)
+    monkeypatch.setattr(SplitImages, "max_rows_per_read", 32)
+    capped = build_reference(cxr_evaluator, cxr_data, cxr_knowledge, batch_size=32)
+    assert capped.digest == free.digest
+    assert np.array_equal(capped.real_test_cas, free.real_test_cas)

@@ -932,12 +932,13 @@ def stage_config(world: Path, **align) -> dict:
     }
 
 
-def test_align_stage_writes_a_card_that_diffusers_loads(world, tmp_path):
+def test_align_stage_writes_a_card_that_diffusers_loads(world, tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
     from craft.models.card import ModelCard, load_card_generator
     from craft.models.tiny import tiny_vae
     from craft.paths import Layout
+    from craft.store import SplitImages, read_split
     from craft.train.adapt import adapt
     from craft.train.align import align
 
@@ -945,8 +946,14 @@ def test_align_stage_writes_a_card_that_diffusers_loads(world, tmp_path):
     lay = Layout(cfg.results)
     with pytest.raises(CraftError, match="craft adapt -m phantom-cxr -k lora"):
         align(cfg, PHANTOM, "craft", 0, lay.card(PHANTOM, "craft", 0), threads=1)
+    # adapt and align read the training split a batch (or a label's chunk) at a time, never
+    # whole: with reads capped below the split's size they still train
+    cap = len(LABELS) * 15 // 2
+    assert len(read_split(lay.data(PHANTOM), "train")) > cap
+    monkeypatch.setattr(SplitImages, "max_rows_per_read", cap)
     start_card = adapt(cfg, PHANTOM, "lora", 0, lay.card(PHANTOM, "lora", 0), threads=1)
     card = align(cfg, PHANTOM, "craft", 0, lay.card(PHANTOM, "craft", 0), threads=1)
+    monkeypatch.setattr(SplitImages, "max_rows_per_read", None)
     run = lay.run(PHANTOM, "craft", 0)
     assert card.kind == "lora" and card.init == "lora" and card.lora_scale == 0.5
     # both cards name the torch build and CPU kernel level that trained them

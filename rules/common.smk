@@ -239,13 +239,26 @@ def get_auditor_evaluators(wildcards):
     ]
 
 
+#: Model folders shipped in the checkout (the phantom foundations): versioned with the code.
+SHIPPED_ASSETS = os.path.realpath(os.path.join(workflow.basedir, "assets"))
+
+
 def get_foundation(wildcards):
     """The foundation dir when the workflow trains it or it is a local dir (not a hub id),
-    such as the shipped phantom foundations (named as workdir_name does)."""
+    such as the shipped phantom foundations (named as workdir_name does).
+
+    A shipped folder is marked ancient: a fresh clone of the same commit gives its files new
+    times, and Snakemake, which cannot checksum a folder, would rerun every adapt job. Its
+    content changes only with a new folder name (assets/README.md), which reruns them.
+    """
     if PRETRAIN:
         return [str(LAYOUT.foundation(wildcards.modality))]
     local = Path(CFG.models.generator_for(wildcards.modality))
-    return [workdir_name(local)] if local.is_dir() else []
+    if not local.is_dir():
+        return []
+    name = workdir_name(local)
+    shipped = os.path.realpath(local).startswith(SHIPPED_ASSETS + os.sep)
+    return [ancient(name) if shipped else name]
 
 
 def get_metric_files(modality, method, seed):

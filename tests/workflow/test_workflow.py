@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -527,3 +528,62 @@ def test_a_moved_checkout_plans_its_jobs_with_the_same_input_names(env, tmp_path
             assert f in inputs, sorted(inputs)
     assert ("knowledge", "modality=phantom-derm") in plans[0]
     assert plans[0] == plans[1]
+
+
+def test_a_fresh_clone_of_a_finished_run_plans_nothing(env, tmp_path):
+    """A site clones the workflow anew and brings its results: every file of the clone is
+    newer than the results. The shipped foundation folder (which Snakemake cannot checksum)
+    is versioned with the code and marked ancient, so its new times rerun no adapt job."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["modalities"] = {"phantom-cxr": {**cfg["modalities"]["phantom-cxr"]}}
+    cfg["modalities"]["phantom-cxr"]["source"]["n_per_label"] = 8
+    cfg["methods"]["lora"].update(steps=1, batch_size=2)
+    del cfg["study"]
+    target = "results/runs/phantom-cxr/lora/0/model.json"
+    first, clone = tmp_path / "first", tmp_path / "clone"
+    for work in (first, clone):
+        work.mkdir()
+        shutil.copy(REPO / "Snakefile", work / "Snakefile")
+        write_config(work / "config.yaml", cfg)
+        for part in ("rules", "craft", "assets"):  # new files: new times
+            shutil.copytree(
+                REPO / part,
+                work / part,
+                ignore=shutil.ignore_patterns("__pycache__"),
+                copy_function=shutil.copy,
+            )
+        if work == first:
+            run = ["snakemake", "--cores", "1", target]
+            proc = subprocess.run(run, cwd=work, env=env, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    newest = max(f.stat().st_mtime for f in (first / "results").rglob("*"))
+    for f in [clone, *clone.rglob("*")]:  # a clone made after the run: all of it newer
+        os.utime(f, (newest + 60, newest + 60))
+    for part in ("results", ".snakemake"):  # as `cp -a` or `rsync -a` bring them
+        shutil.copytree(first / part, clone / part, symlinks=True)
+    proc = subprocess.run(
+        ["snakemake", "-n", target], cwd=clone, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+
+
+def test_the_shipped_foundations_are_the_files_their_checksums_name():
+    """The shipped foundation folders are marked ancient (a new clone reruns nothing), so
+    their content must not change under the same name (assets/README.md)."""
+    import hashlib
+
+    root = REPO / "assets"
+    listed = {}
+    for line in (root / "phantom-foundation" / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name] = digest
+    found = {
+        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted((root / "phantom-foundation").rglob("*"))
+        if f.is_file() and f.name != "SHA256SUMS"
+    }
+    assert found == listed, (
+        "a shipped foundation changed under the same name: give it a new folder name "
+        "(assets/README.md), then list its files in its SHA256SUMS"
+    )

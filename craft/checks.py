@@ -38,13 +38,13 @@ def check_manifest(cfg: CraftConfig, name: str) -> list[str]:
     header, every row (label, split, path inside the image root, the file exists, no
     duplicate), every label with images, and whole patients dealt to every split. At most the
     first few lines, with the count of the rest; ``craft data check`` lists every one."""
-    from craft.data.manifest import check_rows
+    from craft.data.manifest import manifest_problems
     from craft.errors import CraftError
     from craft.paths import Layout
 
     m = cfg.modalities[name]
     try:
-        _, problems = check_rows(
+        problems = manifest_problems(
             m.source.manifest,
             m.source.image_root,
             m.labels,
@@ -112,5 +112,5 @@ def check_files(cfg: CraftConfig, manifests: bool = True) -> list[str]:
         problems.append(_file(f"knowledge.review.{name}", Path(path), "review YAML file"))
     if not any(problems):
         problems += check_knowledge(cfg)
-    problems += [problem(ref) for ref in config_models(cfg) if ref.local]
+    problems += [problem(ref) for ref in config_models(cfg, local_only=True) if ref.local]
     return [p for p in problems if p is not None]

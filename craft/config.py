@@ -723,11 +723,11 @@ class CraftConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> CraftConfig:
-        from craft.data.phantoms import PHANTOMS  # numpy only
-
         for name, m in self.modalities.items():
             if m.source.kind != "phantom":
                 continue
+            from craft.data.phantoms import PHANTOMS  # numpy and scipy: phantom configs only
+
             spec = PHANTOMS.get(m.source.phantom)
             if spec is None:
                 raise ValueError(

@@ -144,8 +144,12 @@ def _timm_hub_id(name: str) -> str | None:
     return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
 
 
-def config_models(cfg: CraftConfig) -> list[ModelRef]:
-    """Every pretrained model the config names (phantom-only parts it trains are not models)."""
+def config_models(cfg: CraftConfig, local_only: bool = False) -> list[ModelRef]:
+    """Every pretrained model the config names (phantom-only parts it trains are not models).
+
+    ``local_only``: only the local folders, as the plan checks them; a downstream classifier
+    named by a timm architecture is then not resolved to its hub repository (that imports
+    timm and torch: 4 s of every plan)."""
     refs: list[ModelRef] = []
     if cfg.models.generator != "pretrain":
         for m in cfg.modalities:
@@ -176,7 +180,10 @@ def config_models(cfg: CraftConfig) -> list[ModelRef]:
         )
     ev = cfg.evaluation
     ds = ev.downstream
-    if ds.classifier != "tiny":
+    if ds.classifier != "tiny" and local_only:
+        if looks_local(ds.classifier) and not ds.classifier.startswith("hf-hub:"):
+            refs.append(ModelRef("evaluation.downstream.classifier", ds.classifier, "transformers"))
+    elif ds.classifier != "tiny":
         hub = None
         if ds.classifier.startswith("hf-hub:") or not Path(ds.classifier).exists():
             try:

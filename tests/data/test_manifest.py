@@ -394,14 +394,45 @@ def test_splits_are_dealt_once_per_manifest_content_and_again_when_a_row_changes
 
     first = dealt()
     assert first == real(manifest.read_manifest(csv, images, LABELS), FRACTIONS, 0)
-    assert len(calls) == 1 and len(list(cache.iterdir())) == 1
+    assert len(calls) == 1 and len(list(cache.glob("*.json"))) == 1
     assert dealt() == first and len(calls) == 1  # planned again: nothing dealt
     assert dealt(seed=1) != first and len(calls) == 2  # another seed is another key
     lines[5] = lines[5].replace(",P2", ",P9")  # one row changes patient
     csv.write_text("\n".join(lines) + "\n")
     changed = dealt()
-    assert len(calls) == 3 and len(list(cache.iterdir())) == 3
+    assert len(calls) == 3 and len(list(cache.glob("*.json"))) == 3
     assert changed == real(manifest.read_manifest(csv, images, LABELS), FRACTIONS, 0)
-    for f in cache.iterdir():
+    for f in cache.glob("*.json"):
         f.write_text("{not json")
     assert dealt() == changed and len(calls) == 4  # a damaged cache file: dealt again
+
+
+def test_a_manifest_checked_sound_before_is_checked_again_by_its_files_alone(
+    tmp_path, monkeypatch
+):
+    """The plan's check of a manifest whose content was sound: no row is parsed again, but a
+    file gone or a second name of one file is found, with check_rows' own words."""
+    import craft.data.manifest as manifest
+
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = ["path,label,patient"]
+    for p in range(12):
+        (images / f"{p}.png").write_bytes(b"\x89PNG")
+        lines.append(f"{p}.png,{LABELS[p % 2]},P{p}")
+    csv = write_csv(tmp_path, "\n".join(lines) + "\n")
+    cache = tmp_path / "cache"
+    args = (csv, images, LABELS, FRACTIONS, 0, cache)
+    assert manifest.manifest_problems(*args) == []  # the first plan: rows parsed, dealt
+    parsed = []
+    real = manifest._row
+    monkeypatch.setattr(manifest, "_row", lambda *a: parsed.append(1) or real(*a))
+    assert manifest.manifest_problems(*args) == [] and not parsed
+    (images / "3.png").unlink()
+    (images / "3.png").hardlink_to(images / "5.png")  # one file under two names
+    assert manifest.manifest_problems(*args) == manifest.check_rows(*args)[1]
+    assert "line 7: duplicate path '5.png', already listed on line 5" in (
+        " ".join(manifest.manifest_problems(*args))
+    )
+    (images / "3.png").unlink()
+    assert "image file not found" in manifest.manifest_problems(*args)[0]

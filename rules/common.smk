@@ -113,14 +113,21 @@ def get_spec(stage):
     """
 
     def spec(wildcards):
-        return CFG.spec(
+        key = (
             stage,
             wildcards.get("modality"),
             wildcards.get("method"),
             wildcards.get("evaluator"),
-        ).digest
+        )
+        if key not in _SPEC_DIGESTS:  # Snakemake asks for a job's params several times
+            _SPEC_DIGESTS[key] = CFG.spec(*key).digest
+        return _SPEC_DIGESTS[key]
 
     return spec
+
+
+#: get_spec's digests by (stage, modality, method, evaluator): a spec holds no seed.
+_SPEC_DIGESTS = {}
 
 
 def workdir_name(path):
@@ -313,7 +320,9 @@ def get_final_output():
     out = LAYOUT.report()
     # claim.csv and figures/ too: a results folder from before they were outputs of the report
     # rule gets them (and `snakemake --report` finds them) from a plain `snakemake`
-    files = [str(out / f) for f in ("summary.csv", "claim.csv", "index.html", "figures")]
+    files = [
+        str(out / f) for f in ("summary.csv", "claim.csv", "index.html", "figures")
+    ]
     if CFG.study is not None:
         files += [str(LAYOUT.study(m) / "study.html") for m in MODALITIES]
     return files

@@ -1,0 +1,496 @@
+"""A site's data size, against a baseline commit, side by side in one run (issue 40).
+
+Builds a synthetic CheXpert-size site (224,000 manifest rows of 74,667 patients and 8 labels,
+each row a small real PNG, so that every stage can read it) and a few hundred real-size images
+(1024x1024 8-bit PNG and 16-bit DICOM), then measures, for the baseline commit (a git worktree)
+and for this checkout, one after the other for each figure:
+
+- plan: ``craft config check`` and ``snakemake -n`` at 10k, 100k and 224k rows (the first
+  plan of a manifest, and the plans after it);
+- prepare at scale: wall time and peak memory (the process tree's RSS) at each size;
+- prepare at 512 px on the real-size files: images/s against a plain one-process PIL/pydicom
+  decode-and-resize loop over the same files, and peak memory at two sizes;
+- the stages: peak memory of adapt, reference, downstream and fidelity on phantom data sets
+  of two sizes (Snakemake's benchmark files of a real workflow run);
+- storage: bytes per image and read speed of a 512 px split without compression, lzf, gzip.
+
+Run by hand (not in CI; about an hour on 2 cores with the stage part):
+
+    python bench/bench_scale.py --work /scratch/craft-scale --baseline 5be17e7 \
+        --out bench/results/scale.json
+
+Every figure is written to --out as it is measured (JSON lines), so a run cut short keeps what
+it measured; ``--parts`` chooses what runs (plan,prepare,real,stages,storage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = [
+    "no_finding",
+    "cardiomegaly",
+    "lung_opacity",
+    "edema",
+    "consolidation",
+    "atelectasis",
+    "pneumothorax",
+    "pleural_effusion",
+]
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes of resident memory of a process and all its descendants (from /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return total
+
+
+def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 3600) -> dict:
+    """Run a command; its wall and CPU seconds (its own and its children's) and the peak RSS
+    of its process tree, sampled every 20 ms."""
+    t0 = time.perf_counter()
+    before = os.times()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate(timeout=timeout)
+    sampler.join()
+    wall = time.perf_counter() - t0
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} (in {cwd}) failed:\n{out[-3000:]}")
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak[0] / 2**20, "output": out}
+
+
+class Code:
+    """One version of craft: its checkout (the Snakefile's folder) and how to run it."""
+
+    def __init__(self, name: str, root: Path):
+        self.name, self.root = name, root
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(root),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "OMP_NUM_THREADS": "1",
+        }
+
+    def craft(self, *args: str) -> list[str]:
+        return [sys.executable, "-c", "from craft.cli import main; main()", *args]
+
+    def snakemake(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "snakemake", "-s", str(self.root / "Snakefile"), *args]
+
+
+def baseline_checkout(work: Path, rev: str) -> Path:
+    """A git worktree of the baseline commit (made once)."""
+    path = work / f"baseline-{rev}"
+    if not (path / "Snakefile").is_file():
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(path), rev],
+            check=True,
+            capture_output=True,
+        )
+    return path
+
+
+class Recorder:
+    def __init__(self, out: Path):
+        self.out = out
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, **row) -> None:
+        row.pop("output", None)
+        print(json.dumps(row), flush=True)
+        with self.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+# ------------------------------------------------------------------------------------ sites
+
+
+def write_site(root: Path, rows: int, patients: int, seed: int = 0) -> Path:
+    """``root/images/pXXXXX/studyY/viewZ.png`` (16x16 gray PNGs) and ``root/manifest.csv``
+    with ``rows`` rows of ``patients`` patients (CheXpert's layout: 1-5 studies a patient,
+    one label a patient); returns the manifest. Made once."""
+    from PIL import Image
+
+    manifest = root / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    rng = np.random.default_rng(seed)
+    per = np.ones(patients, np.int64)
+    extra = rng.choice(patients, rows - patients)
+    np.add.at(per, extra, 1)
+    label = rng.choice(len(LABELS), patients, p=[0.3, 0.1, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05])
+    tile = rng.integers(0, 256, (64, 16, 16), dtype=np.uint8)
+    lines = ["path,label,patient"]
+    n = 0
+    for p in range(patients):
+        for s in range(int(per[p])):
+            rel = f"p{p:05d}/study{s + 1}/view1_frontal.png"
+            path = root / "images" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(tile[n % 64] ^ np.uint8(p % 251)).save(path, compress_level=1)
+            lines.append(f"{rel},{LABELS[label[p]]},P{p:05d}")
+            n += 1
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(manifest)
+    return manifest
+
+
+def prefix_manifest(full: Path, rows: int) -> Path:
+    """The first ``rows`` rows of the full manifest (every label appears early)."""
+    out = full.with_name(f"manifest-{rows}.csv")
+    if not out.is_file():
+        with full.open() as f:
+            lines = [next(f) for _ in range(rows + 1)]
+        out.write_text("".join(lines))
+    return out
+
+
+def write_real_files(root: Path, n_png: int, n_dcm: int, seed: int = 0) -> Path:
+    """Real-size images: 1024x1024 8-bit PNGs (a smooth chest-like field with noise) and
+    1024x1024 16-bit DICOMs (pydicom's CT test slice, enlarged, with noise). Made once."""
+    import pydicom
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    manifest = root / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:1024, :1024] / 1024.0
+    base = 120 + 60 * np.sin(3 * xx) * np.cos(2 * yy)
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    big = np.kron(ct.pixel_array.astype(np.float64), np.ones((8, 8)))
+    lines = ["path,label,patient"]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n_png + n_dcm):
+        label = LABELS[i % len(LABELS)]
+        if i < n_png:
+            x = (base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+            name = f"{i:05d}.png"
+            Image.fromarray(x).save(root / "images" / name)
+        else:
+            ds = ct.copy()
+            x = (big * rng.uniform(0.9, 1.1) + rng.normal(0, 20, big.shape)).clip(0, 4095)
+            ds.Rows, ds.Columns = x.shape
+            ds.PixelData = x.astype(np.uint16).tobytes()
+            name = f"{i:05d}.dcm"
+            ds.save_as(root / "images" / name)
+        lines.append(f"{name},{label},R{i // 2:05d}")
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def site_config(path: Path, manifest: Path, images: Path, resolution: int, results: Path) -> Path:
+    """A manifest modality with the stack a site would name (hub ids; nothing is loaded)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "craft-paper.yaml").read_text())
+    chest = next(iter(cfg["modalities"].values()))
+    chest.update(
+        source={"kind": "manifest", "manifest": str(manifest), "image_root": str(images)},
+        labels=list(LABELS),
+        resolution=resolution,
+        channels=3,
+    )
+    name = next(iter(cfg["modalities"]))
+    cfg["modalities"] = {name: chest}
+    cfg["results"] = str(results)
+    cfg.pop("study", None)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------ parts
+
+
+def part_plan(codes, work, record, sizes, repeats):
+    full = write_site(work / "site", max(sizes), round(max(sizes) / 3))
+    for n in sizes:
+        manifest = prefix_manifest(full, n)
+        for code in codes:
+            results = work / f"plan-{code.name}-{n}"
+            cfg = site_config(work / f"plan-{code.name}-{n}.yaml", manifest, full.parent / "images",
+                              512, results)  # fmt: skip
+            shutil.rmtree(results / "data" / ".splits", ignore_errors=True)
+            for i in range(repeats):
+                for what, cmd, cwd in (
+                    ("config_check", code.craft("config", "check", str(cfg)), code.root),
+                    ("dry_run", code.snakemake("-n", "--configfile", str(cfg)), code.root),
+                ):
+                    r = run(cmd, cwd, code.env)
+                    first = i == 0 and what == "config_check"
+                    record(part="plan", code=code.name, rows=n, what=what, repeat=i,
+                           first_of_manifest=first, **r)  # fmt: skip
+
+
+def part_prepare(codes, work, record, sizes, resolution=64):
+    full = write_site(work / "site", max(sizes), round(max(sizes) / 3))
+    for n in sizes:
+        manifest = prefix_manifest(full, n)
+        for code in codes:
+            results = work / f"prep-{code.name}-{n}"
+            cfg = site_config(work / f"prep-{code.name}-{n}.yaml", manifest,
+                              full.parent / "images", resolution, results)  # fmt: skip
+            out = results / "data.h5"
+            args = ["prepare", "--config", str(cfg), "--modality", "chexpert", "--out", str(out)]
+            if code.name != "baseline":
+                args += ["--threads", "2"]
+            r = run(code.craft(*args), code.root, code.env)
+            record(part="prepare", code=code.name, rows=n, resolution=resolution,
+                   bytes=out.stat().st_size, images_per_s=n / r["wall_s"], **r)  # fmt: skip
+            out.unlink()
+
+
+def plain_loop(manifest: Path, images: Path, resolution: int) -> dict:
+    """The floor: decode and resize each file in one process, keep nothing."""
+    import pydicom
+    from PIL import Image
+
+    rows = list(csv.DictReader(manifest.open()))
+    t0 = time.perf_counter()
+    for r in rows:
+        path = images / r["path"]
+        if path.suffix == ".dcm":
+            x = pydicom.dcmread(path).pixel_array.astype(np.float32)
+            x = ((x - x.min()) / max(float(np.ptp(x)), 1e-6) * 255).astype(np.uint8)
+            im = Image.fromarray(x)
+        else:
+            im = Image.open(path).convert("L")
+        np.asarray(im.resize((resolution, resolution), Image.Resampling.BILINEAR))
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "images_per_s": len(rows) / wall, "rows": len(rows)}
+
+
+def part_real(codes, work, record, n_png, n_dcm, resolution=512):
+    root = work / "real"
+    full = write_real_files(root, n_png, n_dcm)
+    total = n_png + n_dcm
+    r = plain_loop(full, root / "images", resolution)
+    record(part="real", code="plain-loop", resolution=resolution, **r)
+    for n in (total // 4, total):
+        lines = full.read_text().splitlines()
+        keep = lines[: n + 1]  # labels cycle: every label in the first rows
+        manifest = root / f"manifest-{n}.csv"
+        manifest.write_text("\n".join(keep) + "\n")
+        for code in codes:
+            results = work / f"real-{code.name}-{n}"
+            cfg = site_config(work / f"real-{code.name}-{n}.yaml", manifest, root / "images",
+                              resolution, results)  # fmt: skip
+            out = results / "data.h5"
+            for threads in (1, 2) if code.name != "baseline" else (1,):
+                args = ["prepare", "--config", str(cfg), "--modality", "chexpert"]
+                args += ["--out", str(out)]
+                if code.name != "baseline":
+                    args += ["--threads", str(threads)]
+                r = run(code.craft(*args), code.root, code.env)
+                record(part="real", code=code.name, rows=n, threads=threads,
+                       resolution=resolution, bytes=out.stat().st_size,
+                       images_per_s=n / r["wall_s"], **r)  # fmt: skip
+                out.unlink()
+
+
+def part_stages(codes, work, record, sizes):
+    """Peak memory of the stages that read a data split, on a phantom-derm data set of each
+    size (32 px RGB), from Snakemake's benchmark files of a workflow run of those stages."""
+    import yaml
+
+    for n_per_label in sizes:
+        for code in codes:
+            run_dir = work / f"stages-{code.name}-{n_per_label}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg = {
+                "results": "results",
+                "seeds": [0],
+                "modalities": {
+                    "phantom-derm": {
+                        "source": {
+                            "kind": "phantom",
+                            "phantom": "phantom-derm",
+                            "n_per_label": n_per_label,
+                        },  # fmt: skip
+                        "labels": ["nevus", "melanoma"],
+                        "description": "dermoscopy image",
+                        "resolution": 32,
+                        "channels": 3,
+                    }
+                },
+                "models": {"generator": str(REPO / "assets/phantom-foundation/{modality}")},
+                "methods": {"lora": {"kind": "lora", "steps": 5, "batch_size": 8, "rank": 2}},
+                "knowledge": {"backend": {"kind": "curated"}},
+                "cas": {
+                    "evaluators": {
+                        "clip": {
+                            "family": "clip",
+                            "role": "reward",
+                            "train": {"steps": 5, "n_images": 64, "seed": 0},
+                        },
+                        "siglip": {
+                            "family": "siglip",
+                            "role": "out-of-family",
+                            "train": {"steps": 5, "n_images": 64, "seed": 1},
+                        },
+                    },  # fmt: skip
+                    "reference": {"max_per_label": 500},
+                },
+                "sampling": {"steps": 2, "n_per_label": 8, "batch_size": 16},
+                "evaluation": {"downstream": {"max_epochs": 1, "budgets": []}},
+            }
+            cfg_path = run_dir / "config.yaml"
+            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            targets = [
+                "results/runs/phantom-derm/lora/0/model.json",
+                "results/cas/phantom-derm/reference-clip.h5",
+                "results/runs/phantom-derm/lora/0/metrics-downstream.json",
+                "results/runs/phantom-derm/lora/0/metrics-fidelity.json",
+            ]
+            r = run(
+                code.snakemake("--cores", "2", "--configfile", str(cfg_path), *targets),
+                run_dir,
+                code.env,
+            )
+            for rule in ("adapt", "reference", "downstream_real", "downstream", "fidelity"):
+                for tsv in sorted((run_dir / "results" / "benchmarks" / rule).rglob("*.tsv")):
+                    row = list(csv.DictReader(tsv.open(), delimiter="\t"))[-1]
+                    record(part="stages", code=code.name, n_per_label=n_per_label, stage=rule,
+                           wall_s=float(row["s"]), max_rss_mb=float(row["max_rss"]))  # fmt: skip
+            record(part="stages-run", code=code.name, n_per_label=n_per_label, **r)
+
+
+def big_config(path: Path, results: Path) -> Path:
+    """8 modalities (four copies of each phantom) x the default's 6 methods x 10 seeds."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["modalities"] = {
+        f"{name}-{i}": m for name, m in cfg["modalities"].items() for i in range(4)
+    }
+    cfg["seeds"] = list(range(10))
+    cfg["results"] = str(results)
+    links = path.parent / "foundations"  # each modality's name for its phantom's foundation
+    links.mkdir(exist_ok=True)
+    for name, m in cfg["modalities"].items():
+        if not (links / name).exists():
+            (links / name).symlink_to(REPO / "assets/phantom-foundation" / m["source"]["phantom"])
+    cfg["models"]["generator"] = str(links / "{modality}")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def part_jobs(codes, work, record, repeats):
+    """The dry run of a config of thousands of jobs, and the SLURM jobs it would submit."""
+    for code in codes:
+        cfg = big_config(work / f"jobs-{code.name}.yaml", work / f"jobs-{code.name}")
+        for i in range(repeats):
+            r = run(code.snakemake("-n", "--configfile", str(cfg)), code.root, code.env)
+            table = [ln.split() for ln in r["output"].split("Job stats:")[1].splitlines()[3:]]
+            jobs = next(int(t[1]) for t in table if len(t) == 2 and t[0] == "total")
+            record(part="jobs", code=code.name, repeat=i, jobs=jobs, **r)
+
+
+def part_storage(work, record, n=256, resolution=512):
+    """Bytes per image and random-batch read speed of a 512 px split, per compression."""
+    import h5py
+    from PIL import Image
+
+    root = work / "real"
+    files = sorted((root / "images").glob("*.png"))[:n]
+    images = np.stack(
+        [np.asarray(Image.open(f).convert("L").resize((resolution, resolution))) for f in files]
+    )[..., None]
+    rng = np.random.default_rng(0)
+    for name, kw in (("none", {}), ("lzf", {"compression": "lzf"}),
+                     ("gzip-1", {"compression": "gzip", "compression_opts": 1})):  # fmt: skip
+        path = work / f"storage-{name}.h5"
+        t0 = time.perf_counter()
+        with h5py.File(path, "w") as f:
+            ds = f.create_dataset("x", shape=images.shape, dtype=np.uint8,
+                                  chunks=(1, resolution, resolution, 1), **kw)  # fmt: skip
+            for i, im in enumerate(images):
+                ds[i] = im
+        write_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with h5py.File(path, "r") as f:
+            for _ in range(50):
+                idx = np.unique(rng.choice(n, 8, replace=False))
+                f["x"][idx.tolist()]
+        read_s = (time.perf_counter() - t0) / 50
+        record(part="storage", compression=name, resolution=resolution,
+               bytes_per_image=path.stat().st_size / n, write_mb_s=images.nbytes / write_s / 1e6,
+               batch8_read_ms=read_s * 1e3)  # fmt: skip
+        path.unlink()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, required=True, help="Scratch folder (tens of GB).")
+    ap.add_argument("--baseline", default="5be17e7", help="Baseline commit.")
+    ap.add_argument("--out", type=Path, required=True, help="JSON lines, one per figure.")
+    ap.add_argument("--parts", default="plan,jobs,prepare,real,stages,storage")
+    ap.add_argument("--rows", default="10000,100000,224000", help="Manifest sizes.")
+    ap.add_argument("--prepare-rows", default="10000,224000", help="Sizes prepare runs at.")
+    ap.add_argument("--repeats", type=int, default=3, help="Plans after the first.")
+    ap.add_argument("--real", default="600,200", help="Real-size PNG,DICOM files.")
+    ap.add_argument("--stage-sizes", default="2000,20000", help="Phantoms per label.")
+    a = ap.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    record = Recorder(a.out)
+    codes = [Code("baseline", baseline_checkout(a.work, a.baseline)), Code("craft", REPO)]
+    parts = a.parts.split(",")
+    if "plan" in parts:
+        sizes = [int(x) for x in a.rows.split(",")]
+        part_plan(codes, a.work, record, sizes, a.repeats)
+    if "jobs" in parts:
+        part_jobs(codes, a.work, record, a.repeats)
+    if "prepare" in parts:
+        part_prepare(codes, a.work, record, [int(x) for x in a.prepare_rows.split(",")])
+    if "real" in parts:
+        n_png, n_dcm = (int(x) for x in a.real.split(","))
+        part_real(codes, a.work, record, n_png, n_dcm)
+    if "stages" in parts:
+        part_stages(codes, a.work, record, [int(x) for x in a.stage_sizes.split(",")])
+    if "storage" in parts:
+        part_storage(a.work, record)
+
+
+if __name__ == "__main__":
+    main()

@@ -628,7 +628,8 @@ def _gpu(runtime: int, gpu: int = 1) -> Resources:
 class ResourcesConfig(Strict):
     """Resources per rule (``evaluate`` serves evaluate_oracle, memorization, audit and
     fidelity; ``downstream`` serves downstream and downstream_real; ``report`` serves report and
-    study_export; ``evaluator`` train_evaluator)."""
+    study_export; ``evaluator`` train_evaluator), and whether a run's evaluation jobs share one
+    cluster job (``group_evaluations``)."""
 
     prepare: Resources = Field(Resources(runtime=30), description="craft prepare.")
     knowledge: Resources = Field(
@@ -647,11 +648,23 @@ class ResourcesConfig(Strict):
     )
     report: Resources = Field(Resources(runtime=30), description="craft report, study export.")
     downstream: Resources = Field(_gpu(120), description="craft downstream and downstream-real.")
+    group_evaluations: bool = Field(
+        True,
+        description="Run the evaluation jobs of one run (score per evaluator, evaluate_oracle, "
+        "audit, downstream, fidelity, memorization) as one cluster job: a Snakemake group per "
+        "modality, method and seed, merged where the profile sets group-components "
+        "(profiles/slurm does). The group job holds the most threads, memory and GPUs of "
+        "score, downstream and evaluate, for the sum of their runtimes; each job keeps its "
+        "own output, log and benchmark, and a failed one reruns alone. Local runs ignore "
+        "groups. With it, score, downstream and evaluate take no gpu_model.",
+    )
 
     @model_validator(mode="after")
     def _nodes_for_align(self) -> ResourcesConfig:
         for name in type(self).model_fields:
             r = getattr(self, name)
+            if not isinstance(r, Resources):
+                continue
             if name != "align" and r.nodes != 1:
                 raise ValueError(
                     f"resources.{name}.nodes: only align spans nodes; remove nodes here"
@@ -661,6 +674,16 @@ class ResourcesConfig(Strict):
                 "resources.align.nodes: several nodes train one process per GPU; set "
                 "resources.align.gpu to 1 or more"
             )
+        if self.group_evaluations:
+            # Snakemake refuses a group whose members ask for different string resources,
+            # and a CPU member asks for no GPU model at all
+            for name in ("score", "downstream", "evaluate"):
+                if getattr(self, name).gpu_model is not None:
+                    raise ValueError(
+                        f"resources.{name}.gpu_model: the evaluation jobs of a run share "
+                        "one cluster job (resources.group_evaluations), which asks for no "
+                        "GPU model; remove gpu_model or set group_evaluations: false"
+                    )
         return self
 
 

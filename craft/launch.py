@@ -20,6 +20,19 @@ from typing import Any
 #: Port of the c10d rendezvous on a multi-node align job's first node.
 RENDEZVOUS_PORT = 29400
 
+#: The Snakemake group of one run's evaluation jobs (score per evaluator, evaluate_oracle,
+#: audit, downstream, fidelity, memorization), where ``resources.group_evaluations`` is on.
+#: Each of them is a connected component of its own; the profile's ``group-components`` names
+#: this template to merge a run's components into one group job (one sbatch).
+EVALUATION_GROUP = "evaluate-{modality}-{method}-{seed}"
+#: The resource every grouped job asks one of. The workflow offers one per group job
+#: (``--resources`` of scope local: per group job, not across the workflow), so Snakemake
+#: stacks a group's members one after the other: the group job asks for the most threads,
+#: memory and GPUs of any member and the sum of their runtimes, and runs them one at a time.
+EVALUATION_SLOT = "evaluation_slot"
+#: The ``config.resources`` entries of the grouped rules.
+EVALUATION_GROUP_STAGES = ("score", "downstream", "evaluate")
+
 
 def rule_resources(r: Any) -> dict[str, Any]:
     """SLURM plugin resources of one ``config.resources`` entry (a ``Resources``)."""
@@ -39,6 +52,11 @@ def rule_resources(r: Any) -> dict[str, Any]:
         if r.gpu_model:
             out["gpu_model"] = r.gpu_model
     return out
+
+
+def grouped_resources(r: Any) -> dict[str, Any]:
+    """:func:`rule_resources` of a grouped evaluation rule: one evaluation slot besides."""
+    return {**rule_resources(r), EVALUATION_SLOT: 1}
 
 
 def align_launcher(gpus: int, nodes: int = 1) -> str:

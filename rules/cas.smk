@@ -58,9 +58,11 @@ rule score:
         f"{LOGS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.log",
     benchmark:
         f"{BENCHMARKS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.tsv"
+    group:
+        get_evaluation_group()
     threads: res("score", "threads")
     resources:
-        **get_resources("score"),
+        **get_evaluation_resources("score"),
     params:
         config=CONFIG_FILE,
         spec=get_spec("score"),

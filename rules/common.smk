@@ -8,7 +8,13 @@ from pathlib import Path
 from craft.checks import check_files
 from craft.config import dump_config, read_config_file, validate_config
 from craft.errors import CraftError
-from craft.launch import align_launcher, rule_resources
+from craft.launch import (
+    EVALUATION_GROUP,
+    EVALUATION_SLOT,
+    align_launcher,
+    grouped_resources,
+    rule_resources,
+)
 from craft.models.hub import check_offline, hub_offline
 from craft.paths import Layout
 from snakemake.utils import update_config
@@ -338,3 +344,116 @@ def get_resources(stage):
     CPUs, and for a GPU job its GPUs (the profile's partition file sends a job that asks for
     GPUs to a GPU partition, every other job to a CPU one)."""
     return rule_resources(getattr(CFG.resources, stage))
+
+
+# ----------------------------------------------------------------------------- evaluation groups
+# With config.resources.group_evaluations, the evaluation jobs of one run (score per evaluator,
+# evaluate_oracle, audit, downstream, fidelity, memorization) are one Snakemake group,
+# craft.launch.EVALUATION_GROUP; the SLURM profile's group-components merges each run's jobs
+# into one group job, one sbatch. Local runs ignore groups.
+
+
+def get_evaluation_group():
+    """The `group:` of a run's evaluation jobs, or None where grouping is off."""
+    return EVALUATION_GROUP if CFG.resources.group_evaluations else None
+
+
+def get_evaluation_resources(stage):
+    """A grouped evaluation rule's resources: get_resources(stage), and where grouping is on
+    one evaluation slot (craft.launch.EVALUATION_SLOT), of which each group job has one: its
+    jobs then run one after the other, and the group job asks for the most threads, memory
+    and GPUs of any of them and the sum of their runtimes."""
+    r = getattr(CFG.resources, stage)
+    return (
+        grouped_resources(r) if CFG.resources.group_evaluations else rule_resources(r)
+    )
+
+
+def setup_evaluation_groups():
+    """Where grouping is on, offer one evaluation slot per group job (a resource of scope
+    local, as `--resources evaluation_slot=1 --set-resource-scopes evaluation_slot=local`
+    would): in the process that submits jobs to a cluster (what a group job asks for) and in
+    those that run its jobs there (a group job's members one at a time). Not in a local run,
+    which would run one evaluation at a time. The submitting process also keeps what the
+    members of a failed group job finished (keep_finished_evaluations)."""
+    if not CFG.resources.group_evaluations:
+        return
+    # Which executor runs the jobs is not known yet when this file is read: like Snakemake's
+    # scheduler, take --jobs (the nodes of remote execution) for a cluster. The processes
+    # that run jobs on the cluster are not the main process; whether they run a group job
+    # is not known yet either, and the slot constrains no other job.
+    submits = workflow.is_main_process and workflow.resource_settings.nodes is not None
+    if not (submits or not workflow.is_main_process):
+        return
+    if EVALUATION_SLOT not in workflow.resource_settings.overwrite_resource_scopes:
+        workflow.resourcescope(**{EVALUATION_SLOT: "local"})
+    if workflow.global_resources.get(EVALUATION_SLOT).value is None:
+        workflow.global_resources[EVALUATION_SLOT] = 1
+    if submits:
+        keep_finished_evaluations()
+    else:
+        keep_going_in_group_jobs()
+
+
+def keep_going_in_group_jobs():
+    """In the processes that run jobs on the cluster, go on with a group job's other members
+    when one fails (Snakemake passes them no --keep-going): they finish and are kept
+    (keep_finished_evaluations). A process that runs one job is not changed by this."""
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    init = JobScheduler.__init__
+    if getattr(init, "craft_keeps_going", False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.keepgoing = True
+
+    __init__.craft_keeps_going = True
+    JobScheduler.__init__ = __init__
+
+
+def keep_finished_evaluations():
+    """When a group job fails, Snakemake removes the outputs of all its jobs, also of those
+    that finished in it. For a run's evaluation group, keep and record as done the jobs that
+    finished (every output there and none marked incomplete: the group job's own snakemake
+    clears a job's marks when it ends and removes the outputs of a job that failed; a job that
+    never started keeps the marks the submission set), and clean up only the others, so that
+    the next `snakemake` reruns them alone. A retry still resubmits the whole group job.
+    """
+    from snakemake.jobs import GroupJob
+    from snakemake.logging import logger
+
+    original = GroupJob.postprocess
+    if getattr(original, "craft_keeps_finished", False):
+        return
+    prefix = EVALUATION_GROUP.split("{", 1)[0]
+
+    async def postprocess(self, error=False, **kwargs):
+        persistence = self.dag.workflow.persistence
+        # the marks were changed by another process: read them afresh (without a way to,
+        # leave it to Snakemake, which removes every output of the group job)
+        clear = getattr(persistence, "_clear_cache", None)
+        if not error or not str(self.groupid).startswith(prefix) or clear is None:
+            return await original(self, error=error, **kwargs)
+        clear()
+        for job in self.jobs:
+            there = [await f.exists() for f in job.output]
+            if all(there) and not await persistence.incomplete(job):
+                logger.info(
+                    f"Keeping the outputs of {job}, finished in failed group job"
+                )
+                await job.postprocess(
+                    store_in_storage=False,
+                    handle_log=True,
+                    handle_touch=True,
+                    check_output_mtime=False,
+                )
+            else:
+                await job.postprocess(error=True, check_output_mtime=False)
+
+    postprocess.craft_keeps_finished = True
+    GroupJob.postprocess = postprocess
+
+
+setup_evaluation_groups()

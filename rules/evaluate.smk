@@ -8,9 +8,11 @@ rule evaluate_oracle:
         f"{LOGS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.tsv"
+    group:
+        get_evaluation_group()
     threads: res("evaluate", "threads")
     resources:
-        **get_resources("evaluate"),
+        **get_evaluation_resources("evaluate"),
     params:
         config=CONFIG_FILE,
         spec=get_spec("evaluate_oracle"),
@@ -54,9 +56,11 @@ rule downstream:
         f"{LOGS}/downstream/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/downstream/{{modality}}/{{method}}/{{seed}}.tsv"
+    group:
+        get_evaluation_group()
     threads: res("downstream", "threads")
     resources:
-        **get_resources("downstream"),
+        **get_evaluation_resources("downstream"),
     params:
         config=CONFIG_FILE,
         spec=get_spec("downstream"),
@@ -88,9 +92,11 @@ rule memorization:
         f"{LOGS}/memorization/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/memorization/{{modality}}/{{method}}/{{seed}}.tsv"
+    group:
+        get_evaluation_group()
     threads: res("evaluate", "threads")
     resources:
-        **get_resources("evaluate"),
+        **get_evaluation_resources("evaluate"),
     params:
         config=CONFIG_FILE,
         spec=get_spec("memorization"),
@@ -120,9 +126,11 @@ rule audit:
         f"{LOGS}/audit/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/audit/{{modality}}/{{method}}/{{seed}}.tsv"
+    group:
+        get_evaluation_group()
     threads: res("evaluate", "threads")
     resources:
-        **get_resources("evaluate"),
+        **get_evaluation_resources("evaluate"),
     params:
         config=CONFIG_FILE,
         spec=get_spec("audit"),
@@ -144,9 +152,11 @@ rule fidelity:
         f"{LOGS}/fidelity/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/fidelity/{{modality}}/{{method}}/{{seed}}.tsv"
+    group:
+        get_evaluation_group()
     threads: res("evaluate", "threads")
     resources:
-        **get_resources("evaluate"),
+        **get_evaluation_resources("evaluate"),
     params:
         config=CONFIG_FILE,
         spec=get_spec("fidelity"),

@@ -301,3 +301,22 @@ def test_a_key_inside_the_servers_url_is_refused_without_repeating_it(url):
     message = error_of(data)
     assert message.startswith("invalid config: knowledge.backend.base_url: "), message
     assert "LEAKME" not in message, message
+
+
+def test_a_runs_evaluations_are_grouped_by_default_and_then_take_no_gpu_model():
+    """resources.group_evaluations: on by default; a GPU model on a grouped rule's entry is
+    refused while it is on (Snakemake refuses a group whose jobs differ in a string resource,
+    and the CPU evaluations ask for none), and allowed with it off."""
+    from tests.conftest import tiny_config
+
+    data = tiny_config()
+    assert validate_config(data).resources.group_evaluations is True
+    for stage in ("score", "downstream", "evaluate"):
+        bad = {**data, "resources": {stage: {"gpu": 1, "gpu_model": "a100"}}}
+        with pytest.raises(CraftError, match=rf"resources.{stage}.gpu_model: .*group_evaluations"):
+            validate_config(bad)
+        off = {**data, "resources": {stage: {"gpu": 1, "gpu_model": "a100"}}}
+        off["resources"]["group_evaluations"] = False
+        assert getattr(validate_config(off).resources, stage).gpu_model == "a100"
+    ok = {**data, "resources": {"adapt": {"gpu": 1, "gpu_model": "a100"}}}
+    assert validate_config(ok).resources.adapt.gpu_model == "a100"

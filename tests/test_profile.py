@@ -191,6 +191,8 @@ def test_the_plugin_sends_gpu_jobs_to_the_gpu_partition_and_the_rest_to_the_cpu_
     log = SimpleNamespace(info=lambda *a: None, debug=lambda *a: None, warning=lambda *a: None)
     for name in type(cfg.resources).model_fields:
         r = getattr(cfg.resources, name)
+        if name == "group_evaluations":
+            continue
         res = rule_resources(r)
         job = SimpleNamespace(
             resources=SimpleNamespace(get=res.get, **res), threads=r.threads, name=name
@@ -231,3 +233,14 @@ def test_gpu_defaults_in_config_model():
         assert getattr(r, stage).gpu == 1, stage
     for stage in ("prepare", "evaluate", "report"):
         assert getattr(r, stage).gpu == 0, stage
+
+
+def test_the_slurm_profile_merges_the_evaluation_group_of_the_rules():
+    """profiles/slurm's group-components names the group of a run's evaluation jobs
+    (craft.launch.EVALUATION_GROUP, rules/*.smk), with more components than a run has."""
+    from craft.launch import EVALUATION_GROUP
+
+    prof = yaml.safe_load(SLURM_TEMPLATE.read_text())
+    entries = [e.split("=") for e in prof["group-components"]]
+    assert [name for name, _ in entries] == [EVALUATION_GROUP]
+    assert int(entries[0][1]) >= 5 + 10  # five evaluations and a score per evaluator

@@ -48,6 +48,16 @@ RULE_RESOURCES = {
 }
 
 
+#: The rules of a run's evaluation group (rules/*.smk: group) and what a group job counts as.
+EVALUATION_RULES = {"score", "evaluate_oracle", "audit", "downstream", "fidelity", "memorization"}
+EVALUATION_GROUP_JOB = "evaluation group"
+
+
+def is_evaluation_group(job: dict) -> bool:
+    """A sacct line of a group job of a run's evaluations (comment rule_evaluate-<run>_...)."""
+    return job["rule"].startswith("evaluate-")
+
+
 def gpu_rules(cfg) -> set[str]:
     """The rules whose config resources ask for a GPU (the rest are CPU jobs)."""
     from craft.config import validate_config
@@ -366,12 +376,18 @@ def test_workflow_on_slurm_matches_local(tmp_path, slurm_cluster, craft_env):
     expected = job_stats(log_text)
     for rule in localrules(log_text):
         expected.pop(rule, None)
+    # a run's evaluation jobs are one SLURM job (resources.group_evaluations, the profile's
+    # group-components): one per run, named after the group
+    for rule in EVALUATION_RULES:
+        expected.pop(rule, None)
+    expected[EVALUATION_GROUP_JOB] = len(methods)
     jobs, table = run_jobs(prefix, since, tmp_path)
-    assert Counter(j["rule"] for j in jobs) == expected, f"jobs in sacct vs planned:\n{table}"
+    got = Counter(EVALUATION_GROUP_JOB if is_evaluation_group(j) else j["rule"] for j in jobs)
+    assert got == expected, f"jobs in sacct vs planned:\n{table}"
     assert {"prepare", "pretrain", "adapt", "generate", "report"} <= set(expected)
     for j in jobs:
         assert j["State"] == "COMPLETED" and j["ExitCode"] == "0:0", f"{j['JobID']}:\n{table}"
-        if j["rule"] in gpu_rules(yaml.safe_load(cfg_slurm.read_text())):
+        if is_evaluation_group(j) or j["rule"] in gpu_rules(yaml.safe_load(cfg_slurm.read_text())):
             assert "gres/gpu=1" in j["AllocTRES"], f"GPU stage without a GPU:\n{table}"
             assert j["Partition"] == slurm_cluster.gpu_partition, table
         else:

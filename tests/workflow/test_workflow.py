@@ -587,3 +587,50 @@ def test_the_shipped_foundations_are_the_files_their_checksums_name():
         "a shipped foundation changed under the same name: give it a new folder name "
         "(assets/README.md), then list its files in its SHA256SUMS"
     )
+
+
+def slurm_jobs_planned(output: str) -> tuple[int, int]:
+    """(group jobs, jobs of one rule) of a dry run: what sbatch would be called for."""
+    groups = len(re.findall(r"^(?:\[.*\] )?Group job ", output, re.M))
+    single = [r for r in re.findall(r"^(?:\[.*\] )?rule (\w+):", output, re.M) if r != "all"]
+    return groups, len(single)
+
+
+def test_the_slurm_profile_submits_a_runs_evaluations_as_one_job(env, tmp_path):
+    """resources.group_evaluations (on) with profiles/slurm's group-components: one group job
+    per run holds its score per evaluator, oracle, audit, downstream, fidelity and
+    memorization, each with its own log; the jobs planned for SLURM drop at least twofold for
+    ten seeds. Off, every evaluation is a job of its own."""
+    args = ["-n", "--profile", str(REPO / "profiles/slurm")]
+    results = str(tmp_path / "results")
+    on = snakemake(
+        REPO, env, *args, "--config", f"results={results}", "seeds=[0,1,2,3,4,5,6,7,8,9]"
+    )
+    off = snakemake(
+        REPO,
+        env,
+        *args,
+        "--config",
+        f"results={results}",
+        "seeds=[0,1,2,3,4,5,6,7,8,9]",
+        "resources={group_evaluations: false}",
+    )
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    runs = len(cfg["modalities"]) * len(cfg["methods"]) * 10
+    groups_on, single_on = slurm_jobs_planned(on.stdout)
+    groups_off, single_off = slurm_jobs_planned(off.stdout)
+    assert groups_off == 0 and groups_on == runs
+    evaluations = sum(job_counts(on.stdout)[r] for r in ("score", "audit", "downstream"))
+    evaluations += sum(job_counts(on.stdout)[r] for r in ("evaluate_oracle", "fidelity"))
+    evaluations += job_counts(on.stdout)["memorization"]
+    assert single_on == single_off - evaluations
+    assert single_off >= 2 * (groups_on + single_on), (single_off, groups_on, single_on)
+    after = on.stdout.split("Group job evaluate-phantom-cxr-craft-0 ")[1]
+    block = re.split(r"\n(?=\[|rule |localrule |Job stats)", after)[0]
+    rules = re.findall(r"^    rule (\w+):", block, re.M)
+    assert sorted(rules) == sorted(
+        ["audit", "downstream", "evaluate_oracle", "fidelity", "memorization"]
+        + ["score"] * len(cfg["cas"]["evaluators"])
+    ), block[:3000]
+    assert "evaluation_slot=1" in block
+    assert "logs/fidelity/phantom-cxr/craft/0.log" in block

@@ -19,7 +19,6 @@ import os
 import stat
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +34,38 @@ MAX_FOLDS = 20
 _LABELS_KEY = "modalities.<name>.labels"
 
 
-@dataclass(frozen=True)
 class ManifestRow:
-    """One image of the manifest; ``row`` is its line in the CSV (the header is line 1)."""
+    """One image of the manifest; ``row`` is its line in the CSV (the header is line 1).
 
-    row: int
-    path: Path
-    label: str
-    split: str | None
-    patient: str | None = None
+    Its file is kept as a string, ``file``; ``path`` makes a Path of it when asked (making
+    224k Paths is a second of every manifest scan)."""
+
+    __slots__ = ("row", "file", "label", "split", "patient")
+
+    def __init__(
+        self, row: int, path: Path | str, label: str, split: str | None, patient: str | None = None
+    ):
+        self.row, self.file, self.label = row, str(path), label
+        self.split, self.patient = split, patient
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
+
+    def _key(self) -> tuple:
+        return (self.row, self.file, self.label, self.split, self.patient)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ManifestRow) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"ManifestRow(row={self.row}, path={self.file!r}, label={self.label!r}, "
+            f"split={self.split!r}, patient={self.patient!r})"
+        )
 
 
 def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> list[ManifestRow]:
@@ -194,7 +216,7 @@ def manifest_splits(
     try:
         # the rows are sound (only their splits may not be): their files, for
         # manifest_problems
-        atomic_write_text(path.with_suffix(".paths"), "\n".join(str(r.path) for r in rows))
+        atomic_write_text(path.with_suffix(".paths"), "\n".join(r.file for r in rows))
         atomic_write_text(path, json.dumps(kept))
     except OSError:
         pass  # a read-only results folder: the next plan deals again
@@ -309,9 +331,7 @@ def _row(line, rec, header, col, allowed, root: str, seen: dict) -> ManifestRow:
         )
     seen[key] = line
     patient = rec[col["patient"]].strip() if "patient" in col else ""
-    return ManifestRow(
-        row=line, path=Path(path), label=label, split=split or None, patient=patient or None
-    )
+    return ManifestRow(line, path, label, split or None, patient or None)
 
 
 def _table(csv_path: Path) -> tuple[int, list[str], list[str], list]:
@@ -386,7 +406,7 @@ def assign_splits(rows: Sequence[ManifestRow], fractions: dict[str, float], seed
             explicit[r.label][r.split] += 1
 
     for label in sorted(by_label):
-        todo = sorted(by_label[label], key=lambda i: str(rows[i].path))
+        todo = sorted(by_label[label], key=lambda i: rows[i].file)
         have = explicit[label]
         required = [s for s in SPLITS if frac[s] > 0 and have[s] == 0]
         if len(todo) < len(required):
@@ -421,7 +441,7 @@ def patient_groups(rows: Sequence[ManifestRow]) -> dict[str, list[int]]:
     """Row indices of each patient; a row that names no patient is a patient of its own."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
-        groups[f"p:{r.patient}" if r.patient is not None else f"row:{r.path}"].append(i)
+        groups[f"p:{r.patient}" if r.patient is not None else f"row:{r.file}"].append(i)
     return groups
 
 

@@ -127,7 +127,7 @@ def check_data(cfg: CraftConfig, modality: str, threads: int = 1) -> tuple[int, 
         Layout(cfg.results).split_cache(modality),
     )
     bad = []
-    images = decode_stream([r.path for r in rows], _options(m), threads)
+    images = decode_stream([r.file for r in rows], _options(m), threads)
     shown = progress(images, len(rows), f"{modality}: decoding images")
     for row, image in zip(rows, shown, strict=True):
         if isinstance(image, CraftError):
@@ -177,14 +177,14 @@ def prepare(cfg: CraftConfig, modality: str, out: Path, threads: int = 1) -> Pat
             g = f.create_group(split)
             columns[split] = ImageColumn(g, "images", len(sel), m.resolution, m.channels)
             g.create_dataset("labels", data=label_idx[sel])
-            g.create_dataset("paths", data=[str(rows[i].path) for i in sel], dtype=STR)
+            g.create_dataset("paths", data=[rows[i].file for i in sel], dtype=STR)
             g.create_dataset("patients", data=[rows[i].patient or "" for i in sel], dtype=STR)
             if findings is not None:
                 g.create_dataset("findings", data=findings[sel])
         if phantom_images is not None:
             images: Iterator = iter(phantom_images)
         else:
-            images = decode_stream([r.path for r in rows], _options(m), threads)
+            images = decode_stream([r.file for r in rows], _options(m), threads)
         problems = []
         for i, image in enumerate(progress(images, len(rows), f"{modality}: reading images")):
             if isinstance(image, CraftError):

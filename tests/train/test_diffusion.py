@@ -346,3 +346,30 @@ def test_gradient_checkpointing_of_a_full_finetune_keeps_the_gradients_in_less_m
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7)
     assert ckpt_bytes < 0.5 * plain_bytes, (plain_bytes, ckpt_bytes)
+
+
+def test_training_from_the_data_file_is_training_from_memory(base, reference, tmp_path):
+    """adapt's images come from the data file a batch at a time (craft.store.SplitImages,
+    reads capped at one batch): the same losses and weights as from the array in memory."""
+    from craft.store import STR, SplitImages, atomic_h5, image_dataset, read_split
+
+    data = training_data()
+    with atomic_h5(tmp_path / "d.h5", "data", "d", attrs={"labels": LABELS}) as f:
+        g = f.create_group("train")
+        image_dataset(g, "images", data.images)
+        g.create_dataset("labels", data=data.labels)
+        g.create_dataset("paths", data=[str(i) for i in range(8)], dtype=STR)
+    split = read_split(tmp_path / "d.h5", "train")
+    assert isinstance(split.images, SplitImages)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = DiffusionFinetune(settings("lora"), tmp_path / "checkpoint")
+        r.setup(load_generator(base), TrainingData(split.images, split.labels, data.caption), CH)
+        SplitImages.max_rows_per_read = 4  # a batch
+        losses = r.train()
+    finally:
+        SplitImages.max_rows_per_read = None
+        torch.set_num_threads(threads)
+    assert losses == reference["lora"]["losses"]
+    assert_same_weights(weights(r), reference["lora"]["weights"])

@@ -244,6 +244,8 @@ def site_config(path: Path, manifest: Path, images: Path, resolution: int, resul
 
 
 def part_plan(codes, work, record, sizes, repeats):
+    """Each command first on a manifest it has not seen (no split cache), then ``repeats``
+    times more; the baseline, which keeps nothing between plans, once each."""
     full = write_site(work / "site", max(sizes), round(max(sizes) / 3))
     for n in sizes:
         manifest = prefix_manifest(full, n)
@@ -251,16 +253,16 @@ def part_plan(codes, work, record, sizes, repeats):
             results = work / f"plan-{code.name}-{n}"
             cfg = site_config(work / f"plan-{code.name}-{n}.yaml", manifest, full.parent / "images",
                               512, results)  # fmt: skip
-            shutil.rmtree(results / "data" / ".splits", ignore_errors=True)
-            for i in range(repeats):
-                for what, cmd, cwd in (
-                    ("config_check", code.craft("config", "check", str(cfg)), code.root),
-                    ("dry_run", code.snakemake("-n", "--configfile", str(cfg)), code.root),
-                ):
-                    r = run(cmd, cwd, code.env)
-                    first = i == 0 and what == "config_check"
+            commands = {
+                "config_check": code.craft("config", "check", str(cfg)),
+                "dry_run": code.snakemake("-n", "--configfile", str(cfg)),
+            }
+            for what, cmd in commands.items():
+                shutil.rmtree(results / "data" / ".splits", ignore_errors=True)
+                for i in range(1 + (repeats if code.name != "baseline" else 0)):
+                    r = run(cmd, code.root, code.env)
                     record(part="plan", code=code.name, rows=n, what=what, repeat=i,
-                           first_of_manifest=first, **r)  # fmt: skip
+                           first_of_manifest=i == 0, **r)  # fmt: skip
 
 
 def part_prepare(codes, work, record, sizes, resolution=64):
@@ -277,6 +279,7 @@ def part_prepare(codes, work, record, sizes, resolution=64):
                 args += ["--threads", "2"]
             r = run(code.craft(*args), code.root, code.env)
             record(part="prepare", code=code.name, rows=n, resolution=resolution,
+                   threads=1 if code.name == "baseline" else 2,
                    bytes=out.stat().st_size, images_per_s=n / r["wall_s"], **r)  # fmt: skip
             out.unlink()
 
@@ -460,6 +463,79 @@ def part_storage(work, record, n=256, resolution=512):
         path.unlink()
 
 
+def summarize(path: Path) -> str:
+    """Markdown tables of a results file: medians, and craft against the baseline."""
+    from statistics import median
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    plan = [r for r in rows if r["part"] == "plan"]
+    if plan:
+        out += ["| rows | command | baseline s (CPU s) | craft, first plan s | craft, later s "
+                "(median) | later, baseline/craft |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for n in sorted({r["rows"] for r in plan}):
+            for what in ("config_check", "dry_run"):
+                b = [r for r in plan if r["rows"] == n and r["what"] == what
+                     and r["code"] == "baseline"]  # fmt: skip
+                c = [r for r in plan if r["rows"] == n and r["what"] == what
+                     and r["code"] == "craft"]  # fmt: skip
+                if not (b and c):
+                    continue
+                bw = median(r["wall_s"] for r in b)
+                bc = median(r["cpu_s"] for r in b)
+                first = c[0]["wall_s"]
+                later = median(r["wall_s"] for r in c[1:]) if len(c) > 1 else float("nan")
+                out.append(f"| {n:,} | {what} | {bw:.1f} ({bc:.1f}) | {first:.1f} | "
+                           f"{later:.1f} | {ratio(bw, later)} |")  # fmt: skip
+        out.append("")
+    jobs = [r for r in rows if r["part"] == "jobs"]
+    if jobs:
+        out += ["| code | jobs | dry run wall s (median) | CPU s |", "|---|---|---|---|"]
+        for code in ("baseline", "craft"):
+            js = [r for r in jobs if r["code"] == code]
+            if js:
+                out.append(f"| {code} | {js[0]['jobs']:,} | {median(r['wall_s'] for r in js):.1f}"
+                           f" | {median(r['cpu_s'] for r in js):.1f} |")  # fmt: skip
+        out.append("")
+    for part, size in (("prepare", "rows"), ("real", "rows")):
+        ps = [r for r in rows if r["part"] == part]
+        if not ps:
+            continue
+        out += [f"| {part}: code | {size} | threads | images/s | wall s | peak RSS MB | "
+                "file MB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in ps:
+            out.append(f"| {r['code']} | {r.get(size, '-')} | {r.get('threads', 1)} | "
+                       f"{r['images_per_s']:.1f} | {r['wall_s']:.1f} | "
+                       f"{r.get('peak_rss_mb', float('nan')):.0f} | "
+                       f"{r.get('bytes', 0) / 1e6:.1f} |")  # fmt: skip
+        out.append("")
+    st = [r for r in rows if r["part"] == "stages"]
+    if st:
+        sizes = sorted({r["n_per_label"] for r in st})
+        out += ["| stage | code | " + " | ".join(f"peak RSS MB, {n:,}/label" for n in sizes)
+                + " | growth |", "|---|---|" + "---|" * (len(sizes) + 1)]  # fmt: skip
+        for stage in dict.fromkeys(r["stage"] for r in st):
+            for code in ("baseline", "craft"):
+                v = [next((r["max_rss_mb"] for r in st if r["stage"] == stage
+                           and r["code"] == code and r["n_per_label"] == n), float("nan"))
+                     for n in sizes]  # fmt: skip
+                out.append(f"| {stage} | {code} | " + " | ".join(f"{x:.0f}" for x in v)
+                           + f" | {v[-1] / v[0]:.2f}x |")  # fmt: skip
+        out.append("")
+    sto = [r for r in rows if r["part"] == "storage"]
+    if sto:
+        out += ["| compression | bytes/image | write MB/s | random batch of 8, ms |",
+                "|---|---|---|---|"]  # fmt: skip
+        for r in sto:
+            out.append(f"| {r['compression']} | {r['bytes_per_image']:,.0f} | "
+                       f"{r['write_mb_s']:.0f} | {r['batch8_read_ms']:.1f} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="Scratch folder (tens of GB).")
@@ -471,7 +547,11 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="Plans after the first.")
     ap.add_argument("--real", default="600,200", help="Real-size PNG,DICOM files.")
     ap.add_argument("--stage-sizes", default="2000,20000", help="Phantoms per label.")
+    ap.add_argument("--summarize", action="store_true", help="Only print --out's tables.")
     a = ap.parse_args(argv)
+    if a.summarize:
+        print(summarize(a.out))
+        return
     a.work.mkdir(parents=True, exist_ok=True)
     record = Recorder(a.out)
     codes = [Code("baseline", baseline_checkout(a.work, a.baseline)), Code("craft", REPO)]

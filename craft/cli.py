@@ -52,7 +52,12 @@ OutOpt = Annotated[
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")]
 DecodeThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", help="Worker processes that decode images (default 1).")
+    int | None,
+    typer.Option(
+        "--threads",
+        help="Worker processes that decode images (default: the CPUs of the job, at most its "
+        "OMP_NUM_THREADS, which Snakemake sets to the rule's threads).",
+    ),
 ]
 DataOpt = Annotated[Path | None, typer.Option(help="Prepared data .h5 (default: layout).")]
 
@@ -257,7 +262,7 @@ def data_check(
     """Read every manifest row and decode every image once, as prepare would; list every bad
     row and file, one line each naming its CSV line; exits 1 if there is one. Writes nothing
     but the split cache."""
-    from craft.data.prepare import check_data
+    from craft.data.prepare import check_data, job_cpus
 
     cfg = _load(config)
     names = [modality] if modality else list(cfg.modalities)
@@ -268,7 +273,7 @@ def data_check(
         if cfg.modalities[name].source.kind != "manifest":
             print(f"{name}: phantom modality, nothing to check")
             continue
-        n, problems = check_data(cfg, name, threads or 1)
+        n, problems = check_data(cfg, name, threads or job_cpus())
         for line in problems:
             print(f"craft: bad: {line}", file=sys.stderr)
         found += len(problems)
@@ -286,11 +291,12 @@ def prepare(
 ) -> None:
     """Read (or draw) a modality's images into results/data/{modality}.h5 with splits,
     decoding with --threads worker processes."""
+    from craft.data.prepare import job_cpus
     from craft.data.prepare import prepare as run
 
     cfg = _load(config)
     out = out or _layout(cfg).data(modality)
-    run(cfg, modality, out, threads or 1)
+    run(cfg, modality, out, threads or job_cpus())
     m = cfg.modality(modality)
     files = [m.source.manifest] if m.source.kind == "manifest" else []
     _record(out, cfg, "prepare", modality, inputs={"manifest": files})

@@ -16,4 +16,3 @@ rule prepare:
     shell:
         ATTEMPT_LOG
         + "craft prepare --config {params.config} --modality {wildcards.modality} --out {output.h5}"
-        " --threads {threads}"

@@ -17,6 +17,7 @@ set (a CheXpert-size set is 176 GB at 512 px RGB).
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -110,6 +111,18 @@ def decode_stream(
             if nxt is not None:
                 pending.append(pool.submit(_decode_task, opts, nxt))
             yield from done
+
+
+def job_cpus() -> int:
+    """The CPUs this job may use: those it is bound to (a SLURM job's allocation), and at most
+    the threads Snakemake gave the job (it exports them as OMP_NUM_THREADS to the job's shell:
+    the rule passes no option, so that its command, which Snakemake reruns a job for, stays
+    as it was)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        n = min(n or 1, int(given))
+    return max(n or 1, 1)
 
 
 def check_data(cfg: CraftConfig, modality: str, threads: int = 1) -> tuple[int, list[str]]:

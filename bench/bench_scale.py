@@ -334,69 +334,79 @@ def part_real(codes, work, record, n_png, n_dcm, resolution=512):
 
 def part_stages(codes, work, record, sizes):
     """Peak memory of the stages that read a data split, on a phantom-derm data set of each
-    size (32 px RGB), from Snakemake's benchmark files of a workflow run of those stages."""
+    size (32 px RGB): the inputs made once by a workflow run, then each stage's command run
+    by hand with one thread, for each code in turn, on the same inputs."""
     import yaml
 
     for n_per_label in sizes:
-        for code in codes:
-            run_dir = work / f"stages-{code.name}-{n_per_label}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            cfg = {
-                "results": "results",
-                "seeds": [0],
-                "modalities": {
-                    "phantom-derm": {
-                        "source": {
-                            "kind": "phantom",
-                            "phantom": "phantom-derm",
-                            "n_per_label": n_per_label,
-                        },  # fmt: skip
-                        "labels": ["nevus", "melanoma"],
-                        "description": "dermoscopy image",
-                        "resolution": 32,
-                        "channels": 3,
-                    }
-                },
-                "models": {"generator": str(REPO / "assets/phantom-foundation/{modality}")},
-                "methods": {"lora": {"kind": "lora", "steps": 5, "batch_size": 8, "rank": 2}},
-                "knowledge": {"backend": {"kind": "curated"}},
-                "cas": {
-                    "evaluators": {
-                        "clip": {
-                            "family": "clip",
-                            "role": "reward",
-                            "train": {"steps": 5, "n_images": 64, "seed": 0},
-                        },
-                        "siglip": {
-                            "family": "siglip",
-                            "role": "out-of-family",
-                            "train": {"steps": 5, "n_images": 64, "seed": 1},
-                        },
+        run_dir = work / f"stages-{n_per_label}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = {
+            "results": "results",
+            "seeds": [0],
+            "modalities": {
+                "phantom-derm": {
+                    "source": {
+                        "kind": "phantom",
+                        "phantom": "phantom-derm",
+                        "n_per_label": n_per_label,
                     },  # fmt: skip
-                    "reference": {"max_per_label": 500},
-                },
-                "sampling": {"steps": 2, "n_per_label": 8, "batch_size": 16},
-                "evaluation": {"downstream": {"max_epochs": 1, "budgets": []}},
-            }
-            cfg_path = run_dir / "config.yaml"
-            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            targets = [
-                "results/runs/phantom-derm/lora/0/model.json",
-                "results/cas/phantom-derm/reference-clip.h5",
-                "results/runs/phantom-derm/lora/0/metrics-downstream.json",
-                "results/runs/phantom-derm/lora/0/metrics-fidelity.json",
-            ]
-            r = run(
-                code.snakemake("--cores", "2", "--configfile", str(cfg_path), *targets),
-                run_dir,
-                code.env,
-            )
-            for rule in ("adapt", "reference", "downstream_real", "downstream", "fidelity"):
-                for tsv in sorted((run_dir / "results" / "benchmarks" / rule).rglob("*.tsv")):
-                    row = list(csv.DictReader(tsv.open(), delimiter="\t"))[-1]
-                    record(part="stages", code=code.name, n_per_label=n_per_label, stage=rule,
-                           wall_s=float(row["s"]), max_rss_mb=float(row["max_rss"]))  # fmt: skip
-            record(part="stages-run", code=code.name, n_per_label=n_per_label, **r)
+                    "labels": ["nevus", "melanoma"],
+                    "description": "dermoscopy image",
+                    "resolution": 32,
+                    "channels": 3,
+                }
+            },
+            "models": {"generator": str(REPO / "assets/phantom-foundation/{modality}")},
+            "methods": {"lora": {"kind": "lora", "steps": 5, "batch_size": 8, "rank": 2}},
+            "knowledge": {"backend": {"kind": "curated"}},
+            "cas": {
+                "evaluators": {
+                    "clip": {
+                        "family": "clip",
+                        "role": "reward",
+                        "train": {"steps": 5, "n_images": 64, "seed": 0},
+                    },
+                    "siglip": {
+                        "family": "siglip",
+                        "role": "out-of-family",
+                        "train": {"steps": 5, "n_images": 64, "seed": 1},
+                    },
+                },  # fmt: skip
+                "reference_max_per_label": 500,
+            },
+            "sampling": {"steps": 2, "n_per_label": 8, "batch_size": 16},
+            "evaluation": {"downstream": {"max_epochs": 1, "budgets": [0.5]}},
+        }
+        config = run_dir / "config.yaml"
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        samples = "results/runs/phantom-derm/lora/0/samples.h5"
+        data = "results/data/phantom-derm.h5"
+        inputs = [samples, "results/cas/phantom-derm/reference-clip.h5"]
+        craft = codes[-1]
+        run(craft.snakemake(*inputs, "--cores", "2", "--configfile", str(config)), run_dir,
+            craft.env)  # fmt: skip
+        out = run_dir / "out"
+        common = ["--config", str(config), "--modality", "phantom-derm"]
+        run_args = ["--method", "lora", "--seed", "0", "--samples", samples, "--data", data]
+        stages = {
+            "adapt": ["adapt", *common, "--method", "lora", "--seed", "0",
+                      "--out", str(out / "adapt" / "model.json")],
+            "reference": ["reference", *common, "--evaluator", "clip",
+                          "--out", str(out / "reference.h5")],
+            "downstream_real": ["downstream-real", *common, "--seed", "0", "--data", data,
+                                "--out", str(out / "ds" / "real-phases.json")],
+            "fidelity": ["fidelity", *common, *run_args, "--out", str(out / "fid.json")],
+            "memorization": ["memorization", *common, *run_args,
+                             "--out", str(out / "mem" / "metrics.json")],
+        }  # fmt: skip
+        for stage, args in stages.items():
+            for code in codes:
+                shutil.rmtree(out, ignore_errors=True)
+                env = {**code.env, "OMP_NUM_THREADS": "1"}
+                r = run(code.craft(*args, "--threads", "1"), run_dir, env)
+                r["max_rss_mb"] = r.pop("peak_rss_mb")
+                record(part="stages", code=code.name, n_per_label=n_per_label, stage=stage, **r)
 
 
 def big_config(path: Path, results: Path) -> Path:

@@ -137,9 +137,9 @@ _SPEC_DIGESTS = {}
 
 
 def workdir_name(path):
-    """A file's name as a rule input: relative to the working directory where an absolute
-    path lies inside it (the files shipped in the checkout, such as the curated knowledge
-    bases, when Snakemake runs from the checkout), else as given. Snakemake reruns a job
+    """The name of a file that a job reads, relative to the working directory where an
+    absolute path lies inside it (the files shipped in the checkout, such as the curated
+    knowledge bases, when Snakemake runs from the checkout), else as given. Snakemake reruns a job
     whose recorded input names changed: an absolute name inside the folder would rerun every
     job that reads the file once the folder is moved, copied or cloned anew. Jobs run in the
     same working directory (on a cluster node too), so a relative name finds the file there.

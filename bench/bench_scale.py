@@ -55,16 +55,19 @@ LABELS = [
 
 
 def tree_rss(pid: int) -> int:
-    """Bytes of resident memory of a process and all its descendants (from /proc)."""
+    """Bytes of memory of a process and all its descendants: the sum of their proportional
+    set sizes (/proc/PID/smaps_rollup), so that pages a forked worker shares with its parent
+    count once, not once per process as a sum of RSS would."""
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                pss = next(line for line in f if line.startswith("Pss:"))
+                total += int(pss.split()[1]) * 1024
             with open(f"/proc/{p}/task/{p}/children") as f:
                 todo += [int(c) for c in f.read().split()]
-        except (FileNotFoundError, ProcessLookupError, ValueError):
+        except (FileNotFoundError, ProcessLookupError, ValueError, StopIteration):
             continue
     return total
 
@@ -557,6 +560,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="Plans after the first.")
     ap.add_argument("--real", default="600,200", help="Real-size PNG,DICOM files.")
     ap.add_argument("--stage-sizes", default="2000,20000", help="Phantoms per label.")
+    ap.add_argument("--codes", default="baseline,craft", help="Which code(s) to measure.")
     ap.add_argument("--summarize", action="store_true", help="Only print --out's tables.")
     a = ap.parse_args(argv)
     if a.summarize:
@@ -565,6 +569,7 @@ def main(argv=None) -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     record = Recorder(a.out)
     codes = [Code("baseline", baseline_checkout(a.work, a.baseline)), Code("craft", REPO)]
+    codes = [c for c in codes if c.name in a.codes.split(",")]
     parts = a.parts.split(",")
     if "plan" in parts:
         sizes = [int(x) for x in a.rows.split(",")]

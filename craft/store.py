@@ -346,9 +346,14 @@ class SplitImages:
             images = np.zeros((0, *ds.shape[1:]), np.uint8)
         elif len(stored) > 1 and np.all(np.diff(stored) == 1):  # one contiguous block
             images = ds[int(stored[0]) : int(stored[-1]) + 1]
-        else:  # h5py reads increasing rows without repeats: read those, then put in order
+        else:  # each run of consecutive rows as a slice (h5py's list indexing of a chunked
+            # 4-d dataset took 1 s for 8 images of 512 px, slices 4 ms), then put in order
             unique, back = np.unique(stored, return_inverse=True)
-            images = ds[unique.tolist()][back.ravel()]
+            starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
+            ends = np.append(starts[1:], len(unique))
+            pairs = zip(starts.tolist(), ends.tolist(), strict=True)
+            runs = [ds[int(unique[a]) : int(unique[b - 1]) + 1] for a, b in pairs]
+            images = np.concatenate(runs)[back.ravel()]
         return expand_channels(images, self._channels)
 
     def _dataset(self) -> h5py.Dataset:

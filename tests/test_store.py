@@ -287,3 +287,23 @@ def test_append_writer_refuses_overflow_and_early_finish(tmp_path):
     w.close()
     assert not path.exists()
     assert writer(path).done == 8  # the refused rows were not counted
+
+
+def test_a_split_view_reads_any_rows_in_any_order_with_repeats(tmp_path):
+    """SplitImages reads runs of consecutive rows as slices: the rows asked for, in order."""
+    import numpy as np
+
+    from craft.store import STR, atomic_h5, image_dataset, read_split
+
+    images = np.arange(10 * 2 * 2 * 1, dtype=np.uint8).reshape(10, 2, 2, 1)
+    with atomic_h5(tmp_path / "d.h5", "data", "d", attrs={"labels": ["a"]}) as f:
+        g = f.create_group("train")
+        image_dataset(g, "images", images)
+        g.create_dataset("labels", data=np.zeros(10, np.int64))
+        g.create_dataset("paths", data=[str(i) for i in range(10)], dtype=STR)
+    view = read_split(tmp_path / "d.h5", "train").images
+    for idx in ([7, 2, 3, 3, 9, 0, 1], [4], [9, 8, 7], np.arange(10) % 2 == 0, [-1, 0]):
+        np.testing.assert_array_equal(view[idx], images[idx])
+    np.testing.assert_array_equal(view[2:9:3], images[2:9:3])
+    np.testing.assert_array_equal(view.subset([5, 1])[[1, 0, 1]], images[[1, 5, 1]])
+    assert view[3].shape == (2, 2, 1) and len(view) == 10

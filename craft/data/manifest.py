@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import stat
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -331,7 +332,8 @@ def _row(line, rec, header, col, allowed, root: str, seen: dict) -> ManifestRow:
         )
     seen[key] = line
     patient = rec[col["patient"]].strip() if "patient" in col else ""
-    return ManifestRow(line, path, label, split or None, patient or None)
+    # one string object per label and patient, not one per row (memory at 224k rows)
+    return ManifestRow(line, path, sys.intern(label), split or None, sys.intern(patient) or None)
 
 
 def _table(csv_path: Path) -> tuple[int, list[str], list[str], list]:

@@ -17,6 +17,7 @@ set (a CheXpert-size set is 176 GB at 512 px RGB).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -98,7 +99,10 @@ def decode_stream(
         for task in tasks:
             yield from _decode_task(opts, task)
         return
-    with ProcessPoolExecutor(max_workers=threads) as pool:
+    # forkserver: a worker does not inherit this process's rows (a fork would, and its
+    # garbage collector would then copy them page by page: memory per worker growing with N)
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=threads, mp_context=context) as pool:
         pending: deque[Future] = deque()
         todo = iter(tasks)
         for task in todo:

@@ -42,7 +42,16 @@ def craft(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
 
 
 def files_under(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")}
+    """Every file and folder below ``root`` but the split cache, which a plan writes when it
+    found a manifest sound (results/data/.splits: what any later plan reads, whatever else it
+    refused)."""
+    cache = ("results", "data", ".splits")
+
+    def kept(p: Path) -> bool:
+        parts = p.relative_to(root).parts
+        return parts[:3] != cache and parts != cache[: len(parts)]
+
+    return {p for p in root.rglob("*") if kept(p)}
 
 
 def one_line(err: str, prefix: str, case: Case, root: Path) -> str:
@@ -153,7 +162,8 @@ def test_data_check_lists_every_bad_file_in_one_pass(template, tmp_path, capsys,
     lines = [line for line in err.splitlines() if line.startswith("craft: bad:")]
     assert [line.split(" line ")[1].split(":")[0] for line in lines] == ["4", "2", "5", "9"], err
     assert f"{MODALITY}: {len(rows) - 5} image(s) read, 4 problem(s)" in out
-    assert not (tmp_path / "results").exists()
+    written = {p for p in files_under(tmp_path) if p.is_relative_to(tmp_path / "results")}
+    assert not written, f"a refused plan wrote results: {written}"
 
 
 #: Cases the Snakefile must refuse too, before planning any job (one of each kind).
@@ -186,4 +196,5 @@ def test_the_snakefile_refuses_before_planning(case, template, tmp_path, env):
     text = run.stdout + run.stderr
     line = one_line(run.stderr, "craft: error:", case, tmp_path)
     assert "Traceback" not in text and SECRET not in text and line
-    assert not (tmp_path / "results").exists()
+    written = {p for p in files_under(tmp_path) if p.is_relative_to(tmp_path / "results")}
+    assert not written, f"a refused plan wrote results: {written}"

@@ -28,10 +28,12 @@ from tests.site_workspace import METHODS, MODALITY, SECRET, build_site, site_ans
 
 from .conftest import REPO
 from .test_slurm_workflow import (
+    EVALUATION_RULES,
     cancel_leftovers,
     failure_report,
     finish,
     gpu_rules,
+    is_evaluation_group,
     job_stats,
     localrules,
     now_for_sacct,
@@ -112,12 +114,17 @@ def test_a_site_runs_every_method_on_slurm_with_offline_nodes(tmp_path, slurm_cl
     expected.pop("all", None)
     for rule in localrules(text):
         expected.pop(rule, None)
-    assert sum(expected.values()) == len(jobs), f"{expected}\n{table}"
+    # a run's evaluation jobs are one SLURM job (resources.group_evaluations): one per run
+    runs = expected.get("generate", 0)
+    for rule in EVALUATION_RULES:
+        expected.pop(rule, None)
+    assert sum(expected.values()) + runs == len(jobs), f"{expected}\n{table}"
     cfg = yaml.safe_load(site.config.read_text())
     gpus = gpu_rules(cfg)
     for j in jobs:
         assert j["State"] == "COMPLETED" and j["ExitCode"] == "0:0", f"{j['JobID']}:\n{table}"
-        want = slurm_cluster.gpu_partition if j["rule"] in gpus else slurm_cluster.partition
+        gpu = is_evaluation_group(j) or j["rule"] in gpus  # a group asks for score's GPU
+        want = slurm_cluster.gpu_partition if gpu else slurm_cluster.partition
         assert j["Partition"] == want, f"{j['rule']} on {j['Partition']}:\n{table}"
     aligned = [j for j in jobs if j["rule"] == "align"]
     assert len(aligned) == 2 and all("gres/gpu=2" in j["AllocTRES"] for j in aligned), table

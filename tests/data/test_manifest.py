@@ -407,9 +407,7 @@ def test_splits_are_dealt_once_per_manifest_content_and_again_when_a_row_changes
     assert dealt() == changed and len(calls) == 4  # a damaged cache file: dealt again
 
 
-def test_a_manifest_checked_sound_before_is_checked_again_by_its_files_alone(
-    tmp_path, monkeypatch
-):
+def test_a_manifest_checked_sound_before_is_checked_again_by_its_files_alone(tmp_path, monkeypatch):
     """The plan's check of a manifest whose content was sound: no row is parsed again, but a
     file gone or a second name of one file is found, with check_rows' own words."""
     import craft.data.manifest as manifest

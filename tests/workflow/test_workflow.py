@@ -44,16 +44,25 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def dry_run_jobs(output: str) -> list[tuple[str, str]]:
+    """(rule, its block) of every job a dry run lists. A group job's members (a run's
+    evaluations, resources.group_evaluations) are listed indented under "Group job ...", so
+    a job's block may start with white space."""
+    jobs = []
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", output):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if m:
+            jobs.append((m.group(1), block))
+    return jobs
+
+
 def jobs_to_run(output: str) -> list[tuple[str, dict]]:
     """(rule, wildcards) of every job a dry run lists."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
-        m = re.match(r"(?:local)?rule (\w+):", block.strip())
-        if not m:
-            continue
+    for rule, block in dry_run_jobs(output):
         wc = re.search(r"wildcards: (.*)", block)
         wildcards = dict(kv.split("=", 1) for kv in wc.group(1).split(", ")) if wc else {}
-        jobs.append((m.group(1), wildcards))
+        jobs.append((rule, wildcards))
     return jobs
 
 
@@ -142,7 +151,7 @@ def test_a_multi_gpu_align_job_asks_for_its_gpus_and_starts_one_process_per_gpu(
             method["align"]["zero_stage"] = 2
     write_config(tmp_path / "config.yaml", cfg)
     out = snakemake(tmp_path, env, "-n", "-p", "--configfile", str(tmp_path / "config.yaml")).stdout
-    blocks = [b for b in re.split(r"\n(?=rule \w+:)", out) if b.startswith("rule align:")]
+    blocks = [b for rule, b in dry_run_jobs(out) if rule == "align"]
     assert blocks, out[-2000:]
     for block in blocks:
         resources = re.search(r"resources: (.*)", block).group(1).split(", ")
@@ -490,13 +499,10 @@ def test_a_given_config_file_replaces_the_default_whole(workdir, env, tmp_path):
 def planned_inputs(output: str) -> dict[tuple[str, str], list[str]]:
     """(rule, wildcards) -> the input names of every job a dry run lists."""
     jobs = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
-        m = re.match(r"(?:local)?rule (\w+):", block.strip())
-        if not m:
-            continue
+    for rule, block in dry_run_jobs(output):
         wc = re.search(r"wildcards: (.*)", block)
         names = re.search(r"\n\s+input: (.*)", block)
-        jobs[(m.group(1), wc.group(1) if wc else "")] = names.group(1).split(", ") if names else []
+        jobs[(rule, wc.group(1) if wc else "")] = names.group(1).split(", ") if names else []
     return jobs
 
 

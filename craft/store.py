@@ -81,10 +81,15 @@ class ImageColumn:
         self.end = 0  # rows below this may have been written
 
     def write(self, i: int, image: np.ndarray) -> None:
-        """Put one (H, W, channels) uint8 image at row ``i``."""
+        """Put one (H, W, channels) uint8 image at row ``i``; (H, W, 1) is a gray image of
+        any modality (repeated to RGB only where the column holds colour already)."""
         if self.ds.shape[-1] == 1 and self.channels == 3 and not _is_gray(image):
             self._widen(self.end)
-        self.ds[i] = image[..., :1] if self.ds.shape[-1] == 1 else image
+        if self.ds.shape[-1] == 1:
+            image = image[..., :1]
+        elif image.shape[-1] == 1:
+            image = np.repeat(image, 3, axis=-1)
+        self.ds[i] = image
         self.end = max(self.end, i + 1)
 
     def _widen(self, written: int, chunk: int = 64) -> None:

@@ -78,11 +78,12 @@ def _options(m: ModalityConfig) -> ImageOptions:
 
 
 def _decode_task(opts: ImageOptions, paths: Sequence[Path]) -> list[np.ndarray | CraftError]:
-    """One worker's task: each path's image, or the error that says why it would not read."""
+    """One worker's task: each path's image (a grayscale one with one channel, as
+    ImageColumn stores it), or the error that says why it would not read."""
     out: list[np.ndarray | CraftError] = []
     for path in paths:
         try:
-            out.append(read_image(path, opts))
+            out.append(read_image(path, opts, gray_once=True))
         except CraftError as err:
             out.append(err)
     return out

@@ -142,6 +142,12 @@ def test_gray_to_rgb_repeats_or_errors(tmp_path):
         np.testing.assert_array_equal(out[..., c], arr)
     with pytest.raises(CraftError, match=r"g\.png.*channels: 3.*color"):
         read_image(path, opts(channels=3, resolution=8, color="error"))
+    # prepare's workers keep gray once (resized and handed over once), the same pixels
+    once = read_image(path, opts(channels=3, resolution=4), gray_once=True)
+    assert once.shape == (4, 4, 1)
+    np.testing.assert_array_equal(once[..., 0], read_image(path, opts(channels=3, resolution=4))[..., 2])
+    with pytest.raises(CraftError, match=r"g\.png.*channels: 3.*color"):
+        read_image(path, opts(channels=3, resolution=8, color="error"), gray_once=True)
 
 
 def test_rgba_alpha_error_composite_and_opaque(tmp_path):
@@ -402,3 +408,25 @@ def test_dicom_without_decoder():
         pytest.skip("a JPEG-LS decoder is installed")
     with pytest.raises(CraftError, match=r"JPEGLSNearLossless_08\.dcm.*decoder"):
         read_image(path, opts())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_stretch_from_a_histogram_is_numpys_percentile_bit_for_bit(seed):
+    """stretch_ends ranks 16-bit images by their histogram; it must give np.percentile's
+    numbers exactly, or prepare's pixels would move by a grey level."""
+    from craft.data.images import STRETCH, stretch_ends
+
+    rng = np.random.default_rng(seed)
+    for n in (2, 3, 7, 200, 201, 1000, 4097, 65 * 65):
+        for raw in (
+            rng.integers(0, 4096, n).astype(np.uint16),
+            rng.integers(-2000, 3000, n).astype(np.int16),
+            np.full(n, 7, dtype=np.uint16),  # constant
+            rng.choice(np.array([0, 65535], dtype=np.uint16), n),  # two far values
+        ):
+            want = np.percentile(raw, list(STRETCH))
+            assert stretch_ends(raw, raw) == (want[0], want[1]), (n, raw.dtype)
+            # a DICOM rescale with a positive slope, as pydicom computes it
+            values = raw.astype(np.float64) * 1.7 + -1024.3
+            want = np.percentile(values, list(STRETCH))
+            assert stretch_ends(values, raw) == (want[0], want[1]), (n, raw.dtype, "rescaled")

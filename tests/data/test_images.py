@@ -145,7 +145,9 @@ def test_gray_to_rgb_repeats_or_errors(tmp_path):
     # prepare's workers keep gray once (resized and handed over once), the same pixels
     once = read_image(path, opts(channels=3, resolution=4), gray_once=True)
     assert once.shape == (4, 4, 1)
-    np.testing.assert_array_equal(once[..., 0], read_image(path, opts(channels=3, resolution=4))[..., 2])
+    np.testing.assert_array_equal(
+        once[..., 0], read_image(path, opts(channels=3, resolution=4))[..., 2]
+    )
     with pytest.raises(CraftError, match=r"g\.png.*channels: 3.*color"):
         read_image(path, opts(channels=3, resolution=8, color="error"), gray_once=True)
 

@@ -17,14 +17,15 @@ import hashlib
 import json
 import os
 import stat
-import sys
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from craft.atomic import atomic_write_text
+from craft.atomic import atomic_write_lines, atomic_write_text
 from craft.errors import CraftError
 
 SPLITS = ("train", "val", "test")
@@ -69,7 +70,132 @@ class ManifestRow:
         )
 
 
-def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> list[ManifestRow]:
+class _Strings:
+    """Strings kept as one UTF-8 byte string and their ends: no object per string, so that a
+    scan that makes and drops a record a row does not leave memory pinned by the few strings
+    it keeps (224k small strings among the scan's garbage hold most of the heap)."""
+
+    def __init__(self) -> None:
+        self.blob = bytearray()
+        self.ends = array("q")
+
+    def append(self, text: str) -> None:
+        self.blob += text.encode("utf-8", "surrogateescape")
+        self.ends.append(len(self.blob))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def raw(self, i: int) -> bytes:
+        return bytes(self.blob[self.ends[i - 1] if i > 0 else 0 : self.ends[i]])
+
+    def __getitem__(self, i: int) -> str:
+        return self.raw(i).decode("utf-8", "surrogateescape")
+
+    def codes(self) -> tuple[np.ndarray, list[bytes]]:
+        """(code of each string, the distinct strings in code order): equal strings share a
+        code; numpy works on the bytes, a fixed-width copy of a few MB."""
+        n = len(self)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64), []
+        ends = np.frombuffer(self.ends, dtype=np.int64)
+        starts = np.concatenate(([0], ends[:-1]))
+        width = max(int((ends - starts).max()), 1)
+        data = np.frombuffer(bytes(self.blob) + bytes(width), dtype=np.uint8)
+        fixed = np.zeros((n, width), dtype=np.uint8)
+        for a in range(0, n, 1 << 14):  # index arrays of 16k rows at a time, not of n
+            at = starts[a : a + (1 << 14), None] + np.arange(width)[None, :]
+            inside = at < ends[a : a + (1 << 14), None]
+            fixed[a : a + (1 << 14)] = np.where(inside, data[np.minimum(at, len(data) - 1)], 0)
+        # a string's own trailing NUL bytes would be lost in "S" form: none are in a CSV field
+        names, codes = np.unique(fixed.view(f"S{width}")[:, 0], return_inverse=True)
+        return codes.astype(np.int64), [bytes(x) for x in names]
+
+
+class ManifestRows(Sequence):
+    """A manifest's good rows, a :class:`ManifestRow` each when indexed or iterated, kept as
+    columns: the files and the patients each in one byte string, the line numbers, label and
+    split codes in arrays. About 100 bytes a row, where a list of ManifestRow objects with
+    their strings is about 1 kB (230 MB for CheXpert's 224k rows, in prepare and at every
+    plan that deals the splits)."""
+
+    def __init__(self, labels: Sequence[str] = ()):
+        self._label_names: list[str] = list(labels)
+        self._label_code = {name: i for i, name in enumerate(self._label_names)}
+        self._lines = array("q")
+        self._labels = array("l")
+        self._splits = array("b")  # index into SPLITS, -1 for none
+        self._files = _Strings()
+        self._patients = _Strings()  # "" for none
+        self._patient_codes: tuple[np.ndarray, list[bytes]] | None = None
+
+    def append(self, row: ManifestRow) -> None:
+        code = self._label_code.get(row.label)
+        if code is None:
+            code = self._label_code[row.label] = len(self._label_names)
+            self._label_names.append(row.label)
+        self._lines.append(row.row)
+        self._labels.append(code)
+        self._splits.append(SPLITS.index(row.split) if row.split else -1)
+        self._files.append(row.file)
+        self._patients.append(row.patient or "")
+        self._patient_codes = None
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        split = self._splits[i]
+        return ManifestRow(
+            self._lines[i],
+            self._files[i],
+            self._label_names[self._labels[i]],
+            SPLITS[split] if split >= 0 else None,
+            self._patients[i] or None,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a list
+
+    def file(self, i: int) -> str:
+        """Row ``i``'s file, an absolute path."""
+        return self._files[int(i)]
+
+    def files(self) -> Iterator[str]:
+        return (self._files[i] for i in range(len(self)))
+
+    def label_codes(self, labels: Sequence[str]) -> np.ndarray:
+        """Each row's label as its index in ``labels`` (int64)."""
+        where = np.array([list(labels).index(name) for name in self._label_names] or [0])
+        return where[np.frombuffer(self._labels, dtype=np.int_)] if len(self) else where[:0]
+
+    def patients(self) -> np.ndarray:
+        """Each row's patient code (int64; -1 for a row that names none): rows of one patient
+        share one, :meth:`patient_name` gives its name."""
+        if self._patient_codes is None:
+            self._patient_codes = self._patients.codes()
+        codes, names = self._patient_codes
+        none = names.index(b"") if b"" in names else -1  # "" sorts first
+        out = codes.copy()
+        if none >= 0:
+            out[codes == none] = -1
+        return out
+
+    def patient_name(self, code: int) -> str | None:
+        if code < 0:
+            return None
+        if self._patient_codes is None:
+            self._patient_codes = self._patients.codes()
+        return self._patient_codes[1][code].decode("utf-8", "surrogateescape")
+
+
+def read_manifest(csv_path: Path, image_root: Path, labels: Sequence[str]) -> ManifestRows:
     """Read and check a manifest CSV; every configured label must have at least one image.
 
     The first problem is raised as one line, with how many more there are (``craft data
@@ -95,7 +221,7 @@ def check_rows(
     fractions: dict[str, float],
     seed: int,
     cache_dir: Path | None = None,
-) -> tuple[list[ManifestRow], list[str]]:
+) -> tuple[ManifestRows, list[str]]:
     """Every problem of a manifest short of decoding its images: its rows
     (:func:`scan_manifest`), then, when they are sound, whether every label reaches every
     split (:func:`manifest_splits`, cached in ``cache_dir``). A problem of the file itself is
@@ -217,7 +343,8 @@ def manifest_splits(
     try:
         # the rows are sound (only their splits may not be): their files, for
         # manifest_problems
-        atomic_write_text(path.with_suffix(".paths"), "\n".join(r.file for r in rows))
+        files = rows.files() if isinstance(rows, ManifestRows) else (r.file for r in rows)
+        atomic_write_lines(path.with_suffix(".paths"), files)
         atomic_write_text(path, json.dumps(kept))
     except OSError:
         pass  # a read-only results folder: the next plan deals again
@@ -228,49 +355,53 @@ def manifest_splits(
 
 def scan_manifest(
     csv_path: Path, image_root: Path, labels: Sequence[str]
-) -> tuple[list[ManifestRow], list[str]]:
+) -> tuple[ManifestRows, list[str]]:
     """The manifest's good rows and every problem of it, one line each, in one pass.
 
     No image is read: a row's file must exist and lie under the image root (or be absolute).
-    A problem of the file itself (missing, unreadable, no header) is raised at once.
+    A problem of the file itself (missing, unreadable, no header) is raised at once. The CSV
+    is read a record at a time and the rows kept as columns (:class:`ManifestRows`), so
+    memory is about 100 bytes a row.
     """
     csv_path = Path(csv_path)
     image_root = Path(image_root)
     allowed = list(labels)
-    header_line, header, names, records = _table(csv_path)
-    col = {c: names.index(c) for c in ("path", "label", "split") if c in names}
-    patient_cols = [c for c in PATIENT_COLUMNS if c in names]
-    if len(patient_cols) > 1:
-        raise CraftError(
-            f"{csv_path}: the header (line {header_line}) has both {' and '.join(patient_cols)}; "
-            "keep one patient column"
-        )
-    if patient_cols:
-        col["patient"] = names.index(patient_cols[0])
-
-    rows: list[ManifestRow] = []
-    problems: list[str] = []
-    seen: dict[tuple[int, int], int] = {}
+    rows = ManifestRows(allowed)
+    problems: list[tuple[int, str]] = []
+    # (device, inode) of each good row, for the duplicates: found at the end, from arrays
+    devices, inodes = array("Q"), array("Q")
     root = os.path.abspath(image_root)
     root_hint = "" if image_root.is_dir() else f"; the image root {image_root} does not exist"
-    for line, rec in records[1:]:
-        try:
-            row = _row(line, rec, header, col, allowed, root, seen)
-        except CraftError as err:
-            problems.append(f"{csv_path} line {line}: {err}")
-        except _Missing as err:
-            problems.append(
-                f"{csv_path} line {line}: image file {err}{root_hint}; fix the path "
-                "or modalities.<name>.source.image_root"
+    with _open_table(csv_path) as (header_line, header, names, records):
+        col = {c: names.index(c) for c in ("path", "label", "split") if c in names}
+        patient_cols = [c for c in PATIENT_COLUMNS if c in names]
+        if len(patient_cols) > 1:
+            raise CraftError(
+                f"{csv_path}: the header (line {header_line}) has both "
+                f"{' and '.join(patient_cols)}; keep one patient column"
             )
-        else:
-            rows.append(row)
-    if not rows and not problems:
+        if patient_cols:
+            col["patient"] = names.index(patient_cols[0])
+        for line, rec in records:
+            try:
+                row, st = _row(line, rec, header, col, allowed, root)
+            except CraftError as err:
+                problems.append((line, f"{csv_path} line {line}: {err}"))
+            except _Missing as err:
+                problems.append(
+                    (line, f"{csv_path} line {line}: image file {err}{root_hint}; fix the path "
+                     "or modalities.<name>.source.image_root")
+                )  # fmt: skip
+            else:
+                rows.append(row)
+                devices.append(st.st_dev)
+                inodes.append(st.st_ino)
+    rows = _without_duplicates(rows, devices, inodes, root, csv_path, problems)
+    problems = [text for _, text in sorted(problems, key=lambda p: p[0])]
+    if not len(rows) and not problems:
         raise CraftError(f"{csv_path}: has a header but no rows; list one image per line")
-    counts = dict.fromkeys(allowed, 0)
-    for r in rows:
-        counts[r.label] += 1
-    empty = [lab for lab, n in counts.items() if n == 0]
+    counts = np.bincount(rows.label_codes(allowed), minlength=len(allowed))
+    empty = [lab for lab, n in zip(allowed, counts, strict=True) if n == 0]
     if empty and not problems:
         problems.append(
             f"{csv_path}: configured label(s) {', '.join(repr(e) for e in empty)} have no images; "
@@ -279,12 +410,42 @@ def scan_manifest(
     return rows, problems
 
 
+def _without_duplicates(rows, devices, inodes, root: str, csv_path, problems) -> ManifestRows:
+    """``rows`` less the later rows of any file listed twice (by another relative path, a
+    symlink or a hard link: the same device and inode), each a problem naming the line that
+    listed it first."""
+    dev = np.frombuffer(devices, dtype=np.uint64)
+    ino = np.frombuffer(inodes, dtype=np.uint64)
+    if len(rows) < 2:
+        return rows
+    order = np.lexsort((ino, dev))  # stable: rows of one file stay in line order
+    same = (dev[order][1:] == dev[order][:-1]) & (ino[order][1:] == ino[order][:-1])
+    if not same.any():
+        return rows
+    first = order.copy()
+    for k in np.flatnonzero(same):  # a run of equal keys points back to its first row
+        first[k + 1] = first[k]
+    later = {int(order[k + 1]): int(first[k + 1]) for k in np.flatnonzero(same)}
+    kept = ManifestRows(rows._label_names)
+    for i, row in enumerate(rows):
+        if i not in later:
+            kept.append(row)
+            continue
+        given = os.path.relpath(row.file, root) if row.file.startswith(root + os.sep) else row.file
+        problems.append(
+            (row.row, f"{csv_path} line {row.row}: duplicate path {given!r}, already listed on "
+             f"line {rows[later[i]].row}; remove one of the two rows")
+        )  # fmt: skip
+    return kept
+
+
 class _Missing(Exception):
     """A row's image file is not there (or is a folder); the message says which."""
 
 
-def _row(line, rec, header, col, allowed, root: str, seen: dict) -> ManifestRow:
-    """One record as a row, or a CraftError saying what is wrong with it (without the line).
+def _row(line, rec, header, col, allowed, root: str) -> tuple[ManifestRow, os.stat_result]:
+    """One record as a row and its file's stat, or a CraftError saying what is wrong with it
+    (without the line).
 
     One ``os.stat`` per row: it says that the file exists and is a file, and its (device,
     inode) names the file whatever path leads to it, so a file listed twice (by another
@@ -324,66 +485,64 @@ def _row(line, rec, header, col, allowed, root: str, seen: dict) -> ManifestRow:
         raise _Missing(f"not found: {path}") from None
     if not stat.S_ISREG(st.st_mode):
         raise _Missing(f"is a folder, not an image file: {path}")
-    key = (st.st_dev, st.st_ino)
-    if key in seen:
-        raise CraftError(
-            f"duplicate path {raw_path!r}, already listed on line {seen[key]}; remove one of "
-            "the two rows"
-        )
-    seen[key] = line
     patient = rec[col["patient"]].strip() if "patient" in col else ""
-    # one string object per label and patient, not one per row (memory at 224k rows)
-    return ManifestRow(line, path, sys.intern(label), split or None, sys.intern(patient) or None)
+    return ManifestRow(line, path, label, split or None, patient or None), st
 
 
-def _table(csv_path: Path) -> tuple[int, list[str], list[str], list]:
-    """(header line, header, lower-cased names, records) of a manifest with path and label."""
+@contextmanager
+def _open_table(csv_path: Path):
+    """(header line, header, lower-cased names, records) of a manifest with path and label;
+    the records (line, fields) are read one at a time while the block runs."""
     if not csv_path.is_file():
         raise CraftError(f"{csv_path}: manifest not found; check modalities.<name>.source.manifest")
     try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as f:
-            records = list(_records(csv.reader(f)))
+        f = csv_path.open(newline="", encoding="utf-8-sig")
     except PermissionError as err:
         raise CraftError(
             f"{csv_path}: cannot read the manifest ({err.strerror}); check its permissions"
         ) from None
-    except UnicodeDecodeError:
-        raise CraftError(f"{csv_path}: not UTF-8 text; save the manifest as a UTF-8 CSV") from None
-    except csv.Error as err:
-        raise CraftError(f"{csv_path}: not a valid CSV ({err}); fix the file") from None
-    if not records:
-        raise CraftError(
-            f"{csv_path}: empty file; the first line must be a header with path,label[,split]"
-        )
-    header_line, header = records[0]
-    names = [h.strip().lower() for h in header]
-    missing = [c for c in ("path", "label") if c not in names]
-    if missing:
-        raise CraftError(
-            f"{csv_path}: missing column(s) {', '.join(missing)} in the header "
-            f"(line {header_line}), which has {', '.join(repr(h) for h in header)}; "
-            "the header must name path,label[,split]"
-        )
-    return header_line, header, names, records
+    with f:
+        records = _records(csv.reader(f), csv_path)
+        first = next(records, None)
+        if first is None:
+            raise CraftError(
+                f"{csv_path}: empty file; the first line must be a header with path,label[,split]"
+            )
+        header_line, header = first
+        names = [h.strip().lower() for h in header]
+        missing = [c for c in ("path", "label") if c not in names]
+        if missing:
+            raise CraftError(
+                f"{csv_path}: missing column(s) {', '.join(missing)} in the header "
+                f"(line {header_line}), which has {', '.join(repr(h) for h in header)}; "
+                "the header must name path,label[,split]"
+            )
+        yield header_line, header, names, records
 
 
 def manifest_labels(csv_path: Path) -> dict[str, int]:
     """The labels of a manifest with their image counts, in order of first appearance."""
-    _, header, names, records = _table(Path(csv_path))
-    at = names.index("label")
     counts: dict[str, int] = {}
-    for _, rec in records[1:]:
-        label = rec[at].strip() if len(rec) == len(header) else ""
-        if label:
-            counts[label] = counts.get(label, 0) + 1
+    with _open_table(Path(csv_path)) as (_, header, names, records):
+        at = names.index("label")
+        for _, rec in records:
+            label = rec[at].strip() if len(rec) == len(header) else ""
+            if label:
+                counts[label] = counts.get(label, 0) + 1
     return counts
 
 
-def _records(reader):
-    """(line number, fields) of each non-blank CSV record; the line is where the record ends."""
-    for rec in reader:
-        if rec and any(field.strip() for field in rec):
-            yield reader.line_num, rec
+def _records(reader, csv_path: Path):
+    """(line number, fields) of each non-blank CSV record; the line is where the record ends.
+    A file that is not UTF-8 or not CSV is a CraftError wherever it goes wrong."""
+    try:
+        for rec in reader:
+            if rec and any(field.strip() for field in rec):
+                yield reader.line_num, rec
+    except UnicodeDecodeError:
+        raise CraftError(f"{csv_path}: not UTF-8 text; save the manifest as a UTF-8 CSV") from None
+    except csv.Error as err:
+        raise CraftError(f"{csv_path}: not a valid CSV ({err}); fix the file") from None
 
 
 def assign_splits(rows: Sequence[ManifestRow], fractions: dict[str, float], seed: int) -> list[str]:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from craft.config import CraftConfig, ManifestSource, ModalityConfig
 from craft.data.images import ImageOptions, read_image
 from craft.data.manifest import (
     ManifestRow,
+    ManifestRows,
     assign_splits,
     check_rows,
     first_problem,
@@ -49,18 +51,15 @@ IMAGES_PER_TASK = 16
 
 def _from_phantoms(
     m: ModalityConfig,
-) -> tuple[list[ManifestRow], np.ndarray, np.ndarray, list[str]]:
+) -> tuple[ManifestRows, np.ndarray, np.ndarray, list[str]]:
     src = m.source
     labels = [label for label in m.labels for _ in range(src.n_per_label)]
     images, findings = draw_batch(src.phantom, labels, src.seed, m.resolution)
     names = list(PHANTOMS[src.phantom].findings)
     table = np.array([[f[n] for n in names] for f in findings], dtype=np.float32)
-    rows = [
-        ManifestRow(
-            row=i + 2, path=Path(f"{src.phantom}/{src.seed}/{i:06d}"), label=lab, split=None
-        )
-        for i, lab in enumerate(labels)
-    ]
+    rows = ManifestRows(m.labels)
+    for i, lab in enumerate(labels):
+        rows.append(ManifestRow(i + 2, f"{src.phantom}/{src.seed}/{i:06d}", lab, None))
     return rows, images, table, names
 
 
@@ -90,13 +89,15 @@ def _decode_task(opts: ImageOptions, paths: Sequence[Path]) -> list[np.ndarray |
 
 
 def decode_stream(
-    paths: Sequence[Path], opts: ImageOptions, threads: int = 1
+    paths: Iterable[Path | str], n: int, opts: ImageOptions, threads: int = 1
 ) -> Iterator[np.ndarray | CraftError]:
-    """Each path's decoded image (or its error), in order, decoded by ``threads`` worker
-    processes (in this process for 1). At most two tasks per worker are in flight, so
-    memory stays bounded whatever the number of paths."""
-    tasks = [paths[i : i + IMAGES_PER_TASK] for i in range(0, len(paths), IMAGES_PER_TASK)]
-    if threads <= 1 or len(tasks) <= 1:
+    """Each of the ``n`` paths' decoded image (or its error), in order, decoded by
+    ``threads`` worker processes (in this process for 1). The paths are taken as they are
+    needed and at most two tasks per worker are in flight, so memory stays bounded whatever
+    the number of paths."""
+    todo_paths = iter(paths)
+    tasks = (list(islice(todo_paths, IMAGES_PER_TASK)) for _ in range(0, n, IMAGES_PER_TASK))
+    if threads <= 1 or n <= IMAGES_PER_TASK:
         for task in tasks:
             yield from _decode_task(opts, task)
         return
@@ -116,6 +117,14 @@ def decode_stream(
             if nxt is not None:
                 pending.append(pool.submit(_decode_task, opts, nxt))
             yield from done
+
+
+def _write_strings(group, name: str, rows: np.ndarray, value, chunk: int = 4096) -> None:
+    """``group[name]``: the string ``value(i)`` of each row index in ``rows``, written a chunk
+    at a time (a whole split's strings as one list is 20 MB at CheXpert's size)."""
+    ds = group.create_dataset(name, shape=(len(rows),), dtype=STR)
+    for a in range(0, len(rows), chunk):
+        ds[a : a + chunk] = [value(int(i)) for i in rows[a : a + chunk]]
 
 
 def job_cpus() -> int:
@@ -145,11 +154,11 @@ def check_data(cfg: CraftConfig, modality: str, threads: int = 1) -> tuple[int, 
         Layout(cfg.results).split_cache(modality),
     )
     bad = []
-    images = decode_stream([r.file for r in rows], _options(m), threads)
+    images = decode_stream(rows.files(), len(rows), _options(m), threads)
     shown = progress(images, len(rows), f"{modality}: decoding images")
-    for row, image in zip(rows, shown, strict=True):
+    for i, image in enumerate(shown):
         if isinstance(image, CraftError):
-            bad.append(f"{src.manifest} line {row.row}: {image}")
+            bad.append(f"{src.manifest} line {rows[i].row}: {image}")
     return len(rows) - len(bad), problems + bad
 
 
@@ -164,23 +173,20 @@ def prepare(cfg: CraftConfig, modality: str, out: Path, threads: int = 1) -> Pat
     findings, finding_names, phantom_images = None, [], None
     if m.source.kind == "phantom":
         rows, phantom_images, findings, finding_names = _from_phantoms(m)
-        splits = np.array(assign_splits(rows, m.splits.fractions, m.splits.seed))
+        dealt = assign_splits(rows, m.splits.fractions, m.splits.seed)
     else:
         src: ManifestSource = m.source
         rows = read_manifest(src.manifest, src.image_root, m.labels)
         cache = Layout(cfg.results).split_cache(modality)
-        splits = np.array(
-            manifest_splits(
-                src.manifest,
-                src.image_root,
-                m.labels,
-                rows,
-                m.splits.fractions,
-                m.splits.seed,
-                cache,
-            )  # fmt: skip
+        dealt = manifest_splits(
+            src.manifest, src.image_root, m.labels, rows, m.splits.fractions, m.splits.seed, cache
         )
-    label_idx = np.array([m.labels.index(r.label) for r in rows], dtype=np.int64)
+    # every row's split as an index into SPLITS; memory a few bytes a row (CheXpert: 224k)
+    code = {split: i for i, split in enumerate(SPLITS)}
+    splits = np.fromiter((code[x] for x in dealt), dtype=np.int8, count=len(rows))
+    del dealt
+    label_idx = rows.label_codes(m.labels)
+    patients = rows.patients()
     attrs = {
         "labels": list(m.labels),
         "modality": modality,
@@ -188,21 +194,21 @@ def prepare(cfg: CraftConfig, modality: str, out: Path, threads: int = 1) -> Pat
         "channels": m.channels,
     }
     with atomic_h5(out, "data", cfg.spec("prepare", modality).digest, attrs=attrs) as f:
-        columns, position = {}, np.zeros(len(rows), dtype=np.int64)
-        for split in SPLITS:
-            sel = np.flatnonzero(splits == split)
+        columns, position = [], np.zeros(len(rows), dtype=np.int64)
+        for k, split in enumerate(SPLITS):
+            sel = np.flatnonzero(splits == k)
             position[sel] = np.arange(len(sel))
             g = f.create_group(split)
-            columns[split] = ImageColumn(g, "images", len(sel), m.resolution, m.channels)
+            columns.append(ImageColumn(g, "images", len(sel), m.resolution, m.channels))
             g.create_dataset("labels", data=label_idx[sel])
-            g.create_dataset("paths", data=[rows[i].file for i in sel], dtype=STR)
-            g.create_dataset("patients", data=[rows[i].patient or "" for i in sel], dtype=STR)
+            _write_strings(g, "paths", sel, rows.file)
+            _write_strings(g, "patients", sel, lambda i: rows.patient_name(patients[i]) or "")
             if findings is not None:
                 g.create_dataset("findings", data=findings[sel])
         if phantom_images is not None:
             images: Iterator = iter(phantom_images)
         else:
-            images = decode_stream([r.file for r in rows], _options(m), threads)
+            images = decode_stream(rows.files(), len(rows), _options(m), threads)
         problems = []
         for i, image in enumerate(progress(images, len(rows), f"{modality}: reading images")):
             if isinstance(image, CraftError):
@@ -211,17 +217,17 @@ def prepare(cfg: CraftConfig, modality: str, out: Path, threads: int = 1) -> Pat
                 columns[splits[i]].write(int(position[i]), image)
         if problems:
             raise first_problem(problems, "file(s)")
-        stored = {s: c.ds.shape[-1] for s, c in columns.items()}
-    counts = {s: int((splits == s).sum()) for s in SPLITS}
+        stored = {s: c.ds.shape[-1] for s, c in zip(SPLITS, columns, strict=True)}
+    counts = {s: int((splits == k).sum()) for k, s in enumerate(SPLITS)}
     log(f"wrote {out}: {counts} images, labels {list(m.labels)}, channels on disk {stored}")
-    named = [r for r in rows if r.patient is not None]
-    if named:
-        patients = {s: {r.patient for r, x in zip(rows, splits, strict=True) if x == s}
-                    for s in SPLITS}  # fmt: skip
-        rest = len(rows) - len(named)
+    named = patients >= 0
+    if named.any():
+        per_split = {
+            s: len(np.unique(patients[named & (splits == k)])) for k, s in enumerate(SPLITS)
+        }
+        rest = int((~named).sum())
         log(
-            f"{len({r.patient for r in named})} patients, none in two splits: "
-            f"{ {s: len(p - {None}) for s, p in patients.items()} }"
+            f"{len(np.unique(patients[named]))} patients, none in two splits: {per_split}"
             + (f"; {rest} rows name no patient (each taken as its own)" if rest else "")
         )
     return Path(out)

@@ -434,3 +434,31 @@ def test_a_manifest_checked_sound_before_is_checked_again_by_its_files_alone(tmp
     )
     (images / "3.png").unlink()
     assert "image file not found" in manifest.manifest_problems(*args)[0]
+
+
+def test_manifest_rows_keep_every_field_as_columns():
+    """ManifestRows (a scan's rows, kept as columns for memory) gives back each row as it was
+    appended: unicode files and patients, rows without a patient or split, and one code per
+    patient."""
+    import numpy as np
+
+    from craft.data.manifest import ManifestRows
+
+    given = [
+        ManifestRow(2, "/d/a.png", "effusion", None, "P2"),
+        ManifestRow(3, "/d/ü ñ.png", "normal", "val", None),
+        ManifestRow(5, "/d/c.png", "effusion", "test", "Pätient 1"),
+        ManifestRow(9, "/d/d.png", "normal", None, "P2"),
+    ]
+    rows = ManifestRows(LABELS)
+    for r in given:
+        rows.append(r)
+    assert rows == given and list(rows) == given and rows[-1] == given[-1]
+    assert len(rows) == 4 and rows[1:3] == given[1:3]
+    assert list(rows.files()) == [r.file for r in given]
+    codes = rows.patients()
+    assert codes[1] == -1 and codes[0] == codes[3] != codes[2]
+    assert [rows.patient_name(c) for c in codes] == [r.patient for r in given]
+    want = [LABELS.index(r.label) for r in given]
+    assert rows.label_codes(LABELS).tolist() == want
+    assert np.array_equal(rows.label_codes(LABELS[::-1]), [len(LABELS) - 1 - w for w in want])

@@ -38,20 +38,12 @@ def check_manifest(cfg: CraftConfig, name: str) -> list[str]:
     header, every row (label, split, path inside the image root, the file exists, no
     duplicate), every label with images, and whole patients dealt to every split. At most the
     first few lines, with the count of the rest; ``craft data check`` lists every one."""
-    from craft.data.manifest import manifest_problems
+    from craft.data.manifest import ManifestSpec, manifest_problems
     from craft.errors import CraftError
-    from craft.paths import Layout
 
     m = cfg.modalities[name]
     try:
-        problems = manifest_problems(
-            m.source.manifest,
-            m.source.image_root,
-            m.labels,
-            m.splits.fractions,
-            m.splits.seed,
-            Layout(cfg.results).split_cache(name),
-        )
+        problems = manifest_problems(ManifestSpec.of(cfg, name))
     except CraftError as err:  # the file itself: its errors name it
         problems = [str(err)]
     shown = problems[:MAX_SHOWN]

@@ -21,6 +21,7 @@ from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -214,57 +215,72 @@ def first_problem(problems: Sequence[str], what: str) -> CraftError:
     return CraftError(problems[0] + tail)
 
 
-def check_rows(
-    csv_path: Path,
-    image_root: Path,
-    labels: Sequence[str],
-    fractions: dict[str, float],
-    seed: int,
-    cache_dir: Path | None = None,
-) -> tuple[ManifestRows, list[str]]:
+@dataclass(frozen=True)
+class ManifestSpec:
+    """A modality's manifest as its config names it, with how its patients are dealt: all that
+    a check of it, its split cache's key and its dealing read (``cache_dir``: where the dealt
+    splits are kept, Layout.split_cache; None keeps nothing)."""
+
+    csv: Path
+    image_root: Path
+    labels: tuple[str, ...]
+    fractions: dict[str, float]
+    seed: int
+    cache_dir: Path | None = None
+
+    @classmethod
+    def of(cls, cfg, modality: str) -> ManifestSpec:
+        """The spec of ``cfg``'s manifest modality, its splits kept under ``cfg.results``."""
+        from craft.paths import Layout
+
+        m = cfg.modalities[modality]
+        return cls(
+            Path(m.source.manifest),
+            Path(m.source.image_root),
+            tuple(m.labels),
+            dict(m.splits.fractions),
+            m.splits.seed,
+            Layout(cfg.results).split_cache(modality),
+        )
+
+
+def check_rows(spec: ManifestSpec) -> tuple[ManifestRows, list[str]]:
     """Every problem of a manifest short of decoding its images: its rows
     (:func:`scan_manifest`), then, when they are sound, whether every label reaches every
-    split (:func:`manifest_splits`, cached in ``cache_dir``). A problem of the file itself is
-    raised."""
-    rows, problems = scan_manifest(csv_path, image_root, labels)
+    split (:func:`manifest_splits`, cached in ``spec.cache_dir``). A problem of the file
+    itself is raised."""
+    rows, problems = scan_manifest(spec.csv, spec.image_root, spec.labels)
     if not problems:
         try:
-            manifest_splits(csv_path, image_root, labels, rows, fractions, seed, cache_dir)
+            manifest_splits(spec, rows)
         except CraftError as err:
-            problems.append(f"{csv_path}: {err}")
+            problems.append(f"{spec.csv}: {err}")
     return rows, problems
 
 
-def manifest_problems(
-    csv_path: Path,
-    image_root: Path,
-    labels: Sequence[str],
-    fractions: dict[str, float],
-    seed: int,
-    cache_dir: Path | None = None,
-) -> list[str]:
+def manifest_problems(spec: ManifestSpec) -> list[str]:
     """:func:`check_rows`' problems, in a fraction of its time for a manifest whose content
     was found sound before (the plan checks every manifest at every ``snakemake -n``).
 
     The rows of a sound manifest depend only on what the split cache's key covers, so its
     files are kept beside the cached splits, one absolute path a line; a plan then only
     checks that each still is a file and that no two are the same file: one ``os.stat`` a
-    row, no CSV parsing (0.4 s for 224k rows). Anything else goes through :func:`check_rows`,
-    which names every problem.
+    row, no CSV parsing (about a second for 224k rows). Anything else goes through
+    :func:`check_rows`, which names every problem.
     """
-    if cache_dir is not None:
-        key = split_cache_key(csv_path, image_root, labels, fractions, seed)
+    if spec.cache_dir is not None:
+        key = split_cache_key(spec)
         try:
-            kept = json.loads((Path(cache_dir) / f"{key}.json").read_text())
-            paths = (Path(cache_dir) / f"{key}.paths").read_text().split("\n")
+            kept = json.loads((Path(spec.cache_dir) / f"{key}.json").read_text())
+            paths = (Path(spec.cache_dir) / f"{key}.paths").read_text().split("\n")
         except (OSError, ValueError):
             kept = paths = None
         if paths is not None and _files(paths):
             if "error" in kept:
-                return [f"{csv_path}: {kept['error']}"]
+                return [f"{spec.csv}: {kept['error']}"]
             if len(kept.get("splits", "")) == len(paths):
                 return []
-    return check_rows(csv_path, image_root, labels, fractions, seed, cache_dir)[1]
+    return check_rows(spec)[1]
 
 
 def _files(paths: Sequence[str]) -> bool:
@@ -286,45 +302,35 @@ SPLIT_RULES = "craft-splits-1"
 _SPLIT_CODE = {"train": "t", "val": "v", "test": "e"}
 
 
-def split_cache_key(
-    csv_path: Path,
-    image_root: Path,
-    labels: Sequence[str],
-    fractions: dict[str, float],
-    seed: int,
-) -> str:
+def split_cache_key(spec: ManifestSpec) -> str:
     """sha256 of everything the splits of a sound manifest depend on: the CSV's bytes, the
     image root its paths start from, the labels, the fractions and the seed."""
     h = hashlib.sha256()
-    with Path(csv_path).open("rb") as f:
+    with Path(spec.csv).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    what = [SPLIT_RULES, os.path.abspath(image_root), list(labels), fractions, seed]
+    what = [
+        SPLIT_RULES,
+        os.path.abspath(spec.image_root),
+        list(spec.labels),
+        spec.fractions,
+        spec.seed,
+    ]
     h.update(json.dumps(what, sort_keys=True).encode())
     return h.hexdigest()
 
 
-def manifest_splits(
-    csv_path: Path,
-    image_root: Path,
-    labels: Sequence[str],
-    rows: Sequence[ManifestRow],
-    fractions: dict[str, float],
-    seed: int,
-    cache_dir: Path | None = None,
-) -> list[str]:
+def manifest_splits(spec: ManifestSpec, rows: Sequence[ManifestRow]) -> list[str]:
     """:func:`assign_splits` of a sound manifest's rows, dealt once per manifest content.
 
-    With ``cache_dir`` the outcome (the splits, or the one-line error) is kept in
+    With ``spec.cache_dir`` the outcome (the splits, or the one-line error) is kept in
     ``cache_dir/<key>.json`` (:func:`split_cache_key`), so that the plan, which checks every
     manifest each time, and prepare deal a CheXpert-size manifest's patients once, not at
     every ``snakemake -n``. A cache file that cannot be read or written is only skipped.
     """
-    if cache_dir is None:
-        return assign_splits(rows, fractions, seed)
-    path = (
-        Path(cache_dir) / f"{split_cache_key(csv_path, image_root, labels, fractions, seed)}.json"
-    )
+    if spec.cache_dir is None:
+        return assign_splits(rows, spec.fractions, spec.seed)
+    path = Path(spec.cache_dir) / f"{split_cache_key(spec)}.json"
     try:
         kept = json.loads(path.read_text())
         if "error" in kept:
@@ -336,7 +342,7 @@ def manifest_splits(
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not there, or not what it should be: deal again
     try:
-        splits = assign_splits(rows, fractions, seed)
+        splits = assign_splits(rows, spec.fractions, spec.seed)
         kept = {"splits": "".join(_SPLIT_CODE[s] for s in splits)}
     except CraftError as err:
         splits, kept = None, {"error": str(err)}

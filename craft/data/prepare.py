@@ -32,6 +32,7 @@ from craft.data.images import ImageOptions, read_image
 from craft.data.manifest import (
     ManifestRow,
     ManifestRows,
+    ManifestSpec,
     assign_splits,
     check_rows,
     first_problem,
@@ -40,7 +41,6 @@ from craft.data.manifest import (
 )
 from craft.data.phantoms import PHANTOMS, draw_batch
 from craft.errors import CraftError
-from craft.paths import Layout
 from craft.progress import log, progress
 from craft.store import SPLITS, STR, ImageColumn, atomic_h5
 
@@ -145,14 +145,7 @@ def check_data(cfg: CraftConfig, modality: str, threads: int = 1) -> tuple[int, 
     the split cache."""
     m = cfg.modality(modality)
     src: ManifestSource = m.source
-    rows, problems = check_rows(
-        src.manifest,
-        src.image_root,
-        m.labels,
-        m.splits.fractions,
-        m.splits.seed,
-        Layout(cfg.results).split_cache(modality),
-    )
+    rows, problems = check_rows(ManifestSpec.of(cfg, modality))
     bad = []
     images = decode_stream(rows.files(), len(rows), _options(m), threads)
     shown = progress(images, len(rows), f"{modality}: decoding images")
@@ -177,10 +170,7 @@ def prepare(cfg: CraftConfig, modality: str, out: Path, threads: int = 1) -> Pat
     else:
         src: ManifestSource = m.source
         rows = read_manifest(src.manifest, src.image_root, m.labels)
-        cache = Layout(cfg.results).split_cache(modality)
-        dealt = manifest_splits(
-            src.manifest, src.image_root, m.labels, rows, m.splits.fractions, m.splits.seed, cache
-        )
+        dealt = manifest_splits(ManifestSpec.of(cfg, modality), rows)
     # every row's split as an index into SPLITS; memory a few bytes a row (CheXpert: 224k)
     code = {split: i for i, split in enumerate(SPLITS)}
     splits = np.fromiter((code[x] for x in dealt), dtype=np.int8, count=len(rows))

@@ -388,9 +388,10 @@ def test_splits_are_dealt_once_per_manifest_content_and_again_when_a_row_changes
     cache = tmp_path / "results" / "data" / ".splits" / "site"
 
     def dealt(seed=0):  # the plan's check, then prepare
-        rows, problems = manifest.check_rows(csv, images, LABELS, FRACTIONS, seed, cache)
+        spec = manifest.ManifestSpec(csv, images, tuple(LABELS), FRACTIONS, seed, cache)
+        rows, problems = manifest.check_rows(spec)
         assert not problems, problems
-        return manifest.manifest_splits(csv, images, LABELS, rows, FRACTIONS, seed, cache)
+        return manifest.manifest_splits(spec, rows)
 
     first = dealt()
     assert first == real(manifest.read_manifest(csv, images, LABELS), FRACTIONS, 0)
@@ -420,7 +421,7 @@ def test_a_manifest_checked_sound_before_is_checked_again_by_its_files_alone(tmp
         lines.append(f"{p}.png,{LABELS[p % 2]},P{p}")
     csv = write_csv(tmp_path, "\n".join(lines) + "\n")
     cache = tmp_path / "cache"
-    args = (csv, images, LABELS, FRACTIONS, 0, cache)
+    args = (manifest.ManifestSpec(csv, images, tuple(LABELS), FRACTIONS, 0, cache),)
     assert manifest.manifest_problems(*args) == []  # the first plan: rows parsed, dealt
     parsed = []
     real = manifest._row

@@ -295,12 +295,13 @@ def part_prepare(codes, work, record, sizes, resolution=64):
                 out.unlink()
 
 
-def plain_loop(manifest: Path, images: Path, resolution: int) -> dict:
-    """The floor: decode and resize each file in one process, keep nothing."""
+def plain_loop(manifest: Path, images: Path, resolution: int, skip: int = 0) -> dict:
+    """The floor: decode and resize each file in one process, keep nothing (the manifest's
+    rows after the first ``skip``)."""
     import pydicom
     from PIL import Image
 
-    rows = list(csv.DictReader(manifest.open()))
+    rows = list(csv.DictReader(manifest.open()))[skip:]
     t0 = time.perf_counter()
     for r in rows:
         path = images / r["path"]
@@ -315,13 +316,22 @@ def plain_loop(manifest: Path, images: Path, resolution: int) -> dict:
     return {"wall_s": wall, "images_per_s": len(rows) / wall, "rows": len(rows)}
 
 
+#: The real part's smallest run: start-up (interpreter, imports, the config, worker
+#: processes) and one image of each label.
+SMALL = 16
+
+
 def part_real(codes, work, record, n_png, n_dcm, resolution=512):
     root = work / "real"
     full = write_real_files(root, n_png, n_dcm)
     total = n_png + n_dcm
     r = plain_loop(full, root / "images", resolution)
     record(part="real", code="plain-loop", resolution=resolution, **r)
-    for n in (total // 4, total):
+    # The steady state, what a site's 224k images see: craft's whole process at SMALL and at
+    # ``total`` images, the difference against the plain loop over the same rows (SMALL on).
+    r = plain_loop(full, root / "images", resolution, skip=SMALL)
+    record(part="real", code="plain-loop", resolution=resolution, skip=SMALL, **r)
+    for n in (SMALL, total // 4, total):
         lines = full.read_text().splitlines()
         keep = lines[: n + 1]  # labels cycle: every label in the first rows
         manifest = root / f"manifest-{n}.csv"
@@ -536,6 +546,23 @@ def summarize(path: Path) -> str:
                        f"{r['images_per_s']:.1f} | {r['wall_s']:.1f} | "
                        f"{r.get('peak_rss_mb', float('nan')):.0f} | "
                        f"{r.get('bytes', 0) / 1e6:.1f} |")  # fmt: skip
+        out.append("")
+    real = [r for r in rows if r["part"] == "real"]
+    floor = next((r for r in real if r["code"] == "plain-loop" and r.get("skip")), None)
+    if floor:
+        out += ["| steady state: code | threads | images | s beyond start-up | images/s | "
+                "against the plain loop |", "|---|---|---|---|---|---|"]  # fmt: skip
+        out.append(f"| plain loop | 1 | {floor['rows']} | {floor['wall_s']:.1f} | "
+                   f"{floor['images_per_s']:.1f} | 1.00x |")  # fmt: skip
+        big = max(r.get("rows", 0) for r in real if r["code"] != "plain-loop")
+        for code in ("baseline", "craft"):
+            for t in sorted({r.get("threads", 1) for r in real if r["code"] == code}):
+                at = {r["rows"]: r["wall_s"] for r in real
+                      if r["code"] == code and r.get("threads", 1) == t}  # fmt: skip
+                if SMALL in at and big in at:
+                    dt, n = at[big] - at[SMALL], big - SMALL
+                    out.append(f"| {code} | {t} | {n} | {dt:.1f} | {n / dt:.1f} | "
+                               f"{n / dt / floor['images_per_s']:.2f}x |")  # fmt: skip
         out.append("")
     st = [r for r in rows if r["part"] == "stages"]
     if st:

@@ -350,12 +350,23 @@ def get_resources(stage):
 # With config.resources.group_evaluations, the evaluation jobs of one run (score per evaluator,
 # evaluate_oracle, audit, downstream, fidelity, memorization) are one Snakemake group,
 # craft.launch.EVALUATION_GROUP; the SLURM profile's group-components merges each run's jobs
-# into one group job, one sbatch. Local runs ignore groups.
+# into one group job, one sbatch. Local runs ignore groups, and a plan for them has none.
+
+
+def evaluations_grouped():
+    """Whether this process plans a run's evaluations as one group: grouping is on and the
+    jobs go to a cluster (--jobs, which a cluster profile sets), or this process runs a
+    cluster job. A local run's plan, `snakemake -n` included, has no groups: Snakemake would
+    run them one by one anyway, and a dry run that builds them is slower (a 4,458-job config:
+    12.5 s without, 17.9 s with; docs/benchmark.md)."""
+    if not CFG.resources.group_evaluations:
+        return False
+    return workflow.resource_settings.nodes is not None or not workflow.is_main_process
 
 
 def get_evaluation_group():
-    """The `group:` of a run's evaluation jobs, or None where grouping is off."""
-    return EVALUATION_GROUP if CFG.resources.group_evaluations else None
+    """The `group:` of a run's evaluation jobs, or None where they are not grouped."""
+    return EVALUATION_GROUP if evaluations_grouped() else None
 
 
 def get_evaluation_resources(stage):
@@ -364,9 +375,7 @@ def get_evaluation_resources(stage):
     jobs then run one after the other, and the group job asks for the most threads, memory
     and GPUs of any of them and the sum of their runtimes."""
     r = getattr(CFG.resources, stage)
-    return (
-        grouped_resources(r) if CFG.resources.group_evaluations else rule_resources(r)
-    )
+    return grouped_resources(r) if evaluations_grouped() else rule_resources(r)
 
 
 def setup_evaluation_groups():
@@ -376,15 +385,13 @@ def setup_evaluation_groups():
     those that run its jobs there (a group job's members one at a time). Not in a local run,
     which would run one evaluation at a time. The submitting process also keeps what the
     members of a failed group job finished (keep_finished_evaluations)."""
-    if not CFG.resources.group_evaluations:
-        return
     # Which executor runs the jobs is not known yet when this file is read: like Snakemake's
     # scheduler, take --jobs (the nodes of remote execution) for a cluster. The processes
     # that run jobs on the cluster are not the main process; whether they run a group job
     # is not known yet either, and the slot constrains no other job.
-    submits = workflow.is_main_process and workflow.resource_settings.nodes is not None
-    if not (submits or not workflow.is_main_process):
+    if not evaluations_grouped():
         return
+    submits = workflow.is_main_process
     if EVALUATION_SLOT not in workflow.resource_settings.overwrite_resource_scopes:
         workflow.resourcescope(**{EVALUATION_SLOT: "local"})
     if workflow.global_resources.get(EVALUATION_SLOT).value is None:

@@ -606,7 +606,8 @@ def test_the_slurm_profile_submits_a_runs_evaluations_as_one_job(env, tmp_path):
     """resources.group_evaluations (on) with profiles/slurm's group-components: one group job
     per run holds its score per evaluator, oracle, audit, downstream, fidelity and
     memorization, each with its own log; the jobs planned for SLURM drop at least twofold for
-    ten seeds. Off, every evaluation is a job of its own."""
+    ten seeds. Off, every evaluation is a job of its own; so it is in a local run's plan
+    (no --jobs), where a group would only slow the dry run."""
     args = ["-n", "--profile", str(REPO / "profiles/slurm")]
     results = str(tmp_path / "results")
     on = snakemake(
@@ -626,6 +627,11 @@ def test_the_slurm_profile_submits_a_runs_evaluations_as_one_job(env, tmp_path):
     groups_on, single_on = slurm_jobs_planned(on.stdout)
     groups_off, single_off = slurm_jobs_planned(off.stdout)
     assert groups_off == 0 and groups_on == runs
+    local = snakemake(
+        REPO, env, "-n", "--config", f"results={results}", "seeds=[0,1,2,3,4,5,6,7,8,9]"
+    )
+    assert slurm_jobs_planned(local.stdout) == (0, single_off)
+    assert "evaluation_slot" not in local.stdout
     evaluations = sum(job_counts(on.stdout)[r] for r in ("score", "audit", "downstream"))
     evaluations += sum(job_counts(on.stdout)[r] for r in ("evaluate_oracle", "fidelity"))
     evaluations += job_counts(on.stdout)["memorization"]

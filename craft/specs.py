@@ -31,11 +31,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from craft.cas.settings import CasWeights, EvaluatorTraining, JudgeConfig
 from craft.errors import CraftError
 from craft.evaluate.settings import (
+    REFERENCE_MAX,
     DownstreamConfig,
     FidelityConfig,
     MemorizationConfig,
@@ -410,6 +411,15 @@ class MemorizationSpec(Spec):
     job: Literal["memorization"] = "memorization"
     labels: list[str]
     memorization: MemorizationConfig
+
+    @field_serializer("memorization")
+    def _memorization(self, m: MemorizationConfig) -> dict[str, Any]:
+        # reference_max is left out at its default: it binds only above 2,000 test images,
+        # which no run made before it had, so those runs keep their digests
+        out = m.model_dump(mode="json")
+        if m.reference_max == REFERENCE_MAX:
+            del out["reference_max"]
+        return out
 
 
 class AuditSpec(Spec):

@@ -8,7 +8,9 @@ chunk by chunk. A second view compares pixels (correlation of area-downsampled i
 
 A generated image is memorized when its nearest similarity exceeds the threshold; the real
 TEST images go through the same search as the reference distribution: fresh real images of the
-same modality, so their rate says how often the threshold fires without any copying.
+same modality, so their rate says how often the threshold fires without any copying. A test
+split larger than ``reference_max`` (2,000) gives a seeded subset of that many
+(``reference_rows`` in memorization.h5), so that memory does not grow with the data set.
 
 Metrics (``metrics-memorization.json``): ``memorization_rate`` (embedding view),
 ``memorization_rate_reference`` (real test vs train), ``memorization_rate_pixel`` and
@@ -243,6 +245,16 @@ def patient_ids(data_h5: Path) -> tuple[np.ndarray, np.ndarray, float]:
     return t, as_ints(train), float((t >= 0).mean()) if len(t) else 0.0
 
 
+def reference_rows(n_test: int, reference_max: int, seed: int) -> np.ndarray:
+    """The test rows the reference search uses, in file order: all of them, or a seeded
+    subset of ``reference_max`` where the split is larger (memory then stays flat in the data
+    set's size: the search holds a vector per query)."""
+    if n_test <= reference_max:
+        return np.arange(n_test, dtype=np.int64)
+    rng = np.random.default_rng([seed, n_test])
+    return np.sort(rng.choice(n_test, size=reference_max, replace=False)).astype(np.int64)
+
+
 def _train_rows(data_h5: Path, rows: np.ndarray) -> np.ndarray:
     with open_h5(data_h5, "data") as f:
         ds = f["train"]["images"]
@@ -309,9 +321,11 @@ def memorization(
 
     threshold = settings.threshold
     test_patients, train_patients, known = patient_ids(data_h5)
-    patients = (test_patients, train_patients)
+    reference = reference_rows(len(test), settings.reference_max, settings.seed)
+    test_images = test.images.subset(reference)
+    patients = (test_patients[reference], train_patients)
     pixel = _view(
-        data_h5, samples.images, test.images, pixels, settings, what="pixels", patients=patients
+        data_h5, samples.images, test_images, pixels, settings, what="pixels", patients=patients
     )
     if settings.encoder == "pixels":
         main = pixel
@@ -326,7 +340,7 @@ def memorization(
         main = _view(
             data_h5,
             samples.images,
-            test.images,
+            test_images,
             vectorise,
             settings,
             artifacts,
@@ -371,6 +385,7 @@ def memorization(
             g.create_dataset("nn_similarity", data=res.similarity)
             g.create_dataset("reference_nn_index", data=res.reference_index)
             g.create_dataset("reference_nn_similarity", data=res.reference_similarity)
+        f.create_dataset("reference_rows", data=reference)
         g = f.create_group("top_pairs")
         g.create_dataset("generated_index", data=top.astype(np.int64))
         g.create_dataset("train_index", data=main.index[top])
@@ -389,6 +404,6 @@ def memorization(
         f"{modality}/{method}/{seed}: memorization rate {metrics['memorization_rate']:.3f} "
         f"(real test reference {metrics['memorization_rate_reference']:.3f}), pixel view "
         f"{metrics['memorization_rate_pixel']:.3f}, {len(samples)} images in "
-        f"{time.monotonic() - t0:.1f} s"
+        f"{time.monotonic() - t0:.1f} s; reference: {len(reference)} of {len(test)} test images"
     )
     return metrics

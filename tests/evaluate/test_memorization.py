@@ -184,3 +184,49 @@ def test_a_patients_second_scan_in_test_is_left_out_of_the_reference(cxr_data, t
         ref = f["embedding/reference_nn_index"][()]
     assert (ref != np.arange(n_test)).all()  # never the patient's own train image
     assert known["memorization_rate"] == unknown["memorization_rate"]  # generated: unchanged
+
+
+def test_reference_rows_are_all_test_rows_or_a_seeded_subset():
+    from craft.evaluate.memorization import reference_rows
+
+    np.testing.assert_array_equal(reference_rows(7, 7, 0), np.arange(7))
+    rows = reference_rows(50, 10, 0)
+    assert len(rows) == 10 and len(set(rows.tolist())) == 10
+    assert (np.diff(rows) > 0).all() and rows.max() < 50  # file order
+    np.testing.assert_array_equal(rows, reference_rows(50, 10, 0))
+    assert not np.array_equal(rows, reference_rows(50, 10, 1))
+
+
+def test_a_capped_reference_is_the_full_search_at_its_rows(cxr_data, tmp_path):
+    """reference_max below the test split: the reference searches a subset, each of its
+    images with the result the uncapped search gives it; the generated images are unchanged."""
+    samples = drawn_samples(tmp_path / "s.h5", CXR, CXR_LABELS, 4, seed=5)
+    full, run_full = _run(MemorizationConfig(), cxr_data, samples, tmp_path / "full")
+    with h5py.File(cxr_data) as f:
+        n_test = f["test/labels"].shape[0]
+    cap = n_test // 3
+    capped, run_cap = _run(MemorizationConfig(reference_max=cap), cxr_data, samples, tmp_path / "c")
+    with h5py.File(run_full / "memorization.h5") as a, h5py.File(run_cap / "memorization.h5") as b:
+        rows = b["reference_rows"][()]
+        assert len(rows) == cap and len(a["reference_rows"][()]) == n_test
+        for view in ("embedding", "pixels"):
+            for key in ("reference_nn_index", "reference_nn_similarity"):
+                np.testing.assert_array_equal(b[f"{view}/{key}"][()], a[f"{view}/{key}"][()][rows])
+            np.testing.assert_array_equal(b[f"{view}/nn_index"][()], a[f"{view}/nn_index"][()])
+    for key in ("memorization_rate", "memorization_rate_pixel", "memorization_similarity_median"):
+        assert capped[key] == full[key]
+
+
+def test_reference_max_at_its_default_leaves_the_job_spec_as_it_was():
+    """Runs made before reference_max keep their memorization digests; another value is in."""
+    from craft.evaluate.settings import REFERENCE_MAX
+    from craft.specs import MemorizationSpec
+
+    spec = MemorizationSpec(labels=["a"], memorization=MemorizationConfig())
+    assert "reference_max" not in spec.plain()["memorization"]
+    assert "seed" in spec.plain()["memorization"]
+    other = MemorizationSpec(
+        labels=["a"], memorization=MemorizationConfig(reference_max=REFERENCE_MAX + 1)
+    )
+    assert other.plain()["memorization"]["reference_max"] == REFERENCE_MAX + 1
+    assert other.digest != spec.digest

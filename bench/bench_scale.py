@@ -397,7 +397,12 @@ def part_stages(codes, work, record, sizes):
                 "reference_max_per_label": 500,
             },
             "sampling": {"steps": 2, "n_per_label": 8, "batch_size": 16},
-            "evaluation": {"downstream": {"max_epochs": 1, "budgets": [0.5]}},
+            # memorization's blocks (chunk_size^2) below both sizes' train splits, so that what
+            # grows with the data set shows, not a block filling up to its size
+            "evaluation": {
+                "downstream": {"max_epochs": 1, "budgets": [0.5]},
+                "memorization": {"chunk_size": 1024},
+            },
         }
         config = run_dir / "config.yaml"
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))

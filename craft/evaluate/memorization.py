@@ -103,8 +103,8 @@ def nearest_training(
 
     Train images stream from the file in chunks, so neither they nor the similarity matrix are
     held at once. With ``centre`` the search needs the train mean first: a first pass computes
-    it, and, with ``cache_dir`` (for costly encoders), writes the train vectors to a memory-mapped
-    file there that the second pass reads instead of encoding again (deleted afterwards).
+    it, and, with ``cache_dir`` (for costly encoders), writes the train vectors to a file there
+    that the second pass reads a block at a time instead of encoding again (deleted afterwards).
     """
     mean, cache, path = None, None, None
     if centre:
@@ -125,7 +125,7 @@ def nearest_training(
                 raise CraftError(f"{data_h5}: the train split is empty; nothing to compare with")
             mean = (total / count).astype(np.float32)
             if path is not None:
-                cache = np.memmap(path, dtype=np.float32, mode="r", shape=(count, parts[0]))
+                cache = (count, parts[0])
         except BaseException:
             if path is not None:
                 path.unlink(missing_ok=True)
@@ -142,9 +142,18 @@ def nearest_training(
     # One pass over the train stream serves every query set: stack them.
     stacked = np.concatenate(q_vecs) if q_vecs else np.zeros((0, 0), np.float32)
 
+    def cached() -> Iterator[np.ndarray]:
+        # read a block at a time, not memory-mapped: a map's pages count in the job's resident
+        # memory as they are read (the whole file by the end: 100 MB at 34k train phantoms)
+        count, dim = cache
+        with open(path, "rb") as fh:
+            for start in range(0, count, chunk_size):
+                n = min(chunk_size, count - start)
+                yield np.fromfile(fh, dtype=np.float32, count=n * dim).reshape(n, dim)
+
     def keys() -> Iterator[np.ndarray]:
         if cache is not None:
-            blocks = (cache[i : i + chunk_size] for i in range(0, len(cache), chunk_size))
+            blocks = cached()
         else:
             blocks = _train_vectors(data_h5, vectorise, chunk_size, what)
         for v in blocks:
@@ -154,7 +163,6 @@ def nearest_training(
         groups = np.concatenate(query_groups) if query_groups is not None else None
         idx, sim = nearest_neighbours(stacked, keys(), chunk_size, True, groups, train_groups)
     finally:
-        cache = None  # drop the memory map before its file goes
         if path is not None:
             path.unlink(missing_ok=True)
     if (idx < 0).any():

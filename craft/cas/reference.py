@@ -401,9 +401,18 @@ def build_reference(
     if aggregation not in ("arithmetic", "geometric"):
         raise CraftError(f"aggregation must be 'arithmetic' or 'geometric', got '{aggregation}'")
 
-    # val: calibration distributions on each dimension's calibration scale
+    # val: calibration distributions on each dimension's calibration scale, from at most
+    # max_per_label images a label: every calibration compares a batch with all its kernels
+    keep = []
+    for i in range(len(names)):
+        idx = np.flatnonzero(val.labels == i)
+        if len(idx) > max_per_label:
+            idx = np.sort(rng.choice(idx, max_per_label, replace=False))
+        keep.append(idx)
+    cal_rows = np.sort(np.concatenate(keep))
+    cal_labels = val.labels[cal_rows]
     raw, labs, pair_texts = _raw_pairs(
-        evaluator, val.images, val.labels, prompts, bank, ref, batch_size, judge
+        evaluator, val.images.subset(cal_rows), cal_labels, prompts, bank, ref, batch_size, judge
     )
     for dim in DIMENSIONS:
         values = raw[dim].astype(np.float64)
@@ -413,7 +422,7 @@ def build_reference(
         for i, lab in enumerate(names):
             v = np.sort(values[labs == i])
             # a (image, prompt) pair is not an independent image: Silverman's n is the images'
-            n_img = int((val.labels == i).sum())
+            n_img = int((cal_labels == i).sum())
             h = silverman_bandwidth(v) * (v.size / max(n_img, 1)) ** 0.2 * bandwidth_scale
             ref.calibration[dim][lab] = v.astype(np.float32)
             ref.bandwidth[dim][lab] = float(max(h, floor))
@@ -449,6 +458,7 @@ def build_reference(
         "judge": getattr(judge, "source", None),
         "data": str(data_h5),
         "n_images": {"train": len(train), "val": len(val), "test": len(test)},
+        "n_calibration_images": len(cal_rows),
         "prompts": prompts,
         "real_test_cas_mean": float(ref.real_test_cas.mean()),
         "seconds": round(time.monotonic() - t0, 2),

@@ -204,7 +204,12 @@ class CasConfig(_Strict):
         1.0, gt=0, description="Multiplies Silverman's bandwidth of the calibration kernel CDF."
     )
     reference_max_per_label: int = Field(
-        2000, ge=3, description="At most this many real train images per label as neighbours."
+        2000,
+        ge=3,
+        description="At most this many real images per label as neighbours (train split) and "
+        "as the calibration kernels (val split): a seeded subset of a larger split, so that "
+        "the reference, scoring and the reward cost the same memory whatever the data set's "
+        "size (each calibration is a batch x kernels matrix).",
     )
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of the tail rate CI.")
 

@@ -169,3 +169,35 @@ def test_the_reference_reads_each_split_a_batch_at_a_time(
     capped = build_reference(cxr_evaluator, cxr_data, cxr_knowledge, batch_size=32)
     assert capped.digest == free.digest
     assert np.array_equal(capped.real_test_cas, free.real_test_cas)
+
+
+def test_the_reference_calibrates_on_at_most_max_per_label_images_a_label(
+    cxr_evaluator, cxr_data, cxr_knowledge
+):
+    """reference_max_per_label also caps the val images behind each calibration kernel CDF
+    (a seeded subset), so that calibrating a batch costs the same at any data set size; below
+    the cap every val image is used."""
+    from craft.cas.reference import build_reference
+    from craft.store import read_split
+
+    val = read_split(cxr_data, "val")
+    free = build_reference(cxr_evaluator, cxr_data, cxr_knowledge, batch_size=32)
+    assert free.meta["n_calibration_images"] == len(val)
+    cap = 5
+    assert min(np.bincount(val.labels)) > cap
+    capped = build_reference(
+        cxr_evaluator, cxr_data, cxr_knowledge, batch_size=32, max_per_label=cap
+    )
+    assert capped.meta["n_calibration_images"] == cap * len(free.label_names)
+    for lab in free.label_names:
+        n_prompts = len(capped.meta["prompts"][lab])
+        for dim, values in capped.calibration.items():
+            assert len(values[lab]) == cap * n_prompts, (dim, lab)
+        # an image's similarity to a prompt does not depend on the others: a subset of all
+        # (to float32 rounding: a batch of other images sums in another order)
+        kept, every = (
+            capped.calibration["prompt_alignment"][lab],
+            free.calibration["prompt_alignment"][lab],
+        )
+        assert np.abs(kept[:, None] - every[None, :]).min(axis=1).max() < 1e-5
+        assert len(every) == int((val.labels == free.label_names.index(lab)).sum()) * n_prompts

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from craft.report.frontier import PathPoint, crossing
+from craft.report.frontier import at_budget as frontier_at_budget
+
 RESULTS = "results.jsonl"
 # the columns of a path point compared between methods: (scale, agree, shift, oof_cas, oof_tail)
 COMPARED = {"agree": 1, "oof_cas": 3, "oof_tail": 4}
@@ -146,12 +149,11 @@ def _load(folder: Path) -> dict:
 def along(points: list[tuple], target: float, x: int, y: int) -> float:
     """Walking a path in scale order, its ``y`` column where its ``x`` column first reaches
     ``target`` (linear between the two scales around the crossing); nan if it never does."""
-    for p, q in zip(points, points[1:], strict=False):
-        lo, hi = sorted((p[x], q[x]))
-        if lo <= target <= hi:
-            w = 0.0 if hi == lo else (target - p[x]) / (q[x] - p[x])
-            return float(p[y] + w * (q[y] - p[y]))
-    return float("nan")
+    found = crossing([p[x] for p in points], target)
+    if found is None:
+        return float("nan")
+    i, w = found
+    return float(points[i][y] + w * (points[i + 1][y] - points[i][y]))
 
 
 def _paired(diffs: list[float], lower_is_better: bool) -> str:
@@ -208,12 +210,14 @@ def table(args) -> None:
 
 
 def at_budget(points: list[tuple], budget: float) -> tuple:
-    """The point where a path, walked in scale order, first exceeds its own start's (scale 0)
-    distribution shift plus ``budget`` (linear between the scales around the crossing); its
-    end if it never does: how far a method gets while staying about as real as its start."""
-    target = points[0][2] + budget
-    point = tuple(along(points, target, 2, col) for col in range(len(points[0])))
-    return point if np.isfinite(point[0]) else points[-1]
+    """craft.report.frontier.at_budget of a path of (scale, agree, shift, oof_cas, oof_tail)
+    points, the oracle's shift as its realism."""
+    stop = frontier_at_budget(
+        [PathPoint(p[0], p[2], {"agree": p[1], "oof_cas": p[3], "oof_tail": p[4]}) for p in points],
+        budget,
+    ).point
+    m = stop.metrics
+    return (stop.scale, m["agree"], stop.realism, m["oof_cas"], m["oof_tail"])
 
 
 def within_budget(paths: dict, against: str, budget: float) -> None:

@@ -201,7 +201,7 @@ def _read_pillow(path: Path, opts: ImageOptions) -> tuple[np.ndarray, np.ndarray
 def _read_dicom(path: Path, opts: ImageOptions) -> np.ndarray:
     """Decode a DICOM to uint8 HxW (grayscale, display-ready) or HxWx3 (colour)."""
     import pydicom
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
+    from pydicom.pixels import apply_color_lut
 
     try:
         ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES)
@@ -256,6 +256,21 @@ def _read_dicom(path: Path, opts: ImageOptions) -> np.ndarray:
             f"{path}: DICOM photometric interpretation {pi} is not supported; convert it"
         )
 
+    def gray(stored: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+        return _dicom_gray(ds, stored, opts, path, counts)
+
+    out = _by_levels(arr, gray)
+    return out if out is not None else gray(arr)
+
+
+def _dicom_gray(
+    ds, arr: np.ndarray, opts: ImageOptions, path: Path, counts: np.ndarray | None = None
+) -> np.ndarray:
+    """A grayscale DICOM's stored values ``arr`` to display-ready uint8: Modality LUT, then
+    the window, the VOI table or the stretch, then MONOCHROME1's inversion. With ``counts``,
+    ``arr`` holds the image's levels, each held by that many pixels (:func:`_by_levels`)."""
+    from pydicom.pixels import apply_modality_lut
+
     values = apply_modality_lut(arr, ds)
     window = opts.dicom_window or _file_window(ds)
     if window is not None:
@@ -276,9 +291,10 @@ def _read_dicom(path: Path, opts: ImageOptions) -> np.ndarray:
             values,
             opts.intensity,
             _stored_range(ds, arr, apply_modality_lut),
-            _rank_source(ds, arr, values),
+            None if counts is not None else _rank_source(ds, arr, values),
+            counts,
         )
-    if pi == "MONOCHROME1":
+    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
         unit = 1.0 - unit
     return _quantize(unit)
 
@@ -368,17 +384,24 @@ def _to_unit(
     intensity: str,
     full: tuple[float, float] | None,
     raw: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Map >8-bit values to [0, 1] by percentile stretch ("minmax") or full range ("full").
     ``raw``, where given, is the integer array that ``values`` maps element by element and
     increasingly (itself, or a DICOM rescale with a positive slope): the percentiles are
-    then found from its histogram (:func:`stretch_ends`)."""
+    then found from its histogram (:func:`stretch_ends`). With ``counts`` the values are an
+    image's levels, each held by that many pixels (:func:`_by_levels`)."""
     if intensity == "full" and full is not None:
         lo, hi = full
     else:
-        lo, hi = stretch_ends(values, raw)
+        if counts is not None:
+            lo, hi = stretch_ends_counts(values, counts)
+            held = values[counts > 0]
+        else:
+            lo, hi = stretch_ends(values, raw)
+            held = values
         if hi <= lo:
-            lo, hi = float(values.min()), float(values.max())
+            lo, hi = float(held.min()), float(held.max())
     if hi <= lo:
         return np.zeros(values.shape, np.float32)
     out = (values.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
@@ -386,6 +409,12 @@ def _to_unit(
 
 
 def _to_uint8(values: np.ndarray, intensity: str, full: tuple[float, float] | None) -> np.ndarray:
+    def per_level(levels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return _quantize(_to_unit(levels, intensity, full, counts=counts))
+
+    out = _by_levels(values, per_level)
+    if out is not None:
+        return out
     raw = values if values.dtype.kind in "iu" else None
     return _quantize(_to_unit(values, intensity, full, raw))
 
@@ -418,6 +447,35 @@ def stretch_ends(values: np.ndarray, raw: np.ndarray | None = None) -> tuple[flo
         shifted = ints.astype(np.int64)
         shifted -= base
     below = np.cumsum(np.bincount(shifted, minlength=top - base + 1))  # rows <= each value
+
+    def order_statistic(rank: int):
+        level = base + np.searchsorted(below, rank, side="right")
+        return flat[int(np.argmax(ints == level))]  # the value at a pixel of that level
+
+    return _percentile_ends(order_statistic, n)
+
+
+def stretch_ends_counts(values: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """``np.percentile(np.repeat(values, counts), STRETCH)``, bit for bit, without repeating:
+    ``values`` of each level of an image and ``counts`` the pixels at each (:func:`_by_levels`).
+    The values need not increase with the level (a DICOM rescale of negative slope, a
+    Modality LUT): they are ranked by sorting."""
+    held = counts > 0
+    ranked, weight = values[held], counts[held]
+    order = np.argsort(ranked, kind="stable")
+    ranked = ranked[order]
+    below = np.cumsum(weight[order])  # pixels at or below each ranked value
+
+    def order_statistic(rank: int):
+        return ranked[int(np.searchsorted(below, rank, side="right"))]
+
+    return _percentile_ends(order_statistic, int(below[-1]))
+
+
+def _percentile_ends(order_statistic, n: int) -> tuple[float, float]:
+    """The STRETCH percentiles of n values given the value at each 0-based rank, interpolated
+    as numpy's 'linear' method does (index (n - 1) q, weight from its fraction,
+    ``numpy.lib._function_base_impl._lerp``)."""
     q = np.true_divide(np.asarray(STRETCH, dtype=np.float64), 100)
     virtual = (n - 1) * q
     previous = np.floor(virtual)
@@ -425,15 +483,39 @@ def stretch_ends(values: np.ndarray, raw: np.ndarray | None = None) -> tuple[flo
     ends = []
     for v, p, t in zip(virtual, previous, gamma, strict=True):
         ranks = (n - 1, n - 1) if v >= n - 1 else (0, 0) if v < 0 else (int(p), int(p) + 1)
-        a, b = (flat[int(np.argmax(ints == base + np.searchsorted(below, r, side="right")))]
-                for r in ranks)  # fmt: skip
-        a, b = np.asarray([a]), np.asarray([b])
+        a, b = (np.asarray([order_statistic(r)]) for r in ranks)
         diff = b - a
         out = a + diff * t
         if t >= 0.5:
             out = b - diff * (1 - t)
         ends.append(float(out[0]))
     return ends[0], ends[1]
+
+
+#: Pixels below which an image is mapped pixel by pixel, not level by level (_by_levels).
+_LEVELS_MIN_PIXELS = 4096
+
+
+def _by_levels(arr: np.ndarray, per_level) -> np.ndarray | None:
+    """An element-wise map of an integer image computed once per level instead of once per
+    pixel: ``per_level(levels, counts)`` gives the output of each level from the image's
+    minimum to its maximum (``counts``: the pixels at each, for what depends on the whole
+    image: the percentile stretch), gathered at the pixels. Every step of a 16-bit image's
+    way to uint8 (Modality LUT, window, VOI table, stretch, MONOCHROME1, rounding) maps each
+    pixel by its stored value alone, so this gives the same bytes; a 1024x1024 CT slice holds
+    a few thousand levels for its million pixels. None where ``arr`` is not integer, small,
+    or its range is wider than its pixels."""
+    if arr.dtype.kind not in "iu" or arr.size < _LEVELS_MIN_PIXELS:
+        return None
+    base, top = int(arr.min()), int(arr.max())
+    span = top - base + 1
+    if span > min(_HISTOGRAM_SPAN, arr.size):
+        return None
+    idx = arr.astype(np.intp)
+    idx -= base
+    counts = np.bincount(idx.ravel(), minlength=span)
+    levels = np.arange(base, top + 1).astype(arr.dtype)
+    return per_level(levels, counts)[idx]
 
 
 def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -432,3 +432,93 @@ def test_the_stretch_from_a_histogram_is_numpys_percentile_bit_for_bit(seed):
             values = raw.astype(np.float64) * 1.7 + -1024.3
             want = np.percentile(values, list(STRETCH))
             assert stretch_ends(values, raw) == (want[0], want[1]), (n, raw.dtype, "rescaled")
+
+
+def _dicom_variants(tmp_path: Path) -> dict[str, Path]:
+    """CT_small (128x128, int16 stored, rescaled to HU) in the ways a 16-bit grayscale DICOM
+    reaches uint8: its own window, the stretch of a positive and of a negative rescale,
+    MONOCHROME1, a VOI table, a Modality LUT table."""
+    out = {}
+
+    def variant(name, edit):
+        ds = pydicom.dcmread(dicom("CT_small.dcm"))
+        edit(ds)
+        out[name] = tmp_path / f"{name}.dcm"
+        ds.save_as(out[name])
+
+    def no_window(ds):
+        for key in ("WindowCenter", "WindowWidth"):
+            if key in ds:
+                delattr(ds, key)
+
+    def negative(ds):
+        no_window(ds)
+        ds.RescaleSlope = -1.5
+
+    def mono1(ds):
+        no_window(ds)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+
+    def voi(ds):
+        no_window(ds)
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [256, 0, 8]
+        item.add_new(0x00283006, "US", (np.arange(256)[::-1]).tolist())
+        ds.VOILUTSequence = pydicom.Sequence([item])
+
+    def modality_lut(ds):
+        no_window(ds)
+        for key in ("RescaleSlope", "RescaleIntercept"):
+            delattr(ds, key)
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        table = (np.sin(np.arange(4096) / 300.0) * 20000 + 30000).astype(np.uint16)
+        item.add_new(0x00283006, "US", table.tolist())
+        item.ModalityLUTType = "HU"
+        ds.ModalityLUTSequence = pydicom.Sequence([item])
+
+    variant("window", lambda ds: None)
+    variant("stretch", no_window)
+    variant("negative-slope", negative)
+    variant("monochrome1", mono1)
+    variant("voi-table", voi)
+    variant("modality-lut", modality_lut)
+    return out
+
+
+def test_16bit_images_mapped_level_by_level_give_the_same_bytes(tmp_path, monkeypatch):
+    """A 16-bit image goes to uint8 through a table of its levels (_by_levels) where it has
+    enough pixels; every DICOM way and a 16-bit PNG give the bytes of the pixel-by-pixel way."""
+    import craft.data.images as images
+
+    files = _dicom_variants(tmp_path)
+    rng = np.random.default_rng(3)
+    field = np.add.outer(np.arange(96), np.arange(96)) * 40 + rng.integers(0, 900, (96, 96))
+    files["png16"] = write_png16(tmp_path / "p16.png", field.astype(np.uint16), 0)
+    cases = [(name, path, o) for name, path in files.items() for o in (opts(resolution=64),)]
+    cases.append(("stretch, full", files["stretch"], opts(resolution=64, intensity="full")))
+    cases.append(("png16, full", files["png16"], opts(resolution=64, intensity="full")))
+    levels = {name: read_image(path, o) for name, path, o in cases}
+    monkeypatch.setattr(images, "_LEVELS_MIN_PIXELS", 10**9)  # pixel by pixel
+    for name, path, o in cases:
+        pixels = read_image(path, o)
+        np.testing.assert_array_equal(levels[name], pixels, err_msg=name)
+        assert len(np.unique(pixels)) > 5, name  # a picture, not a flat field
+
+
+def test_the_stretch_from_counts_is_numpys_percentile_bit_for_bit():
+    """stretch_ends_counts(levels' values, pixels per level) against np.percentile of the
+    image's values, for increasing, decreasing and scrambled maps of the levels."""
+    from craft.data.images import STRETCH, stretch_ends_counts
+
+    rng = np.random.default_rng(11)
+    for n_levels in (1, 2, 7, 500, 4000):
+        counts = rng.integers(0, 50, n_levels)
+        counts[rng.integers(0, n_levels)] += 1  # at least one pixel
+        for values in (
+            np.arange(n_levels) * 1.25 - 1024.0,
+            np.arange(n_levels)[::-1] * -0.5 + 3.0,
+            rng.normal(0, 100, n_levels).astype(np.float32),
+        ):
+            want = np.percentile(np.repeat(values, counts), list(STRETCH))
+            assert stretch_ends_counts(values, counts) == (want[0], want[1]), n_levels

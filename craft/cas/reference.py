@@ -332,6 +332,12 @@ def _raw_pairs(evaluator, images, y, prompts_by_label, bank, ref, batch_size, ju
     return raw, np.concatenate(labs), np.array(texts_of_pairs, dtype=object)
 
 
+def _at_most(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``rows``, or a sorted random ``n`` of them where there are more (the rng draws only
+    then, so a split under the cap leaves the draws after it as they were)."""
+    return np.sort(rng.choice(rows, n, replace=False)) if len(rows) > n else rows
+
+
 @torch.no_grad()
 def build_reference(
     evaluator: Evaluator,
@@ -374,8 +380,7 @@ def build_reference(
         idx = np.flatnonzero(train.labels == i)
         if len(idx) < 2:
             raise CraftError(f"{data_h5}: the train split needs 2+ images of '{lab}'")
-        if len(idx) > max_per_label:
-            idx = np.sort(rng.choice(idx, max_per_label, replace=False))
+        idx = _at_most(idx, max_per_label, rng)
         emb = embed_images(evaluator, train.images.subset(idx), batch_size)
         d = soft_knn_distance(emb, emb, knn_k, 1.0, exclude_self=True)
         s = float(d.median())
@@ -403,12 +408,9 @@ def build_reference(
 
     # val: calibration distributions on each dimension's calibration scale, from at most
     # max_per_label images a label: every calibration compares a batch with all its kernels
-    keep = []
-    for i in range(len(names)):
-        idx = np.flatnonzero(val.labels == i)
-        if len(idx) > max_per_label:
-            idx = np.sort(rng.choice(idx, max_per_label, replace=False))
-        keep.append(idx)
+    keep = [
+        _at_most(np.flatnonzero(val.labels == i), max_per_label, rng) for i in range(len(names))
+    ]
     cal_rows = np.sort(np.concatenate(keep))
     cal_labels = val.labels[cal_rows]
     raw, labs, pair_texts = _raw_pairs(

@@ -631,6 +631,7 @@ def report(
 ) -> None:
     """Gather every run's metrics and samples into results/report/ (summary.csv, index.html)."""
     from craft.report import report as run
+    from craft.report.claim import PathClaim
 
     cfg = _load(config)
     lay = _layout(cfg)
@@ -662,6 +663,7 @@ def report(
         claim_method=craft_method,
         claim_start=cfg.method(craft_method).init if craft_method else None,
         evaluators=list(cfg.cas.evaluators),
+        claim_paths=PathClaim.of(cfg),
         **_report_figure_inputs(cfg, lay),
     )
     _record(out_dir, cfg, "report")
@@ -702,15 +704,10 @@ def claim(
     from rich.console import Console
     from rich.table import Table
 
+    from craft.report.claim import PathClaim, full_claim, realism_agreement
+    from craft.report.frontier import MATCHED
     from craft.report.html import format_cell
-    from craft.report.summary import (
-        ZERO,
-        ClaimRow,
-        claim_table,
-        per_seed_table,
-        whole_claim,
-        write_claim,
-    )
+    from craft.report.summary import ZERO, ClaimRow, per_seed_table, whole_claim, write_claim
 
     if alpha is not None and not 0.0 < alpha < 1.0:
         raise CraftError(f"--alpha must lie between 0 and 1 (e.g. 0.05), got {alpha}")
@@ -725,14 +722,24 @@ def claim(
     files = _run_metric_files(cfg, lay)
     if not files:
         raise CraftError(f"no metric files under {lay.root / 'runs'}: run the workflow first")
-    others = cfg.baseline_methods
-    table = claim_table(per_seed_table(files), method, rows, others, start, alpha)
+    per_seed = per_seed_table(files)
+    table = full_claim(
+        per_seed,
+        method,
+        cfg.baseline_methods,
+        start,
+        list(cfg.cas.evaluators),
+        PathClaim.of(cfg),
+        alpha,
+        rows,
+    )
     if table.empty:
         names = ", ".join(r.metric for r in rows)
         raise CraftError(f"no metric of {names} has values for '{method}' and another method")
     path = write_claim(table, out or lay.report() / _claim_name(method, cfg, metric, alpha))
     view = Table(title=f"{method}: the claim, row by row (mean ± sd over seeds)")
-    for col in ("modality", "metric", method, "against", "test", "seeds", "margin (p)", "passes"):
+    cols = ("judged", "modality", "metric", method, "against", "test", "seeds", "margin (p)")
+    for col in (*cols, "passes"):
         view.add_column(col)
     for r in table.itertuples(index=False):
         against = (
@@ -741,6 +748,7 @@ def claim(
             else f"{r.best_other} {format_cell(r.other_mean, r.other_sd, r.n_seeds)}"
         )
         view.add_row(
+            _judged(r),
             r.modality,
             r.metric,
             format_cell(r.mean, r.sd, r.n_seeds),
@@ -751,8 +759,20 @@ def claim(
             "yes" if r.passes else "[bold red]no[/]",
         )
     Console(width=max(Console().width, 160)).print(view)
+    matched = table[table["judged"] == MATCHED]
+    if len(matched):
+        print(
+            f"at matched realism (budget {cfg.claim.realism_budget:g}): "
+            f"{int(matched['passes'].sum())} of {len(matched)} rows pass"
+        )
+    else:
+        print("at matched realism: no rows (no reward method's path to compare with)")
+    for modality, measures in realism_agreement(per_seed).items():
+        shown = ", ".join(f"{k} {rho:+.2f} over {n} points" for k, (rho, n) in measures.items())
+        print(f"{modality}: oracle-free realism against the oracle's shift (Spearman): {shown}")
     print(f"claim table: {path} ({int(table['passes'].sum())} of {len(table)} rows pass)")
-    judged = set(zip(table["modality"], table["metric"], strict=True))
+    trained = table[table["judged"] != MATCHED]
+    judged = set(zip(trained["modality"], trained["metric"], strict=True))
     unjudged = [
         f"{m}: {name}"
         for m in cfg.modalities
@@ -773,6 +793,26 @@ def claim(
         )
     if check and not table["passes"].all():
         raise typer.Exit(1)
+
+
+def _judged(r) -> str:
+    """How a claim row was judged, for the terminal: where the paths stopped, or the end
+    points with what they cost."""
+    import math
+
+    from craft.report.frontier import MATCHED
+
+    if r.judged == MATCHED:
+        end = (
+            f", {r.seeds_at_end}+{r.other_seeds_at_end} at end"
+            if r.seeds_at_end + r.other_seeds_at_end
+            else ""
+        )
+        return f"matched: scale {r.stop_scale:.2f} vs {r.other_stop_scale:.2f}{end}"
+    if math.isnan(r.realism_cost):
+        return "as trained"
+    other = "" if math.isnan(r.other_realism_cost) else f" vs {r.other_realism_cost:+.3f}"
+    return f"as trained (realism cost {r.realism_cost:+.3f}{other})"
 
 
 def _training_machines(cfg, lay, table) -> set[str]:
@@ -1015,6 +1055,35 @@ def fidelity_cmd(
     Writes metrics-fidelity.json.
     """
     _evaluation_stage("fidelity", config, modality, method, seed, samples, data, out, threads)
+
+
+@app.command("path")
+def path_cmd(
+    config: ConfigOpt = Path("config.yaml"),
+    modality: ModalityOpt = ...,
+    method: MethodOpt = ...,
+    seed: SeedOpt = 0,
+    out: OutOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """A reward method's path from its start: its reward LoRA at each of
+    evaluation.paths.scales, each scale measured as a run is (oracle, out-of-family CAS,
+    fidelity). Scale 0 and 1 are the start's and the run's own metrics.
+
+    Writes metrics-path.json; resumable (finished points in path/points.jsonl beside it).
+    """
+    from craft.evaluate.paths import reward_path
+
+    cfg = _load(config)
+    cfg.modality(modality)  # CraftError naming the configured ones if unknown
+    _seed_in_config(cfg, seed)
+    lay = _layout(cfg)
+    out = out or lay.metrics(modality, method, seed, "path")
+    digest = cfg.spec("path", modality, method).digest
+    reward_path(cfg, lay, modality, method, seed, out, digest, threads)
+    start = cfg.method(method).init
+    inputs = {"card": lay.card(modality, method, seed), "start": lay.card(modality, start, seed)}
+    _record(out, cfg, "path", modality, method, seed, inputs=inputs)
 
 
 @app.command("export-summary")

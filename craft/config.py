@@ -595,6 +595,24 @@ class ReportConfig(Strict):
     )
 
 
+class ClaimConfig(Strict):
+    """How ``craft claim`` and the report judge the reward methods (docs/benchmark.md)."""
+
+    realism_budget: float = Field(
+        0.01,
+        ge=0,
+        description="The verdict compares reward methods where each one's path first gives up "
+        "this much realism against its own start (the realism axis' units: the oracle's "
+        "distribution shift on phantoms); a path that never does is judged at its end.",
+    )
+    realism: Literal["oracle", "fd", "kid"] | None = Field(
+        None,
+        description="The realism axis of the paths: the oracle's distribution shift, or the "
+        "mean per-label FD or KID of the fidelity stage against real test images. None: the "
+        "oracle on phantom modalities, fd on the others (set the budget in its units).",
+    )
+
+
 class Resources(Strict):
     """One rule's cluster resources: the one place a job's threads, memory, runtime, GPUs and
     nodes are set (the SLURM profile holds only the site: account, partitions, QoS). A rule
@@ -740,6 +758,9 @@ class CraftConfig(Strict):
         None, description="Export a blinded study page per modality (None: no study)."
     )
     report: ReportConfig = Field(ReportConfig(), description="The HTML report.")
+    claim: ClaimConfig = Field(
+        ClaimConfig(), description="How the claim is judged: at matched realism, then as trained."
+    )
     resources: ResourcesConfig = Field(
         ResourcesConfig(), description="Cluster resources of each workflow rule."
     )

@@ -56,8 +56,10 @@ def generate(
     card_path: Path,
     out: Path,
     threads: int | None = None,
+    digest: str | None = None,
 ) -> Path:
-    """Draw ``sampling.n_per_label`` images per label and write them resumably to ``out``."""
+    """Draw ``sampling.n_per_label`` images per label and write them resumably to ``out``
+    (its key ``digest``, by default the generate job's: a file of another key starts anew)."""
     m = cfg.modality(modality)
     s = cfg.sampling
     device = setup_torch(seed, threads)
@@ -76,7 +78,7 @@ def generate(
     writer = AppendWriter(
         out,
         "samples",
-        cfg.spec("generate", modality, method).digest,
+        digest or cfg.spec("generate", modality, method).digest,
         fields={
             "images": ((res, res, ch), np.uint8),
             "labels": ((), np.int64),

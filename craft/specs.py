@@ -61,6 +61,7 @@ STAGES = (
     "memorization",
     "audit",
     "fidelity",
+    "path",
     "study",
     "report",
 )
@@ -436,6 +437,18 @@ class FidelitySpec(Spec):
     fidelity: FidelityConfig
 
 
+class PathSpec(Spec):
+    """A reward method's path: its scales, and every job spec whose work it repeats at a
+    scale (the sampling plan, the oracle, each out-of-family score, fidelity)."""
+
+    job: Literal["path"] = "path"
+    scales: list[float]
+    generate: GenerateSpec
+    oracle: OracleSpec | None
+    scores: dict[str, ScoreSpec]
+    fidelity: FidelitySpec
+
+
 class StudySpec(Spec):
     job: Literal["study"] = "study"
     description: str
@@ -454,6 +467,7 @@ class ReportSpec(Spec):
     seeds: list[int]
     evaluators: dict[str, str] = Field(description="Evaluator name -> role.")
     grid_per_label: int
+    claim: dict[str, Any] = Field(default_factory=dict, description="claim: budget and axis.")
 
 
 # ----------------------------------------------------------------------------- derivation
@@ -691,6 +705,7 @@ def job_spec(
             seeds=list(cfg.seeds),
             evaluators={n: e.role for n, e in cfg.cas.evaluators.items()},
             grid_per_label=cfg.report.grid_per_label,
+            claim=cfg.claim.model_dump(mode="json"),
         )
     if modality is None:
         raise ValueError(f"job spec of stage {stage!r} needs a modality")
@@ -703,6 +718,7 @@ def job_spec(
         "train_evaluator": ("evaluator",),
         "reference": ("evaluator",),
         "score": ("evaluator",),
+        "path": ("method",),
     }.get(stage, ())
     for name in wanted:
         if needs[name] is None:
@@ -765,6 +781,20 @@ def job_spec(
         return MemorizationSpec(labels=labels, memorization=ev.memorization)
     if stage == "fidelity":
         return FidelitySpec(labels=labels, fidelity=ev.fidelity)
+    if stage == "path":
+        if not cfg.method(method).is_align:
+            raise CraftError(f"method '{method}' has no path: only reward methods (align) have")
+        return PathSpec(
+            scales=list(ev.paths.scales),
+            generate=_generate(cfg, modality, method),
+            oracle=None
+            if _phantom(cfg, modality) is None
+            else job_spec(cfg, "evaluate_oracle", modality),
+            scores={
+                e: job_spec(cfg, "score", modality, method, e) for e in cfg.out_of_family_evaluators
+            },
+            fidelity=FidelitySpec(labels=labels, fidelity=ev.fidelity),
+        )
     if stage == "audit":
         return AuditSpec(
             modality=_geometry(cfg, modality),
@@ -810,6 +840,8 @@ def workflow_jobs(cfg: CraftConfig) -> list[Job]:
             jobs += [("score", m, k, ev) for ev in cfg.cas.evaluators]
             evals = ["downstream", "memorization", "audit", "fidelity"]
             jobs += [(st, m, k, None) for st in (["evaluate_oracle"] if phantom else []) + evals]
+            if cfg.methods[k].is_align:
+                jobs.append(("path", m, k, None))
         if cfg.study is not None:
             jobs.append(("study", m, None, None))
     jobs.append(("report", None, None, None))

@@ -293,7 +293,38 @@ def get_report_inputs(wildcards=None):
             for s in SEEDS:
                 samples.append(str(LAYOUT.samples(m, k, s)))
                 metrics += get_metric_files(m, k, s)
+                if k in ALIGN_METHODS:
+                    metrics.append(str(LAYOUT.metrics(m, k, s, "path")))
     return {"samples": samples, "metrics": metrics}
+
+
+def get_path_inputs(wildcards):
+    """What a reward method's path reads: its card (and the reward LoRA beside it), the
+    metric files of its start (scale 0) and of the run (scale 1) that a path point takes,
+    and what measuring a scale needs (data, knowledge, the out-of-family evaluators)."""
+    m, k, s = wildcards.modality, wildcards.method, wildcards.seed
+    start = CFG.method(k).init
+    points = []
+    for run in (start, k):
+        if m in PHANTOM_MODALITIES:
+            points.append(str(LAYOUT.metrics(m, run, s, "oracle")))
+        for ev in CFG.out_of_family_evaluators:
+            points.append(str(LAYOUT.metrics(m, run, s, f"cas-{ev}")))
+        points.append(str(LAYOUT.metrics(m, run, s, "fidelity")))
+    oof = CFG.out_of_family_evaluators
+    return {
+        "card": str(LAYOUT.card(m, k, s)),
+        "start": str(LAYOUT.card(m, start, s)),
+        "points": points,
+        "data": str(LAYOUT.data(m)),
+        "knowledge": str(LAYOUT.knowledge(m)),
+        "references": [str(LAYOUT.reference(m, ev)) for ev in oof],
+        "evaluators": [
+            str(LAYOUT.evaluator(m, ev))
+            for ev in oof
+            if CFG.cas.evaluators[ev].source == "train"
+        ],
+    }
 
 
 def get_report_dir(wildcards, output):

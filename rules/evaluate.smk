@@ -165,3 +165,27 @@ rule fidelity:
         + "craft fidelity --config {params.config} --modality {wildcards.modality}"
         " --method {wildcards.method} --seed {wildcards.seed} --samples {input.samples}"
         " --data {input.data} --out {output.metrics} --threads {threads}"
+
+
+rule reward_path:
+    input:
+        unpack(get_path_inputs),
+    output:
+        metrics=str(LAYOUT.metrics("{modality}", "{method}", "{seed}", "path")),
+    log:
+        f"{LOGS}/path/{{modality}}/{{method}}/{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/path/{{modality}}/{{method}}/{{seed}}.tsv"
+    wildcard_constraints:
+        method=one_of(ALIGN_METHODS),
+    threads: res("generate", "threads")
+    resources:
+        **get_resources("generate"),
+    params:
+        config=CONFIG_FILE,
+        spec=get_spec("path"),
+    shell:
+        ATTEMPT_LOG
+        + "craft path --config {params.config} --modality {wildcards.modality}"
+        " --method {wildcards.method} --seed {wildcards.seed} --out {output.metrics}"
+        " --threads {threads}"

@@ -6,6 +6,7 @@ REPORT_FIGURES = {
     "cas": "CAS distributions",
     "curves": "Reward finetuning curves",
     "bars": "Key metrics",
+    "frontier": "Reward paths",
 }
 
 
@@ -28,7 +29,7 @@ rule report:
         html=str(LAYOUT.report() / "index.html"),
         figures=report(
             directory(str(LAYOUT.report() / "figures")),
-            patterns=["{kind,grid|cas|curves|bars}-{name}.png"],
+            patterns=["{kind,grid|cas|curves|bars|frontier}-{name}.png"],
             caption="report/figure.rst",
             category="Report figures",
             subcategory=lambda wildcards: REPORT_FIGURES[wildcards.kind],

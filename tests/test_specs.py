@@ -152,8 +152,10 @@ def test_a_setting_reruns_only_the_jobs_of_its_modality_method_or_evaluator(matr
             assert not any(j[0] == "adapt" and j[2] != method for j in jobs), (path, name)
         elif name.startswith("cas.evaluators."):
             ev = rest.split(".")[1]
-            # a job that loads the evaluator itself (align, audit) or makes its files
-            assert all(j[3] == ev or j[0] in ("align", "audit") for j in jobs), (path, name)
+            # a job that loads the evaluator itself (align, audit, a reward path's scores) or
+            # makes its files
+            loads = ("align", "audit", "path")
+            assert all(j[3] == ev or j[0] in loads for j in jobs), (path, name)
 
 
 def test_what_each_job_reads_reruns_it_and_nothing_upstream():
@@ -162,17 +164,20 @@ def test_what_each_job_reads_reruns_it_and_nothing_upstream():
     stages = lambda name: {j[0] for j in out[name]}  # noqa: E731
     # the report's grid is the report's: the oracle never reads it
     assert out["report.grid_per_label"] == {("report", None, None, None)}
-    # more images per label: generate and what scores them, not the training of any method
-    assert stages("sampling.n_per_label") == {"generate"}
+    # more images per label: generate (and a reward path, which samples the same plan at
+    # each scale), not the training of any method
+    assert stages("sampling.n_per_label") == {"generate", "path"}
     # the sampler reward finetuning trains through reruns align; not adapt
-    assert stages("sampling.guidance_scale") == {"generate", "align"}
+    assert stages("sampling.guidance_scale") == {"generate", "align", "path"}
     assert stages("methods.craft.align.k") == {"align"}
     assert {j[2] for j in out["methods.craft.align.k"]} == {"craft"}
     # the data set reaches the training jobs through the data file: only prepare's spec
     assert stages("modalities.phantom-cxr.source.n_per_label") == {"prepare"}
     assert stages("modalities.phantom-cxr.splits.seed") == {"prepare"}
-    # an evaluator's weights: where they are loaded (reference, score, align, audit)
-    assert stages("cas.evaluators.siglip.revision") == {"reference", "score", "align", "audit"}
+    # an evaluator's weights: where they are loaded (reference, score, align, audit, and the
+    # reward paths, which score every scale with the out-of-family siglip)
+    loaded = {"reference", "score", "align", "audit", "path"}
+    assert stages("cas.evaluators.siglip.revision") == loaded
     assert stages("cas.evaluators.clip.train.steps") == {"train_evaluator"}
 
 

@@ -186,6 +186,32 @@ class FidelityConfig(_Strict):
     seed: int = Field(0, description="Seed of the tiny features and of KID's subsets.")
 
 
+class PathsConfig(_Strict):
+    """``craft path``: each reward method's path from its start (craft.evaluate.paths): its
+    kept reward LoRA at several scales on top of the start, each scale sampled with the run's
+    own sampling plan and measured like a run (oracle, out-of-family CAS, fidelity)."""
+
+    scales: list[float] = Field(
+        [0.0, 0.5, 1.0, 1.5],
+        min_length=2,
+        description="Scales of the reward LoRA: 0 is the start (its own samples and metrics, "
+        "not sampled again), 1 the run as trained (likewise); the others are sampled. Must "
+        "hold 0 and 1; one above 1 shows where the path goes past the trained run.",
+    )
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: list[float]) -> list[float]:
+        bad = [s for s in v if not 0 <= s <= 10]
+        if bad:
+            raise ValueError(f"scales must lie in [0, 10], got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"scales has duplicates: {v}")
+        if 0 not in v or 1 not in v:
+            raise ValueError(f"scales must hold 0 (the start) and 1 (the run), got {v}")
+        return sorted(float(s) for s in v)
+
+
 class EvaluationConfig(_Strict):
     """Evaluations that do not come from the reward evaluator."""
 
@@ -200,4 +226,7 @@ class EvaluationConfig(_Strict):
     )
     fidelity: FidelityConfig = Field(
         FidelityConfig(), description="Frechet distance and KID against the real test split."
+    )
+    paths: PathsConfig = Field(
+        PathsConfig(), description="Each reward method's path from its start (craft path)."
     )

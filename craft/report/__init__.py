@@ -47,6 +47,7 @@ def report(
     claim_method: str | None = None,
     claim_start: str | None = None,
     evaluators: Sequence[str] | None = None,
+    claim_paths=None,
     **figures,
 ) -> Path:
     """Summarize ``metric_files`` and build the report in ``out_dir``; returns its index.html.
@@ -61,7 +62,9 @@ def report(
     costs: ``claim_start``, default the ``init`` its runs' model cards (``model.json`` beside
     ``samples.h5``) name. Without baselines there is no method of kind craft to judge, and the
     page says so; ``evaluators`` orders the claim's and the headline's per-evaluator rows
-    (default: as the metric names give them).
+    (default: as the metric names give them). ``claim_paths``
+    (:class:`craft.report.claim.PathClaim`) puts the rows judged at matched realism first,
+    from the runs' paths (``metrics-path.json``), and the frontier figure on the page.
     """
     metric_files = [Path(p) for p in metric_files]
     per_seed = per_seed_table(metric_files)
@@ -77,7 +80,9 @@ def report(
         claim_method = next((k for k in methods if k not in set(baselines)), None)
     if claim_method is not None and claim_start is None:
         claim_start = _start_from_cards(samples, claim_method)
-    claim = claim_for_report(per_seed, claim_method, baselines, claim_start, evaluators)
+    claim = claim_for_report(
+        per_seed, claim_method, baselines, claim_start, evaluators, claim_paths
+    )
     return build_report(
         summary,
         samples,

@@ -305,6 +305,70 @@ def training_curves(curves_by_method: Mapping[str, pd.DataFrame], path: Path, ti
     return _save(fig, path)
 
 
+def frontier(
+    summary: pd.DataFrame, modality: str, axis: str, path: Path, budget: float | None = None
+) -> Path:
+    """The reward methods' paths of one modality (craft.evaluate.paths): each compared metric
+    (oracle agreement on phantoms, each out-of-family mean CAS) against the realism ``axis``
+    (a path point metric: ``oracle_distribution_shift``, ``realism_fd`` or ``realism_kid``),
+    a line through the scales' means over seeds with a band of ± sd, the start (scale 0,
+    square) and the run as trained (scale 1, star) marked; with ``budget`` a dashed line where
+    each path's budget ends (its start's realism + budget)."""
+    import re
+
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    rows = summary[
+        (summary["modality"] == modality) & summary["metric"].str.startswith("path_")
+    ].copy()
+    if rows.empty:
+        raise CraftError(f"{modality} has no reward paths in the summary; nothing to plot")
+    parsed = rows["metric"].str.extract(r"^path_(?P<name>.+)__s(?P<scale>[0-9.]+)$")
+    rows = rows.assign(name=parsed["name"], scale=parsed["scale"].astype(float))
+    names = [n for n in dict.fromkeys(rows["name"]) if n != axis]
+    shown = [n for n in names if n == "oracle_label_agreement"]
+    shown += [n for n in names if re.match(r"^cas_mean__", n)]
+    if axis not in set(rows["name"]) or not shown:
+        raise CraftError(f"{modality}'s paths have no {axis} or no compared metric to plot")
+    methods = list(dict.fromkeys(rows["method"]))
+    all_methods = list(dict.fromkeys(summary["method"]))
+    colors = colormaps["tab10"]
+    # small enough that two modalities' figures sit side by side above the claim table
+    fig = Figure(figsize=(3.1 * len(shown), 2.5), dpi=DPI, facecolor="white", layout="constrained")
+    axes = fig.subplots(1, len(shown), squeeze=False)[0]
+    for ax, name in zip(axes, shown, strict=True):
+        for k in methods:
+            mine = rows[rows["method"] == k]
+            x = mine[mine["name"] == axis].set_index("scale")
+            y = mine[mine["name"] == name].set_index("scale")
+            scales = sorted(set(x.index) & set(y.index))
+            if not scales:
+                continue
+            xs, ys = x.loc[scales, "mean"].to_numpy(float), y.loc[scales, "mean"].to_numpy(float)
+            sd = np.nan_to_num(y.loc[scales, "sd"].to_numpy(float))
+            c = colors(all_methods.index(k) % 10)
+            ax.plot(xs, ys, "-o", color=c, ms=3, lw=1.5, label=k)
+            ax.fill_between(xs, ys - sd, ys + sd, color=c, alpha=0.15, lw=0)
+            for s, marker in ((0.0, "s"), (1.0, "*")):
+                if s in scales:
+                    i = scales.index(s)
+                    ax.plot(xs[i], ys[i], marker, color=c, ms=9 if marker == "*" else 6,
+                            mec="black", mew=0.6)  # fmt: skip
+            if budget is not None and 0.0 in scales:
+                ax.axvline(xs[scales.index(0.0)] + budget, color=c, ls="--", lw=0.8)
+        ax.set_xlabel(f"{axis} (lower: more real)", fontsize=FONT - 2)
+        ax.set_ylabel(name, fontsize=FONT - 2)
+        ax.tick_params(labelsize=FONT - 2)
+        ax.grid(color="0.9")
+        ax.legend(fontsize=FONT - 2, frameon=False)
+    fig.suptitle(
+        f"{modality}: square start, star as trained, dashed the budget",
+        fontsize=FONT - 1,
+    )
+    return _save(fig, path)
+
+
 def figure_name(kind: str, *parts: str) -> str:
     """A safe PNG file name, e.g. ``grid-phantom-cxr.png``."""
     import re
@@ -315,6 +379,7 @@ def figure_name(kind: str, *parts: str) -> str:
 
 __all__: Sequence[str] = (
     "cas_distributions",
+    "frontier",
     "figure_name",
     "grid_tile",
     "method_grid",

@@ -88,3 +88,33 @@ def at_budget(points: Sequence[PathPoint], budget: float) -> BudgetStop:
         return BudgetStop(points[-1], False)
     i, w = found
     return BudgetStop(_between(points[i], points[i + 1], w), True)
+
+
+# ----------------------------------------------------------------------------- the claim on paths
+
+#: How a claim row is judged: where each reward method's path first gives up the budget's
+#: realism against its own start, or at the end points as the runs were trained.
+MATCHED, AS_TRAINED = "matched realism", "as trained"
+#: The metric of a path point each realism axis reads (craft.evaluate.paths).
+AXES = {"oracle": "oracle_distribution_shift", "fd": "realism_fd", "kid": "realism_kid"}
+
+
+def axis_of(axis: str | None, phantom: bool) -> str:
+    """The realism axis of a modality: the configured one, or the oracle's shift on
+    phantoms and the per-label FD elsewhere."""
+    return axis or ("oracle" if phantom else "fd")
+
+
+def path_of(by_scale: dict[float, dict[str, float]], axis: str) -> list[PathPoint]:
+    """A path's points in scale order, ``axis`` (a key of :data:`AXES`) as their realism."""
+    key = AXES[axis]
+    points = []
+    for scale in sorted(by_scale):
+        metrics = dict(by_scale[scale])
+        if key not in metrics:
+            raise CraftError(
+                f"path point at scale {scale:g} has no {key}: choose claim.realism among "
+                f"{[a for a, k in AXES.items() if k in metrics]}"
+            )
+        points.append(PathPoint(scale, metrics.pop(key), metrics))
+    return points

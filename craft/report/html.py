@@ -26,25 +26,26 @@ import pandas as pd
 
 from craft import __version__
 from craft.atomic import atomic_write_text
+from craft.errors import CraftError
+from craft.report.claim import FULL_COLUMNS, full_claim
 from craft.report.figures import (
     cas_distributions,
     figure_name,
+    frontier,
     grid_tile,
     method_grid,
     metric_bars,
     training_curves,
 )
+from craft.report.frontier import MATCHED
 from craft.report.summary import (
-    CLAIM_COLUMNS,
     LOWER_IS_BETTER,
     START,
     SUFFIX_SEP,
     SUMMARY_COLUMNS,
     ZERO,
-    claim_table,
     is_main_metric,
     lower_is_better,
-    whole_claim,
     write_claim,
     write_summary,
 )
@@ -88,6 +89,9 @@ td.fail { color: #b3261e; font-weight: bold; text-align: center; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 img.grid { image-rendering: pixelated; }
 figure { margin: .6em 0; }
+.frontier { display: flex; flex-wrap: wrap; gap: 0 1em; }
+.frontier figure { margin: .2em 0; flex: 1 1 0; min-width: 320px; max-width: 640px; }
+.frontier figcaption { display: none; }
 figcaption { color: #555; font-size: .9em; }
 .grids { display: flex; flex-wrap: wrap; gap: .8em 1.2em; align-items: flex-start; }
 .grids figure { margin: 0; max-width: 100%; }
@@ -222,11 +226,13 @@ def claim_for_report(
     others: Sequence[str] | None,
     start: str | None = None,
     evaluators: Sequence[str] | None = None,
+    paths=None,
 ) -> pd.DataFrame | str:
-    """The report's claim: :func:`~craft.report.summary.claim_table` of ``method`` over the
-    whole claim (:func:`~craft.report.summary.whole_claim`) against ``others`` (and its own
-    ``start``), or the one line that says why there is none: no method of kind craft, one
-    seed only (seeds won, paired margin and p need two), or no value of any claim row."""
+    """The report's claim: :func:`~craft.report.claim.full_claim` of ``method`` (with
+    ``paths``, a :class:`~craft.report.claim.PathClaim`, its rows at matched realism first;
+    then the whole claim as trained against ``others`` and its own ``start``), or the one line
+    that says why there is none: no method of kind craft, one seed only (seeds won, paired
+    margin and p need two), or no value of any claim row."""
     if method is None:
         return (
             "No claim table: this report's config has no method of kind craft, so there is "
@@ -242,7 +248,7 @@ def claim_for_report(
             "needs two seeds or more (e.g. seeds: [0, 1, 2]), see docs/benchmark.md."
         )
     evs = list(evaluators) if evaluators is not None else evaluators_of(per_seed["metric"])
-    table = claim_table(per_seed, method, whole_claim(evs), others, start)
+    table = full_claim(per_seed, method, others, start, evs, paths)
     if table.empty:
         return f"No claim table: {method} and the other methods share no claim metric yet."
     return table
@@ -263,23 +269,111 @@ def format_p(p: float) -> str:
     return "–" if math.isnan(p) else f"{p:.2g}"
 
 
-def _claim_section(claim: pd.DataFrame | str) -> list[str]:
-    parts = ['<section id="claim"><h2>Did craft win?</h2>']
-    if isinstance(claim, str):
-        parts.append(f'<p class="verdict claim-note">{_e(claim)}</p></section>')
-        return parts
-    method = str(claim["method"].iloc[0])
-    n = int(claim["n_seeds"].max())
+def _passes_text(claim: pd.DataFrame) -> tuple[str, str]:
+    """('<b>x of y</b>', 'modality a of b, ...'): a claim's passing rows, and per modality."""
     per_mod = ", ".join(
         f"{_e(m)} {int(g['passes'].sum())} of {len(g)}"
         for m, g in claim.groupby("modality", sort=False)
     )
-    parts.append(
-        f'<p class="verdict"><b>{_e(method)}</b> passes <b>{int(claim["passes"].sum())} of '
-        f"{len(claim)}</b> claim rows over {n} seeds ({per_mod}). Mean ± sd over seeds; "
-        "compared with the best method of another kind (costs: with its own start); seeds won "
-        "and the paired per-seed margin ± SE with its one-sided p (positive = better).</p>"
-    )
+    return f"<b>{int(claim['passes'].sum())} of {len(claim)}</b>", per_mod
+
+
+def _group_title(modality: str, g: pd.DataFrame, method: str) -> str:
+    """A claim group's heading: how its rows were judged, and where the paths stopped or what
+    the end points cost."""
+    r = g.iloc[0]
+    if r["judged"] == MATCHED:
+        other = g["best_other"].iloc[0]
+        ends = [
+            f"{n} of {int(r['n_seeds'])} seeds of {k} never reach it: judged at their end"
+            for k, n in ((method, r["seeds_at_end"]), (other, r["other_seeds_at_end"]))
+            if n
+        ]
+        return (
+            f"{modality}: at matched realism (budget {r['budget']:g} of {r['realism_axis']}; "
+            f"stopped at scale {r['stop_scale']:.2f} for {method}, {r['other_stop_scale']:.2f} "
+            f"for {other}{'; ' + '; '.join(ends) if ends else ''})"
+        )
+    costs = ""
+    if not math.isnan(r["realism_cost"]):
+        paid = {method: r["realism_cost"]}
+        for other, cost in zip(g["best_other"], g["other_realism_cost"], strict=True):
+            if not math.isnan(cost):
+                paid.setdefault(other, cost)
+        each = ", ".join(f"{k} {v:+.3f}" for k, v in paid.items())
+        costs = f"; realism each end point cost, {r['realism_axis']}: {each}"
+    return f"{modality}: as trained (end points{costs})"
+
+
+def _frontier_figures(summary: pd.DataFrame, claim: pd.DataFrame | str, fig_dir: Path) -> str:
+    """One frontier figure per modality whose runs have paths (figures.frontier), on the
+    claim's realism axis and budget (without a claim table: the oracle's shift where the
+    paths have it, FD elsewhere)."""
+    from craft.report.frontier import AXES
+
+    paths = summary[summary["metric"].str.startswith("path_")]
+    figures = []
+    for modality in dict.fromkeys(paths["modality"]):
+        axis, budget = None, None
+        if isinstance(claim, pd.DataFrame):
+            mine = claim[(claim["judged"] == MATCHED) & (claim["modality"] == modality)]
+            if len(mine):
+                axis, budget = mine["realism_axis"].iloc[0], float(mine["budget"].iloc[0])
+        if axis is None:
+            has = set(paths.loc[paths["modality"] == modality, "metric"])
+            axis = "oracle" if "path_oracle_distribution_shift__s0" in has else "fd"
+        name = figure_name("frontier", modality)
+        try:
+            frontier(summary, modality, AXES[axis], fig_dir / name, budget)
+        except CraftError:
+            continue
+        figures.append(
+            _img(
+                name,
+                f"{modality}: compared metrics against realism along each reward path",
+                f"{modality}: each reward method's LoRA scaled from its start (0) through as "
+                f"trained (1); mean over seeds ± sd; x: {AXES[axis]}.",
+            )
+        )
+    if not figures:
+        return ""
+    return '<div class="frontier">' + "".join(figures) + "</div>"
+
+
+def _claim_section(claim: pd.DataFrame | str, figures: str = "") -> list[str]:
+    parts = ['<section id="claim"><h2>Did craft win?</h2>']
+    if isinstance(claim, str):
+        parts.append(f'<p class="verdict claim-note">{_e(claim)}</p>{figures}</section>')
+        return parts
+    method = str(claim["method"].iloc[0])
+    n = int(claim["n_seeds"].max())
+    matched = claim[claim["judged"] == MATCHED]
+    trained = claim[claim["judged"] != MATCHED]
+    if len(matched):
+        r = matched.iloc[0]
+        (won, per_mod), (won_trained, per_mod_trained) = (
+            _passes_text(matched),
+            _passes_text(trained),
+        )
+        parts.append(
+            f'<p class="verdict">At matched realism, <b>{_e(method)}</b> passes {won} claim '
+            f"rows over {n} seeds ({per_mod}): each reward method stopped where its path first "
+            f"gives up {r['budget']:g} of realism ({_e(r['realism_axis'])}) against its own "
+            "start, compared with the best other reward method. As trained (end points, which "
+            f"sit at different realism): {won_trained} ({per_mod_trained}). Mean ± sd over "
+            "seeds; seeds won and the paired per-seed margin ± SE with its one-sided p "
+            "(positive = better).</p>"
+        )
+    else:
+        won, per_mod = _passes_text(trained)
+        parts.append(
+            f'<p class="verdict"><b>{_e(method)}</b> passes {won} claim rows over {n} seeds '
+            f"({per_mod}), as trained: end points, with no reward paths to judge at matched "
+            "realism. Mean ± sd over seeds; compared with the best method of another kind "
+            "(costs: with its own start); seeds won and the paired per-seed margin ± SE with "
+            "its one-sided p (positive = better).</p>"
+        )
+    parts.append(figures)
     head = [
         '<th class="name">claim row</th>',
         f"<th>{_e(method)}</th>",
@@ -291,8 +385,9 @@ def _claim_section(claim: pd.DataFrame | str) -> list[str]:
         "<th>passes</th>",
     ]
     body = []
-    for modality, g in claim.groupby("modality", sort=False):
-        body.append(f'<tr class="group"><th colspan="{len(head)}">{_e(modality)}</th></tr>')
+    for (_, modality), g in claim.groupby(["judged", "modality"], sort=False):
+        title = _e(_group_title(modality, g, method))
+        body.append(f'<tr class="group"><th colspan="{len(head)}">{title}</th></tr>')
         for r in g.itertuples(index=False):
             arrow, direction = _arrow(r.metric)
             if r.against == ZERO:
@@ -573,7 +668,7 @@ def _write_claim_csv(claim: pd.DataFrame | str | None, path: Path) -> None:
     page shows a line instead of the table)."""
     if claim is None:
         return
-    table = claim if isinstance(claim, pd.DataFrame) else pd.DataFrame(columns=CLAIM_COLUMNS)
+    table = claim if isinstance(claim, pd.DataFrame) else pd.DataFrame(columns=FULL_COLUMNS)
     write_claim(table, path)
 
 
@@ -626,8 +721,8 @@ def build_report(
         raise ValueError(
             f"summary columns must be {list(SUMMARY_COLUMNS)}, got {list(summary.columns)}"
         )
-    if isinstance(claim, pd.DataFrame) and list(claim.columns) != list(CLAIM_COLUMNS):
-        raise ValueError(f"claim columns must be {list(CLAIM_COLUMNS)}, got {list(claim.columns)}")
+    if isinstance(claim, pd.DataFrame) and list(claim.columns) != list(FULL_COLUMNS):
+        raise ValueError(f"claim columns must be {list(FULL_COLUMNS)}, got {list(claim.columns)}")
     if isinstance(claim, pd.DataFrame) and claim.empty:
         claim = "No claim table: no claim row has values."
     out_dir = Path(out_dir)
@@ -667,7 +762,7 @@ def build_report(
         parts.append('<p class="note">No metrics and no samples were given.</p>')
 
     if claim is not None:
-        parts += _claim_section(claim)
+        parts += _claim_section(claim, _frontier_figures(summary, claim, fig_dir))
 
     headline_by_modality = {}
     if len(summary):

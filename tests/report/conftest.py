@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.report.helpers import BENCH_METHODS, write_bench_runs
+from craft.report.claim import PathClaim
+from tests.report.helpers import BENCH_METHODS, REWARD_METHODS, write_bench_runs
 
 
 @dataclass(frozen=True)
 class BenchReport:
-    """A report of six methods x two phantom modalities x three seeds, 10 images per label."""
+    """A report of six methods x two phantom modalities x three seeds, 10 images per label,
+    the two reward methods with paths."""
 
     index: Path
     files: list[Path]
@@ -27,7 +29,7 @@ def bench_report(tmp_path_factory) -> BenchReport:
     from craft.report import report
 
     root = tmp_path_factory.mktemp("bench")
-    files, samples, values = write_bench_runs(root, n_per_label=10)
+    files, samples, values = write_bench_runs(root, n_per_label=10, paths=True)
     index = report(
         files,
         samples,
@@ -36,6 +38,7 @@ def bench_report(tmp_path_factory) -> BenchReport:
         grid_per_label=32,
         method_order=BENCH_METHODS,
         baselines=[k for k in BENCH_METHODS if k != "craft"],
+        claim_paths=PathClaim(["siglip"], ["phantom-cxr", "phantom-derm"], REWARD_METHODS),
     )
     return BenchReport(index, files, samples, values)
 

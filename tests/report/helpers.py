@@ -95,12 +95,47 @@ def bench_values(seeds=(0, 1, 2)) -> dict[tuple[str, str, int], dict[str, float]
     return out
 
 
+#: Scales of the reward paths written by ``write_bench_runs(paths=True)``.
+PATH_SCALES = (0.0, 0.5, 1.0, 1.5)
+REWARD_METHODS = ("generic-reward", "craft")
+
+
+def bench_paths(values: dict) -> dict[tuple[str, str, int], dict[str, float]]:
+    """The reward methods' path metrics (craft.evaluate.paths) of ``values``' runs: scale 1 is
+    the run's own metrics, scale 0 its start's, the other scales on the line through them
+    (craft's realism rising twice as fast as generic-reward's)."""
+    out = {}
+    names = ["oracle_label_agreement", "oracle_distribution_shift"]
+    names += [f"{m}__siglip" for m in ("cas_mean", "tail_rate")]
+    for (modality, method, seed), m in values.items():
+        start = values.get((modality, START, seed))
+        if method not in REWARD_METHODS or start is None:
+            continue
+        path = {}
+        for scale in PATH_SCALES:
+            for name in names:
+                a, b = start[name], m[name]
+                if name == "oracle_distribution_shift" and method == "craft":
+                    b = a + 2 * (b - a) + 0.02  # craft pays more realism for its gain
+                path[f"path_{name}__s{scale:g}"] = a + scale * (b - a)
+            path[f"path_realism_fd__s{scale:g}"] = m["fd"] * (1 + 0.1 * scale)
+        path["realism_oracle_spearman__fd"] = 1.0
+        out[(modality, method, seed)] = path
+    return out
+
+
 def write_bench_runs(
-    root: Path, seeds=(0, 1, 2), n_per_label: int = 10, methods=BENCH_METHODS, metrics=None
+    root: Path,
+    seeds=(0, 1, 2),
+    n_per_label: int = 10,
+    methods=BENCH_METHODS,
+    metrics=None,
+    paths: bool = False,
 ):
     """Metric files, samples.h5 (``n_per_label`` 32 px images per label) and, for craft, the
     model card naming its start, under ``root/runs``, for ``methods`` and ``metrics`` (default:
-    all). Returns (metric files, samples, values)."""
+    all); with ``paths``, the reward methods' metrics-path.json too (:func:`bench_paths`).
+    Returns (metric files, samples, values)."""
     from craft.models.card import ModelCard
 
     values = {
@@ -130,4 +165,9 @@ def write_bench_runs(
                 config_digest="0",
                 craft_version="0",
             ).write(run / "model.json")
+    if paths:
+        for (modality, method, seed), metrics in bench_paths(values).items():
+            path = root / "runs" / modality / method / str(seed) / "metrics-path.json"
+            path.write_text(json.dumps(metrics_json(modality, method, seed, "path", metrics)))
+            files.append(path)
     return files, samples, values

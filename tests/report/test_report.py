@@ -16,10 +16,10 @@ from scipy import stats
 
 from craft.errors import CraftError
 from craft.report import report
+from craft.report.claim import FULL_COLUMNS, PATH_COLUMNS
 from craft.report.figures import metric_bars
 from craft.report.html import build_report, format_cell
 from craft.report.summary import (
-    CLAIM_COLUMNS,
     SUMMARY_COLUMNS,
     claim_table,
     per_seed_table,
@@ -340,8 +340,9 @@ def test_build_report(tmp_path):
     judged = {}
     modality = None
     for row in body:
-        if len(row) == 1:  # a modality's group row
-            modality = row[0].text
+        if len(row) == 1:  # a modality's group row: "modality: as trained (...)"
+            modality, _, how = row[0].text.partition(": ")
+            assert how.startswith("as trained"), how  # no paths: the end points alone
             continue
         judged[(modality, row[0].title.split(":")[0])] = [c.text for c in row[1:]]
     metrics = ["cas_mean__biomedclip", "oracle_label_agreement"]
@@ -363,7 +364,8 @@ def test_build_report(tmp_path):
     # claim.csv holds the same rows as `craft claim` computes them
     written = pd.read_csv(out_dir / "claim.csv")
     want = claim_table(per_seed_table(files), "craft", whole_claim(["biomedclip"]), ["lora"])
-    assert list(written.columns) == list(want.columns)
+    assert list(written.columns) == [*want.columns, *PATH_COLUMNS]
+    assert set(written["judged"]) == {"as trained"}  # no reward paths: the end points alone
     assert written[["modality", "metric", "best_other"]].values.tolist() == (
         want[["modality", "metric", "best_other"]].values.tolist()
     )
@@ -728,17 +730,39 @@ def test_the_page_opens_on_the_claim_then_the_headline_then_folded_metrics(bench
     more = [r[0].text.split(" ")[0] for t in page.tables if t.cls == "more" for r in t.rows[1:]]
     assert {"label_fidelity__clip", "fd", "memorization_rate", "audit_pass_rate"} <= set(more)
     assert not set(more) & {c.title.split(":")[0] for c in head}
-    # the whole claim for both modalities: 12 rows each, costs against the start
+    # at matched realism first: per modality agreement, out-of-family CAS and tail rate against
+    # the other reward method; then the whole claim as trained, 12 rows each, costs against
+    # the start
     (claim,) = [t for t in page.tables if t.cls == "claim"]
+    groups = [r[0].text for r in claim.rows[1:] if len(r) == 1]
+    assert [g.split(" (")[0] for g in groups] == [
+        "phantom-cxr: at matched realism",
+        "phantom-derm: at matched realism",
+        "phantom-cxr: as trained",
+        "phantom-derm: as trained",
+    ], groups
     rows = [r for r in claim.rows[1:] if len(r) > 1]
+    matched, rows = rows[:6], rows[6:]
+    assert [r[0].title.split(":")[0] for r in matched[:3]] == [
+        "oracle_label_agreement",
+        "cas_mean__siglip",
+        "tail_rate__siglip",
+    ]
+    assert all(r[3].text.startswith("generic-reward ") for r in matched)
     assert len(rows) == 24
     costs = {r[0].title.split(":")[0]: r[3].text for r in rows[:12]}
     assert costs["memorization_rate"].startswith("lora-enriched (start) ")
     assert costs["tail_reduction_relative__clip"] == "0"
     assert costs["cas_mean__clip"].startswith("generic-reward ")  # the best other, not craft
     verdict = text[text.index('<p class="verdict">') : claim_at]
+    won = sum(r[-1].text == "yes" for r in matched)
     passed = sum(r[-1].text == "yes" for r in rows)
-    assert f"passes <b>{passed} of 24</b> claim rows over 3 seeds" in verdict
+    assert f"At matched realism, <b>craft</b> passes <b>{won} of 6</b> claim rows" in verdict
+    assert f"As trained (end points, which sit at different realism): <b>{passed} of 24</b>" in (
+        verdict
+    )
+    # the frontier of each modality sits between the verdict and the table
+    assert verdict.count('<img src="figures/frontier-') == 2
 
 
 def test_grids_show_at_most_8_images_per_label_and_method(bench_report):
@@ -798,7 +822,7 @@ def test_without_a_craft_method_or_with_one_seed_the_claim_is_one_line(tmp_path)
     assert "no method of kind craft" in text and 'class="claim"' not in text
     assert text.index('class="verdict claim-note"') < text.index('<table class="headline"')
     header = (tmp_path / "a" / "claim.csv").read_text().splitlines()
-    assert header == [",".join(CLAIM_COLUMNS)]
+    assert header == [",".join(FULL_COLUMNS)]
     # craft with one seed: said in one line, nothing judged
     text = report(files, samples, tmp_path / "b", baselines=methods[:2]).read_text()
     assert "craft has one run per modality (seed 0)" in text and 'class="claim"' not in text

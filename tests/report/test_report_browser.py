@@ -1,6 +1,7 @@
 """The report page in a real headless Chromium, its window a laptop's 1280 x 800 CSS pixels.
 
-The first screen answers "did craft win?": the claim table starts in the first viewport, the
+The first screen answers "did craft win?": the verdict, the reward paths' frontier figures and
+the claim table (its matched-realism rows first) start in the first viewport, the
 page never scrolls sideways (wide tables scroll in their own box), every image loads, and the
 sample grids show each image at 64 CSS pixels or more. Skipped without Debian's chromium and
 chromium-driver and the selenium package, unless CRAFT_REQUIRE_BROWSER=1 (CI sets it), where
@@ -58,11 +59,19 @@ def test_the_first_screen_fits_a_laptop_and_every_image_loads(browser, bench_rep
         assert cls == "tw" and scroll <= client, boxes
     # the claim table starts on the first screen, under the title; the headline follows it
     top = browser.execute_script(
-        "return ['table.claim', 'table.headline', 'details.all', 'img.grid'].map("
-        "  s => document.querySelector(s).getBoundingClientRect().top)"
+        "return ['.frontier img', 'table.claim', 'table.headline', 'details.all', 'img.grid']"
+        "  .map(s => document.querySelector(s).getBoundingClientRect().top)"
     )
-    claim_top, headline_top, folded_top, grid_top = top
-    assert 0 < claim_top < height / 2, top
+    frontier_top, claim_top, headline_top, folded_top, grid_top = top
+    # the verdict, then the frontier figures of both modalities side by side, then the table
+    # whose first rows (at matched realism) are on the first screen too
+    assert 0 < frontier_top < claim_top < height - 150, top
+    frontiers = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.frontier img')).map(i => {"
+        "  const r = i.getBoundingClientRect(); return [r.top, r.bottom, r.right]; })"
+    )
+    assert len(frontiers) == 2 and frontiers[0][0] == frontiers[1][0], frontiers  # one row
+    assert all(bottom < claim_top and right <= width for _, bottom, right in frontiers)
     assert claim_top < headline_top < folded_top and headline_top < grid_top, top
     browser.save_screenshot(SCREENSHOT)
 
@@ -73,7 +82,7 @@ def test_the_first_screen_fits_a_laptop_and_every_image_loads(browser, bench_rep
         "imgs.forEach(i => { i.loading = 'eager'; i.scrollIntoView(); });"
         "return imgs.length"
     )
-    assert n >= 12 + 23  # 2 x 6 grids, the bar charts
+    assert n >= 12 + 23 + 2  # 2 x 6 grids, the bar charts, the frontiers
     wait_for(browser, "return Array.from(document.images).every(i => i.complete)")
     broken = browser.execute_script(
         "return Array.from(document.images).filter(i => !(i.naturalWidth > 0))"

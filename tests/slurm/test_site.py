@@ -19,10 +19,12 @@ import uuid
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 
 from craft.paths import Layout
+from craft.report.summary import load_metrics_file
 from tests.knowledge.chat_server import ChatServer, Reply
 from tests.site_workspace import METHODS, MODALITY, SECRET, build_site, site_answer
 
@@ -144,6 +146,23 @@ def test_a_site_runs_every_method_on_slurm_with_offline_nodes(tmp_path, slurm_cl
     assert len(known) == len(METHODS) and (known == 1.0).all(), known
     page = (lay.report() / "index.html").read_text()
     assert all(m in page for m in METHODS)
+
+    # each reward method's path: scale 0 is its start's metrics and scale 1 its own, exactly
+    for method in ("generic-reward", "craft"):
+        path = load_metrics_file(lay.metrics(MODALITY, method, 0, "path")).metrics
+        for scale, run in (("0", "lora-enriched"), ("1", method)):
+            own = {}
+            for f in lay.run(MODALITY, run, 0).glob("metrics-*.json"):
+                own |= load_metrics_file(f).metrics
+            at = {k.removeprefix("path_").removesuffix(f"__s{scale}"): v for k, v in path.items()
+                  if k.endswith(f"__s{scale}")}  # fmt: skip
+            shared = set(at) & set(own)
+            assert {k.split("__")[0] for k in shared} == {"cas_mean", "tail_rate"}, sorted(at)
+            assert all(at[k] == own[k] for k in shared), (method, scale)
+            labels = [k for k in own if k.startswith("fd__")]
+            assert at["realism_fd"] == pytest.approx(np.mean([own[k] for k in labels]))
+        scales = {k.rpartition("__s")[2] for k in path if k.startswith("path_")}
+        assert scales == {"0", "0.5", "1", "1.5"}, scales  # the default evaluation.paths
 
     # every trained LoRA loads in a plain diffusers pipeline and gives craft's UNet (in a
     # process of the site's offline environment: the card names the generator by hub id)

@@ -45,6 +45,7 @@ RULE_RESOURCES = {
     "audit": "evaluate",
     "fidelity": "evaluate",
     "study_export": "report",
+    "reward_path": "generate",
 }
 
 

@@ -242,7 +242,7 @@ def _sampled_point(
     cas = {}
     for ev in cfg.out_of_family_evaluators:
         cas[ev] = score_configured_samples(
-            cfg.cas, ev, modality, m.source, method, seed, samples, lay.reference(modality, ev),
+            cfg.cas, ev, modality, m, method, seed, samples, lay.reference(modality, ev),
             lay.knowledge(modality), lay, folder / f"cas-{ev}.h5",
             folder / f"metrics-cas-{ev}.json", digest, threads,
         )  # fmt: skip

@@ -290,19 +290,18 @@ def reward_path(
     for scale in scales:
         if scale in points:
             continue
+        where = folder / f"scale-{scale_name(scale)}"
         if scale == 0 and start_drawn_alike(cfg, method):
             point = _run_point(cfg, lay, modality, k.init, seed)
         elif scale == 1:
             point = _run_point(cfg, lay, modality, method, seed)
         else:
-            where = folder / f"scale-{scale_name(scale)}"
             log(f"{modality}/{method}/{seed}: reward LoRA at scale {scale:g}")
             point = _sampled_point(cfg, lay, modality, method, seed, scale, where, digest,
                                    threads)  # fmt: skip
         _append_point(journal, digest, scale, point)
         points[scale] = point
-        if scale not in (0, 1):
-            shutil.rmtree(folder / f"scale-{scale_name(scale)}", ignore_errors=True)
+        shutil.rmtree(where, ignore_errors=True)  # a sampled scale's weights and samples
     metrics = path_metrics({s: points[s] for s in scales})
     write_metrics(out, modality, method, seed, "path", metrics, digest)
     log(f"{modality}/{method}/{seed}: path of {len(scales)} points written to {out}")

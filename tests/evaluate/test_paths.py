@@ -110,10 +110,17 @@ def test_a_start_asked_with_other_prompts_is_sampled_at_scale_zero(cfg, monkeypa
     lay = Layout(cfg.results)
     runs, sampled = [], []
     monkeypatch.setattr(P, "_run_point", lambda c, lay, m, k, s: runs.append(k) or _fake_point(1))
-    monkeypatch.setattr(P, "_sampled_point", lambda *a: sampled.append(a[5]) or _fake_point(a[5]))
+
+    def sample(c, lay, m, k, s, scale, folder, digest, threads):
+        folder.mkdir(parents=True)
+        sampled.append(scale)
+        return _fake_point(scale)
+
+    monkeypatch.setattr(P, "_sampled_point", sample)
     out = lay.metrics("phantom-cxr", "generic-reward", 0, "path")
     P.reward_path(cfg, lay, "phantom-cxr", "generic-reward", 0, out, "dig")
     assert runs == ["generic-reward"] and sampled == [0.0, 0.5, 1.5]
+    assert [p.name for p in (out.parent / "path").iterdir()] == [P.POINTS]  # no samples kept
 
 
 def test_only_reward_methods_have_paths_and_scales_must_hold_both_ends(cfg, tmp_path):

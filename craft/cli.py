@@ -798,8 +798,6 @@ def claim(
 def _judged(r) -> str:
     """How a claim row was judged, for the terminal: where the paths stopped, or the end
     points with what they cost."""
-    import math
-
     from craft.report.frontier import MATCHED
 
     if r.judged == MATCHED:

@@ -55,6 +55,22 @@ def scale_name(scale: float) -> str:
     return f"{scale:g}"
 
 
+def path_metric(name: str, scale: float) -> str:
+    """A point's metric as the job writes it: ``path_{name}__s{scale}``."""
+    return f"path_{name}__s{scale_name(scale)}"
+
+
+def split_path_metric(metric: str) -> tuple[str, float] | None:
+    """(name, scale) of a :func:`path_metric`; None for any other metric."""
+    if not metric.startswith("path_"):
+        return None
+    name, sep, scale = metric.removeprefix("path_").rpartition("__s")
+    try:
+        return (name, float(scale)) if sep else None
+    except ValueError:
+        return None
+
+
 def path_folder(lay: Layout, modality: str, method: str, seed: int) -> Path:
     return lay.run(modality, method, seed) / "path"
 
@@ -101,7 +117,7 @@ def path_metrics(points: dict[float, dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for scale, metrics in sorted(points.items()):
         for name, value in metrics.items():
-            out[f"path_{name}__s{scale_name(scale)}"] = value
+            out[path_metric(name, scale)] = value
     scales = sorted(points)
     if all("oracle_distribution_shift" in points[s] for s in scales):
         shift = [points[s]["oracle_distribution_shift"] for s in scales]
@@ -233,7 +249,9 @@ def _sampled_point(
     card = scaled_card(lay.card(modality, method, seed), lay.card(modality, init, seed), scale,
                        folder)  # fmt: skip
     samples = folder / "samples.h5"
-    generate(cfg, modality, method, seed, card, samples, threads, digest=f"{digest}-s{scale:g}")
+    generate(
+        cfg, modality, method, seed, card, samples, threads, digest=f"{digest}-s{scale_name(scale)}"
+    )
     oracle = None
     if m.source.kind == "phantom":
         oracle = evaluate_oracle(
@@ -314,7 +332,10 @@ def load_paths(per_seed: Any) -> dict[tuple[str, str], dict[int, dict[float, dic
     out: dict = {}
     rows = per_seed[per_seed["metric"].str.startswith("path_")]
     for r in rows.itertuples(index=False):
-        name, _, scale = r.metric.removeprefix("path_").rpartition("__s")
+        parsed = split_path_metric(r.metric)
+        if parsed is None:
+            continue
+        name, scale = parsed
         by_scale = out.setdefault((r.modality, r.method), {}).setdefault(int(r.seed), {})
-        by_scale.setdefault(float(scale), {})[name] = float(r.value)
+        by_scale.setdefault(scale, {})[name] = float(r.value)
     return out

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from craft.evaluate.paths import load_paths
-from craft.report.frontier import AS_TRAINED, MATCHED, at_budget, axis_of, path_of
+from craft.report.frontier import AS_TRAINED, AXES, MATCHED, at_budget, axis_of, path_of
 from craft.report.summary import (
     CLAIM_COLUMNS,
     PER_SEED_COLUMNS,
@@ -100,8 +100,6 @@ def _stops(paths: dict, axes: dict[str, str], budget: float) -> tuple[pd.DataFra
 def _costs(paths: dict, axes: dict[str, str]) -> dict:
     """(modality, method) -> mean over seeds of the realism its end point cost: the axis at
     scale 1 minus at scale 0."""
-    from craft.report.frontier import AXES
-
     out = {}
     for (modality, method), by_seed in paths.items():
         if modality not in axes:
@@ -178,8 +176,8 @@ def full_claim(
         other_seeds_at_end=0,
     )
     parts.append(trained)
-    table = pd.concat([p for p in parts if not p.empty], ignore_index=True) if parts else None
-    if table is None or table.empty:
+    table = pd.concat([p for p in parts if not p.empty] or [trained], ignore_index=True)
+    if table.empty:
         return pd.DataFrame(columns=list(FULL_COLUMNS))
     table["realism_cost"] = [costs.get((m, method), math.nan) for m in table["modality"]]
     table["other_realism_cost"] = [

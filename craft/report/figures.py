@@ -319,13 +319,15 @@ def frontier(
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    rows = summary[
-        (summary["modality"] == modality) & summary["metric"].str.startswith("path_")
-    ].copy()
-    if rows.empty:
+    from craft.evaluate.paths import split_path_metric
+
+    rows = summary[summary["modality"] == modality]
+    parsed = [split_path_metric(m) for m in rows["metric"]]
+    keep = [p is not None for p in parsed]
+    if not any(keep):
         raise CraftError(f"{modality} has no reward paths in the summary; nothing to plot")
-    parsed = rows["metric"].str.extract(r"^path_(?P<name>.+)__s(?P<scale>[0-9.]+)$")
-    rows = rows.assign(name=parsed["name"], scale=parsed["scale"].astype(float))
+    parsed = [p for p in parsed if p is not None]
+    rows = rows[keep].assign(name=[p[0] for p in parsed], scale=[p[1] for p in parsed])
     names = [n for n in dict.fromkeys(rows["name"]) if n != axis]
     shown = [n for n in names if n == "oracle_label_agreement"]
     shown += [n for n in names if re.match(r"^cas_mean__", n)]

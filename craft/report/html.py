@@ -309,7 +309,8 @@ def _frontier_figures(summary: pd.DataFrame, claim: pd.DataFrame | str, fig_dir:
     """One frontier figure per modality whose runs have paths (figures.frontier), on the
     claim's realism axis and budget (without a claim table: the oracle's shift where the
     paths have it, FD elsewhere)."""
-    from craft.report.frontier import AXES
+    from craft.evaluate.paths import path_metric
+    from craft.report.frontier import AXES, axis_of
 
     paths = summary[summary["metric"].str.startswith("path_")]
     figures = []
@@ -319,9 +320,9 @@ def _frontier_figures(summary: pd.DataFrame, claim: pd.DataFrame | str, fig_dir:
             mine = claim[(claim["judged"] == MATCHED) & (claim["modality"] == modality)]
             if len(mine):
                 axis, budget = mine["realism_axis"].iloc[0], float(mine["budget"].iloc[0])
-        if axis is None:
+        if axis is None:  # the default axis, phantoms told by their oracle's points
             has = set(paths.loc[paths["modality"] == modality, "metric"])
-            axis = "oracle" if "path_oracle_distribution_shift__s0" in has else "fd"
+            axis = axis_of(None, path_metric("oracle_distribution_shift", 0.0) in has)
         name = figure_name("frontier", modality)
         try:
             frontier(summary, modality, AXES[axis], fig_dir / name, budget)

@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -264,9 +265,11 @@ def manifest_problems(spec: ManifestSpec) -> list[str]:
 
     The rows of a sound manifest depend only on what the split cache's key covers, so its
     files are kept beside the cached splits, one absolute path a line; a plan then only
-    checks that each still is a file and that no two are the same file: one ``os.stat`` a
-    row, no CSV parsing (about a second for 224k rows). Anything else goes through
-    :func:`check_rows`, which names every problem.
+    checks that each is still there: one ``access`` call a row, no CSV parsing, no stat
+    object (0.4 s for 224k rows, against 0.7-1.0 s with an ``os.stat`` a row). A file gone
+    sends the manifest through :func:`check_rows`, which names every problem. What this
+    check does not see, a file replaced by a folder or made a second name of another file
+    since the first plan, prepare finds: it scans every row again (:func:`check_rows`).
     """
     if spec.cache_dir is not None:
         key = split_cache_key(spec)
@@ -275,7 +278,7 @@ def manifest_problems(spec: ManifestSpec) -> list[str]:
             paths = (Path(spec.cache_dir) / f"{key}.paths").read_text().split("\n")
         except (OSError, ValueError):
             kept = paths = None
-        if paths is not None and _files(paths):
+        if paths is not None and _all_there(paths):
             if "error" in kept:
                 return [f"{spec.csv}: {kept['error']}"]
             if len(kept.get("splits", "")) == len(paths):
@@ -283,18 +286,10 @@ def manifest_problems(spec: ManifestSpec) -> list[str]:
     return check_rows(spec)[1]
 
 
-def _files(paths: Sequence[str]) -> bool:
-    """Whether every path is a file and no two are the same file."""
-    seen = set()
-    try:
-        for path in paths:
-            st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):
-                return False
-            seen.add((st.st_dev, st.st_ino))
-    except OSError:
-        return False
-    return len(seen) == len(paths)
+def _all_there(paths: Sequence[str]) -> bool:
+    """Whether every path still names something (``access(F_OK)``: a system call and no
+    stat object per path, about half of ``os.stat``'s time)."""
+    return all(map(os.access, paths, repeat(os.F_OK, len(paths))))
 
 
 #: Part of the split cache's key: a change to how splits are dealt must not reuse old ones.

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from craft.checks import check_files
 from craft.config import dump_config, read_config_file, validate_config
+from craft.controller import clear_stale_lock
+from craft.controller import record as record_controller
 from craft.errors import CraftError
 from craft.launch import (
     EVALUATION_GROUP,
@@ -46,6 +48,20 @@ except CraftError as err:
 _problems = check_files(CFG, manifests=workflow.is_main_process)
 if _problems:
     sys.exit("\n".join(f"craft: error: {line}" for line in _problems))
+
+# A controller killed hard (kill -9, a dropped login session, the OOM killer) leaves
+# Snakemake's lock behind. The onstart hook records who holds it (host, pid); the next run
+# of the same command removes it when that controller is known dead, and otherwise says
+# whose it is and what to run (craft.controller).
+if workflow.is_main_process:
+    _lock = clear_stale_lock(".snakemake")
+    if _lock:
+        print(_lock, file=sys.stderr)
+
+
+onstart:
+    record_controller(".snakemake")
+
 
 # With the hub switched off (HF_HUB_OFFLINE=1, as on compute nodes without internet), every
 # pretrained model the config names must load from a local folder or the Hugging Face cache:

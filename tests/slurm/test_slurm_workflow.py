@@ -5,6 +5,8 @@
    without; its outputs must equal those of a ``--profile profiles/local`` run of the config.
 2. An adapt job is ``scancel``-ed mid-training: Snakemake (``retries`` of the profile) must
    resubmit it, and the new job must resume from the checkpoint, not from step 0.
+3. The controller is killed hard while an adapt job runs: the same command again cancels the
+   orphan job, takes the lock over, and the new adapt job resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -501,6 +503,88 @@ def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft
     print(
         f"cancelled SLURM job {cancelled}; retry resumed at step {step}/{steps}; "
         f"{time.monotonic() - t0:.0f} s"
+    )
+
+
+def _running_adapt(prefix: str) -> list[str]:
+    r = subprocess.run(
+        ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%j|%k"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    running = [ln.split("|") for ln in r.stdout.splitlines() if ln.count("|") == 2]
+    return [
+        i
+        for i, name, comment in running
+        if name.startswith(prefix + "_") and comment.startswith("rule_adapt_")
+    ]
+
+
+def test_a_controller_killed_hard_resumes_with_the_same_command(tmp_path, slurm_cluster, craft_env):
+    """SIGKILL to the controller's process group while an adapt job runs on the cluster (what
+    a dropped login session does): the job lives on without a controller. The same command
+    again clears the stale lock, cancels that orphan (it saves a checkpoint on SIGTERM), and
+    submits it again, which resumes from the checkpoint."""
+    t0 = time.monotonic()
+    steps, every = 400, 5
+    methods = {
+        "lora": {
+            "kind": "lora",
+            "steps": steps,
+            "batch_size": 8,
+            "lr": 0.002,
+            "rank": 4,
+            "checkpoint_every": every,
+        }
+    }
+    workdir = tmp_path / "slurm"
+    lay = Layout(workdir / "results")
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(workdir / "results", methods), craft_env)
+    profile = slurm_profile(tmp_path, slurm_cluster)
+    prefix = f"craft-test-{uuid.uuid4().hex[:8]}"
+    since = now_for_sacct()
+    card = lay.card(MODALITY, "lora", SEED)
+    checkpoint = card.parent / "checkpoint"
+    command = snakemake_cmd(workdir, cfg, *slurm_args(profile, prefix), str(card))
+    first = start(command, workdir, craft_env, tmp_path / "killed.log")
+    again = None
+    try:
+        end = time.monotonic() + 240
+        while not (_running_adapt(prefix) and (checkpoint / "state.pt").is_file()):
+            assert first.poll() is None, failure_report(tmp_path / "killed.log", workdir)
+            assert time.monotonic() < end, failure_report(tmp_path / "killed.log", workdir)
+            time.sleep(0.5)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        orphan = _running_adapt(prefix)
+        assert orphan, "the adapt job ended with its controller: nothing left to recover"
+        again = start(command, workdir, craft_env, tmp_path / "again.log")
+        rc = finish(again, timeout=max(60, 600 - (time.monotonic() - t0)))
+        out = (tmp_path / "again.log").read_text()
+        assert rc == 0, (
+            f"the same command failed (rc {rc})\n{failure_report(tmp_path / 'again.log', workdir)}"
+        )
+    finally:
+        for proc in (first, again):
+            if proc is not None and proc.poll() is None:
+                finish(proc, timeout=1)
+        cancel_leftovers(prefix)
+
+    assert "removed the lock left by a controller that was killed" in out, out[-3000:]
+    assert f"cancelled 1 SLURM job(s) the killed controller had left running ({orphan[0]})" in out
+    jobs, table = run_jobs(prefix, since, tmp_path)
+    adapt = [j for j in jobs if j["rule"] == "adapt"]
+    assert [j["JobID"] for j in adapt][:1] == orphan, table
+    assert adapt[0]["State"].startswith("CANCELLED"), table
+    assert len(adapt) == 2 and adapt[1]["State"] == "COMPLETED", table
+    adapt_log = (workdir / "results/logs/adapt" / MODALITY / "lora" / f"{SEED}.log").read_text()
+    m = re.search(r"resumed from \S+ at step (\d+)", adapt_log)
+    assert m and 0 < int(m.group(1)) < steps, adapt_log[-2000:]
+    assert json.loads(card.read_text())["steps"] == steps
+    print(
+        f"killed the controller; orphan {orphan[0]} cancelled; the new job resumed at step "
+        f"{m.group(1)}/{steps}; {time.monotonic() - t0:.0f} s"
     )
 
 

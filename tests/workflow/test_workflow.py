@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -425,6 +426,60 @@ def test_killed_generate_resumes_without_duplicates(workdir, env):
     a, b = read_samples(workdir / "ref.h5"), read_samples(samples)
     assert (a.images == b.images).all() and (a.seeds == b.seeds).all()
     assert len(set(b.seeds.tolist())) == len(b.seeds)  # no duplicates
+
+
+@pytest.mark.slow
+def test_a_controller_killed_hard_at_any_moment_resumes_with_the_same_command(tmp_path, env):
+    """SIGKILL to the whole process group (what a dropped login session or the OOM killer
+    does to the controller and its jobs) at random moments, then the README's command again,
+    until it finishes: no LockException on the way, and every number in summary.csv equal to
+    an uninterrupted run's."""
+    import random
+    import signal
+
+    cfg = tiny_config()
+    cfg["modalities"] = {"phantom-cxr": cfg["modalities"]["phantom-cxr"]}
+    cfg["methods"] = {k: cfg["methods"][k] for k in ("zero-shot", "lora-enriched")}
+    cfg["study"] = None
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    for d in (ref, killed):
+        d.mkdir()
+        write_config(d / "config.yaml", cfg)
+    profile = ("--profile", str(REPO / "profiles/local"), "--cores", "2")
+    t0 = time.monotonic()
+    snakemake(ref, env, *profile)
+    whole = time.monotonic() - t0
+    command = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(killed), *profile]
+    rng, kills, cleared = random.Random(41), 0, 0
+    for _ in range(12):
+        proc = subprocess.Popen(
+            command, env=env, start_new_session=True, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            out, _ = proc.communicate(timeout=rng.uniform(0.1, 0.5) * whole)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            kills += 1
+        cleared += "removed the lock left by a controller that was killed" in out
+        if proc.returncode == -signal.SIGKILL:
+            continue
+        assert "LockException" not in out and "cannot be locked" not in out, out[-3000:]
+        if proc.returncode == 0 and (killed / "results/report/summary.csv").is_file():
+            break
+        raise AssertionError(f"the same command failed after {kills} kill(s):\n{out[-3000:]}")
+    else:
+        raise AssertionError(f"not finished after {kills} kills")
+    assert kills >= 2 and cleared >= 1, (kills, cleared)
+    import pandas as pd
+
+    keys = ["modality", "method", "metric"]
+    a, b = (
+        pd.read_csv(d / "results/report/summary.csv").sort_values(keys).reset_index(drop=True)
+        for d in (ref, killed)
+    )
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
 @pytest.mark.slow

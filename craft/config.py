@@ -637,6 +637,16 @@ class Resources(Strict):
         description="Nodes of the job (align only): one torchrun per node under srun, joined "
         "by a c10d rendezvous on the first node.",
     )
+    retry_growth: float = Field(
+        1.5,
+        ge=1,
+        le=10,
+        description="How much more memory and time each retry of the job asks for than the "
+        "attempt before (attempt n: mem_mb and runtime x retry_growth^(n-1)), so that a job "
+        "killed for memory or time (OUT_OF_MEMORY, TIMEOUT) is not retried with the limits it "
+        "just exceeded; the profile's `retries` sets how many attempts there are. 1: every "
+        "attempt the same.",
+    )
 
 
 def _gpu(runtime: int, gpu: int = 1) -> Resources:

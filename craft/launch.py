@@ -15,6 +15,7 @@ the job runs; a dry run shows the whole command. This module imports no torch.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 #: Port of the c10d rendezvous on a multi-node align job's first node.
@@ -34,9 +35,28 @@ EVALUATION_SLOT = "evaluation_slot"
 EVALUATION_GROUP_STAGES = ("score", "downstream", "evaluate")
 
 
+class Growing:
+    """A resource that grows with the attempt: ``base x growth^(attempt - 1)``, rounded up.
+    Snakemake calls it with the job's wildcards and attempt; a retried job (the profile's
+    ``retries``) asks for more than the attempt that was killed for memory or time."""
+
+    def __init__(self, base: int, growth: float):
+        self.base, self.growth = base, growth
+
+    def __call__(self, wildcards, attempt: int) -> int:
+        return math.ceil(self.base * self.growth ** (attempt - 1))
+
+    def __repr__(self) -> str:
+        return f"Growing({self.base}, {self.growth})"
+
+
 def rule_resources(r: Any) -> dict[str, Any]:
-    """SLURM plugin resources of one ``config.resources`` entry (a ``Resources``)."""
-    out: dict[str, Any] = {"runtime": r.runtime, "mem_mb": r.mem_mb, "cpus_per_task": r.threads}
+    """SLURM plugin resources of one ``config.resources`` entry (a ``Resources``): memory and
+    runtime grow with the attempt where ``retry_growth`` is above 1 (:class:`Growing`)."""
+    mem_mb, runtime = r.mem_mb, r.runtime
+    if r.retry_growth > 1:
+        mem_mb, runtime = Growing(mem_mb, r.retry_growth), Growing(runtime, r.retry_growth)
+    out: dict[str, Any] = {"runtime": runtime, "mem_mb": mem_mb, "cpus_per_task": r.threads}
     if not r.gpu:
         return out
     if r.nodes > 1:

@@ -130,3 +130,22 @@ def undocumented(metrics) -> list[str]:
 def test_the_metric_check_can_fail():
     assert undocumented(["cas_mean__clip", "oracle_label_agreement__effusion"]) == []
     assert undocumented(["cas_mean__clip", "made_up_metric"]) == ["made_up_metric"]
+
+
+def test_the_license_and_the_citation_say_what_pyproject_says():
+    """LICENSE is the license pyproject declares; CITATION.cff names the same license and
+    version, so a release cannot bump one and forget the other."""
+    import tomllib
+
+    import yaml
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"]["text"] == "Apache-2.0"
+    text = (REPO / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "END OF TERMS AND CONDITIONS" in text
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert cff["license"] == project["license"]["text"]
+    assert cff["version"] == project["version"]
+    assert "2605.12650" in str(cff["references"])

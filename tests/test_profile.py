@@ -173,6 +173,10 @@ def test_slurm_profile_holds_only_the_site():
     # sacct says "CANCELLED by <uid>" for a scancel-ed job, which plugin 2.8.0 takes for a
     # running job (the workflow then waits forever); squeue says "CANCELLED".
     assert prof.get("slurm-status-command") == "squeue"
+    # what recovering needs: retries (whose memory and time grow, config resources), an
+    # interrupted run's incomplete outputs redone, and the rest going on past a failed job
+    assert prof["retries"] >= 1 and prof["rerun-incomplete"] is True
+    assert prof["keep-going"] is True
 
 
 def test_the_plugin_sends_gpu_jobs_to_the_gpu_partition_and_the_rest_to_the_cpu_one():
@@ -193,7 +197,7 @@ def test_the_plugin_sends_gpu_jobs_to_the_gpu_partition_and_the_rest_to_the_cpu_
         r = getattr(cfg.resources, name)
         if name == "group_evaluations":
             continue
-        res = rule_resources(r)
+        res = {k: v(None, 1) if callable(v) else v for k, v in rule_resources(r).items()}
         job = SimpleNamespace(
             resources=SimpleNamespace(get=res.get, **res), threads=r.threads, name=name
         )
@@ -205,11 +209,16 @@ def test_rule_resources_follow_the_config():
     from craft.config import Resources
     from craft.launch import align_launcher, rule_resources
 
-    assert rule_resources(Resources(threads=4, mem_mb=8000, runtime=90)) == {
+    assert rule_resources(Resources(threads=4, mem_mb=8000, runtime=90, retry_growth=1)) == {
         "runtime": 90,
         "mem_mb": 8000,
         "cpus_per_task": 4,
     }
+    # by default a retry asks for 1.5x the memory and time of the attempt before
+    grown = rule_resources(Resources(threads=4, mem_mb=8000, runtime=90))
+    assert [grown["mem_mb"](None, a) for a in (1, 2, 3)] == [8000, 12000, 18000]
+    assert [grown["runtime"](None, a) for a in (1, 2, 3)] == [90, 135, 203]
+    assert grown["cpus_per_task"] == 4
     one = rule_resources(Resources(gpu=2, gpu_model="a100"))
     assert one["gpu"] == 2 and one["gpu_model"] == "a100" and "nodes" not in one
     two = rule_resources(Resources(gpu=4, nodes=2))

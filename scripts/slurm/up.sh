@@ -130,7 +130,10 @@ MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=10
+# Memory limits enforced as a site's cgroups would: a job whose processes' RSS, sampled every
+# 2 s, exceeds its --mem is killed (OUT_OF_MEMORY), so the retry-with-more-memory path runs.
+JobAcctGatherFrequency=2
+JobAcctGatherParams=OverMemoryKill
 
 # Accounting through slurmdbd: sacct (used by snakemake-executor-plugin-slurm
 # for job status) needs it.

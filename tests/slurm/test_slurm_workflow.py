@@ -588,6 +588,48 @@ def test_a_controller_killed_hard_resumes_with_the_same_command(tmp_path, slurm_
     )
 
 
+def test_a_job_killed_for_memory_is_retried_with_more(tmp_path, slurm_cluster, craft_env):
+    """A pretrain job asking for less memory than it uses is killed by SLURM (OUT_OF_MEMORY;
+    the test cluster enforces --mem, scripts/slurm/up.sh); the profile's retry asks for
+    resources.pretrain.retry_growth times more, and that attempt completes."""
+    workdir = tmp_path / "slurm"
+    lay = Layout(workdir / "results")
+    cfg = tiny_config(workdir / "results", {"zero-shot": {"kind": "zero-shot"}})
+    first_mb, growth = 150, 8  # python with torch alone holds more than 150 MB
+    cfg["resources"] = {
+        "pretrain": {"gpu": 1, "runtime": 30, "mem_mb": first_mb, "retry_growth": growth}
+    }
+    cfg = write_config(tmp_path / "tiny.yaml", cfg, craft_env)
+    profile = slurm_profile(tmp_path, slurm_cluster)
+    prefix = f"craft-test-{uuid.uuid4().hex[:8]}"
+    since = now_for_sacct()
+    log = tmp_path / "slurm.log"
+    target = str(lay.foundation(MODALITY))
+    proc = start(snakemake_cmd(workdir, cfg, *slurm_args(profile, prefix), target), workdir,
+                 craft_env, log)  # fmt: skip
+    try:
+        rc = finish(proc, timeout=420)
+        assert rc == 0, f"run failed (rc {rc})\n{failure_report(log, workdir)}"
+    finally:
+        cancel_leftovers(prefix)
+    jobs, table = run_jobs(prefix, since, tmp_path)
+    pretrain = [j for j in jobs if j["rule"] == "pretrain"]
+    assert len(pretrain) == 2, table
+    # cgroups report OUT_OF_MEMORY; the test cluster's accounting plugin kills the job
+    # (signal 9) and logs why
+    first = pretrain[0]
+    slurmd_log = Path("/var/log/slurm/slurmd.log").read_text(errors="replace")
+    assert first["State"] == "OUT_OF_MEMORY" or (
+        first["State"] == "FAILED"
+        and first["ExitCode"] == "0:9"
+        and f"[{first['JobID']}.batch] error: Exceeded job memory limit" in slurmd_log
+    ), table
+    assert f"mem={first_mb}M" in pretrain[0]["AllocTRES"], table
+    assert pretrain[1]["State"] == "COMPLETED", table
+    assert f"mem={first_mb * growth}M" in pretrain[1]["AllocTRES"], table
+    assert (Path(target) / "model_index.json").is_file()
+
+
 def test_a_two_gpu_align_job_runs_two_processes_and_matches_one_process(
     tmp_path, slurm_cluster, craft_env
 ):

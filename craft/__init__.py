@@ -1,3 +1,3 @@
 """craft: Clinical Reward-Aligned Finetuning of diffusion models for medical images."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -25,8 +25,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from craft import __version__
 from craft.errors import CraftError
+from craft.version import code_version
 
 SCHEMA_VERSION = 1
 
@@ -49,7 +49,7 @@ def _stamp(
 ) -> None:
     f.attrs["craft_kind"] = kind
     f.attrs["craft_schema"] = SCHEMA_VERSION
-    f.attrs["craft_version"] = __version__
+    f.attrs["craft_version"] = code_version()
     f.attrs["config_digest"] = config_digest
     f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     f.attrs["command"] = command if command is not None else current_command()

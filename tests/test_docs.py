@@ -148,4 +148,7 @@ def test_the_license_and_the_citation_say_what_pyproject_says():
     assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
     assert cff["license"] == project["license"]["text"]
     assert cff["version"] == project["version"]
+    import craft
+
+    assert craft.__version__ == project["version"]  # the release every output records
     assert "2605.12650" in str(cff["references"])

@@ -6,8 +6,8 @@ import datetime as _dt
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from craft import __version__
 from craft.atomic import atomic_write_text
+from craft.version import code_version
 
 if TYPE_CHECKING:
     from craft.report.summary import MetricsFile
@@ -36,7 +36,7 @@ def write_metrics(
         metrics={k: float(v) for k, v in metrics.items()},
         provenance=Provenance(
             config_digest=config_digest,
-            craft_version=__version__,
+            craft_version=code_version(),
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             command=current_command(),
         ),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from craft import __version__
 from craft.errors import CraftError
 from craft.knowledge.curated import curated_knowledge, load_curated, resolve_base
 from craft.knowledge.review import file_digest, load_review, write_review
@@ -23,6 +22,7 @@ from craft.knowledge.schema import (
 from craft.knowledge.settings import KnowledgeConfig
 from craft.progress import log
 from craft.prompts import label_prompt
+from craft.version import code_version
 
 
 def review_path(out: Path | str) -> Path:
@@ -99,7 +99,7 @@ def build_knowledge(
         )
         if settings.include_label_prompt:
             _with_label_prompts(k, description)
-    k.provenance.update(craft_version=__version__, schema_version=str(SCHEMA_VERSION))
+    k.provenance.update(craft_version=code_version(), schema_version=str(SCHEMA_VERSION))
     if config_digest:
         k.provenance["config_digest"] = config_digest
     k = ModalityKnowledge.model_validate(k.model_dump())  # every check again, after edits

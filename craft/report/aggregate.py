@@ -31,10 +31,10 @@ from typing import Any
 
 import pandas as pd
 
-from craft import __version__
 from craft.atomic import atomic_write_text
 from craft.config import digest_of
 from craft.errors import CraftError
+from craft.progress import log
 from craft.report.html import build_report
 from craft.report.summary import (
     NAME_PATTERN,
@@ -45,6 +45,7 @@ from craft.report.summary import (
     summarize_table,
     with_tail_reductions,
 )
+from craft.version import code_version, commit
 
 __all__ = ["AGGREGATE_COLUMNS", "MANIFEST", "POOLED", "aggregate", "export_summary"]
 
@@ -185,7 +186,8 @@ def export_summary(results_dir: Path, config, out: Path, site: str) -> Path:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "site": site,
-        "craft_version": __version__,
+        "craft_version": code_version(),
+        "craft_commit": commit(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "modality_order": list(config.modalities),
         "method_order": list(config.methods),
@@ -450,6 +452,7 @@ def aggregate(
             "site": site,
             "export": man["_source"],
             "craft_version": man.get("craft_version"),
+            "craft_commit": man.get("craft_commit"),
             "created": man.get("created"),
             "baselines": man["baselines"],
             "runs": [
@@ -465,11 +468,15 @@ def aggregate(
         }
         for site, man in zip(sites, manifests, strict=True)
     ]
+    code_differs = code_versions_differ(site_info)
+    if code_differs:
+        log(f"craft aggregate: {code_differs}")
     provenance = {
-        "craft_version": __version__,
+        "craft_version": code_version(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "allow_mismatch": allow_mismatch,
         "mismatches": mismatches,
+        "code_versions_differ": code_differs,
         "pooled_baselines": baselines,
         "sites": site_info,
     }
@@ -499,13 +506,34 @@ def aggregate(
     page = index.read_text(encoding="utf-8")
     marker = "<footer>"
     if marker in page:
-        page = page.replace(marker, _sites_section(site_info, mismatches) + marker, 1)
+        page = page.replace(marker, _sites_section(site_info, mismatches, code_differs) + marker, 1)
         page = page.replace("</ul></nav>", '<li><a href="#sites">sites</a></li></ul></nav>', 1)
         atomic_write_text(index, page)
     return index
 
 
-def _sites_section(site_info: list[dict[str, Any]], mismatches: list[dict[str, Any]]) -> str:
+def code_versions_differ(site_info: list[dict[str, Any]]) -> str | None:
+    """One line naming each site's craft code where the sites ran different code (their
+    ``craft_version``: release and source digest, craft.version), else None. Job digests
+    cover the settings, not the code: two sites' numbers can differ by code alone."""
+    versions = {s["site"]: s.get("craft_version") for s in site_info}
+    if len(set(versions.values())) <= 1:
+        return None
+    named = []
+    for s in site_info:
+        commit_ = f", commit {str(s['craft_commit'])[:10]}" if s.get("craft_commit") else ""
+        named.append(f"{s['site']} {s.get('craft_version') or 'unknown'}{commit_}")
+    return (
+        f"the sites ran different craft code ({'; '.join(named)}); their numbers may differ "
+        "by the code as well as by their data"
+    )
+
+
+def _sites_section(
+    site_info: list[dict[str, Any]],
+    mismatches: list[dict[str, Any]],
+    code_differs: str | None = None,
+) -> str:
     e = lambda x: html.escape(str(x), quote=True)  # noqa: E731
     rows = []
     for s in site_info:
@@ -522,6 +550,8 @@ def _sites_section(site_info: list[dict[str, Any]], mismatches: list[dict[str, A
         'in <a href="summary.csv">summary.csv</a> (column <code>site</code>), provenance in '
         '<a href="aggregate.json">aggregate.json</a>.</p>',
     ]
+    if code_differs:
+        out.append(f'<p class="mismatch"><b>Different code:</b> {e(code_differs)}.</p>')
     if mismatches:
         out.append('<p class="mismatch"><b>Pooled despite config mismatches:</b></p><ul>')
         out += [f"<li>{e(_describe(m))}</li>" for m in mismatches]

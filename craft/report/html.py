@@ -24,7 +24,6 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from craft import __version__
 from craft.atomic import atomic_write_text
 from craft.errors import CraftError
 from craft.report.claim import FULL_COLUMNS, full_claim
@@ -50,6 +49,7 @@ from craft.report.summary import (
     write_summary,
 )
 from craft.store import read_samples
+from craft.version import code_version
 
 __all__ = [
     "GRID_MAX",
@@ -826,7 +826,7 @@ def build_report(
     parts.append("</section>")
 
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    foot = [f"craft {__version__}", f"created {created}"]
+    foot = [f"craft {code_version()}", f"created {created}"]
     if n_metric_files is not None:
         foot.append(f"{n_metric_files} metric file{'s' if n_metric_files != 1 else ''}")
     foot.append(f"{len(samples)} sample file{'s' if len(samples) != 1 else ''}")

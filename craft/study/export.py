@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from craft import __version__
 from craft.atomic import atomic_write_text
 from craft.errors import CraftError
 from craft.store import Samples, read_samples
 from craft.study.page import render_page
 from craft.study.schema import StudyKey, StudyPair, dump_json
+from craft.version import code_version
 
 PAGE_NAME = "study.html"
 KEY_NAME = "key.json"
@@ -217,7 +217,7 @@ def export_study(
         samples_b=str(samples_b),
         seed=seed,
         n_pairs_per_label=n_pairs_per_label,
-        craft_version=__version__,
+        craft_version=code_version(),
         pairs=pairs,
     )
     out_dir = Path(out_dir)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from craft import __version__
 from craft.config import CraftConfig
 from craft.models.card import ModelCard
 from craft.models.generator import compute_dtype, load_generator
@@ -20,6 +19,7 @@ from craft.prompts import draw_prompt, enriched_prompts, label_prompt, plain_pro
 from craft.store import read_split
 from craft.train.common import machine_description, setup_torch
 from craft.train.diffusion import CaptionFn, DiffusionFinetune, FinetuneSettings, TrainingData
+from craft.version import code_version
 
 
 def base_source(cfg: CraftConfig, modality: str) -> str:
@@ -79,7 +79,7 @@ def adapt(
         base=base_source(cfg, modality),
         revision=cfg.models.revision,
         config_digest=digest,
-        craft_version=__version__,
+        craft_version=code_version(),
     )
     if k.kind == "zero-shot" or k.steps == 0:
         card.write(card_path)

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from craft import __version__
 from craft.config import CraftConfig
 from craft.errors import CraftError
 from craft.evaluate.features import ImageStatistics
@@ -44,6 +43,7 @@ from craft.train.common import machine_description, setup_torch
 from craft.train.diffusion import FinetuneSettings, TrainingData
 from craft.train.distributed import Parallel
 from craft.train.reward import Evaluation, RealismFn, RewardFinetune, RewardFn, Rollout
+from craft.version import code_version
 
 
 class SharedImageEmbeddings:
@@ -442,7 +442,7 @@ def align(
         unet_dir=unet_dir,
         steps=kept_step,
         config_digest=digest,
-        craft_version=__version__,
+        craft_version=code_version(),
         init=k.init,
         reward_lora_dir="reward-lora",
         lora_scale=a.lora_scale,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from craft import __version__
 from craft.config import CraftConfig
 from craft.data.phantoms import draw_batch
 from craft.models.generator import save_generator
@@ -24,6 +23,7 @@ from craft.progress import log
 from craft.prompts import label_prompt
 from craft.train.common import setup_torch
 from craft.train.diffusion import DiffusionFinetune, FinetuneSettings, TrainingData
+from craft.version import code_version
 
 CAPTION_WORDS = ["spot", "spots", "bright", "patch", "lesion", "brown", "tan", "blob", "big"]
 
@@ -119,7 +119,7 @@ def pretrain(cfg: CraftConfig, modality: str, out_dir: Path, threads: int | None
             "config_digest": settings.config_digest,
             "pretrain": p.model_dump(mode="json"),
             "command": " ".join(sys.argv),
-            "craft_version": __version__,
+            "craft_version": code_version(),
         },
     )
     if out_dir.exists():

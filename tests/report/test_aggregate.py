@@ -303,3 +303,33 @@ def test_two_tiny_workflow_sites_pool_to_a_direct_computation(tmp_path, tiny_sit
     assert len(merged) == len(own) == len(north)
     assert np.allclose(merged["sd"], merged["sd_agg"], rtol=1e-9, atol=1e-12, equal_nan=True)
     assert np.allclose(merged["mean"], merged["mean_agg"], rtol=1e-9, atol=1e-12)
+
+
+def test_sites_that_ran_different_code_are_named(tmp_path, monkeypatch):
+    """Job digests cover the settings, not the code: the export records the code's version
+    (release + source digest) and commit, and pooling says when the sites' differ."""
+    import craft.report.aggregate as agg
+
+    rng = np.random.default_rng(5)
+    exports = []
+    for site, version, commit in (
+        ("site-a", "0.2.0+aaaaaaaaaaaa", "1" * 40),
+        ("site-b", "0.2.0+bbbbbbbbbbbb", None),
+    ):
+        monkeypatch.setattr(agg, "code_version", lambda v=version: v)
+        monkeypatch.setattr(agg, "commit", lambda c=commit: c)
+        cfg = site_config(tmp_path / site / "results")
+        make_site(tmp_path / site, site, cfg, rng)
+        exports.append(export_summary(cfg.results, cfg, tmp_path / f"{site}.tar.gz", site))
+        with tarfile.open(exports[-1]) as tar:
+            manifest = json.loads(tar.extractfile(MANIFEST).read())
+        assert manifest["craft_version"] == version and manifest["craft_commit"] == commit
+    index = aggregate(exports, tmp_path / "pooled")
+    said = json.loads((tmp_path / "pooled/aggregate.json").read_text())["code_versions_differ"]
+    assert "site-a 0.2.0+aaaaaaaaaaaa, commit 1111111111" in said
+    assert "site-b 0.2.0+bbbbbbbbbbbb" in said
+    assert "Different code" in index.read_text()
+    # the same code at both: nothing to say
+    index = aggregate(exports[:1], tmp_path / "one")
+    assert json.loads((tmp_path / "one/aggregate.json").read_text())["code_versions_differ"] is None
+    assert "Different code" not in index.read_text()

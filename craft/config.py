@@ -625,11 +625,12 @@ class Resources(Strict):
     gpu: int = Field(
         0,
         ge=0,
-        description="GPUs per node (sbatch --gpus-per-node); 0 = a CPU job. align with more "
+        description="GPUs of the job (the SLURM plugin asks sbatch for --gpus=N on one node, "
+        "--gres=gpu:N per node on several); 0 = a CPU job. align with more "
         "than one GPU runs one process per GPU (torchrun, DeepSpeed ZeRO).",
     )
     gpu_model: str | None = Field(
-        None, description="GPU type to ask for (--gpus-per-node=MODEL:N), e.g. a100; None: any."
+        None, description="GPU type to ask for (--gpus=MODEL:N), e.g. a100; None: any."
     )
     nodes: int = Field(
         1,

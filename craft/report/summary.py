@@ -274,6 +274,9 @@ def read_summary(path: Path) -> pd.DataFrame:
 LOWER_IS_BETTER = frozenset(
     {
         "tail_rate",
+        # the bounds of the tail rate's bootstrap interval: lower is better, as for the rate
+        "tail_rate_ci_low",
+        "tail_rate_ci_high",
         "fd",
         "fid",
         "distribution_shift",

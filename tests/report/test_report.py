@@ -613,6 +613,25 @@ def test_the_oracle_distribution_shift_is_judged_lower_is_better_and_its_referen
     assert not lower_is_better("oracle_label_agreement")
 
 
+def test_every_metric_the_evaluation_docs_call_lower_is_better_is_judged_so():
+    """docs/evaluation.md's metric table says, per metric, whether lower is better; the
+    report judges by craft.report.summary.lower_is_better. The two must agree (the tail
+    rate's interval bounds once did not)."""
+    import re
+
+    from craft.report.summary import lower_is_better
+    from tests.conftest import REPO
+
+    rows = re.findall(
+        r"^\| `([a-z0-9_]+)(?:__\{[a-z]+\})*` \| [^|]* \| (lower|higher) \|",
+        (REPO / "docs/evaluation.md").read_text(),
+        re.M,
+    )
+    assert len(rows) > 10, rows
+    wrong = [(m, d) for m, d in rows if lower_is_better(m + "__clip") != (d == "lower")]
+    assert not wrong, wrong
+
+
 def test_cli_claim_judges_craft_against_the_other_kinds_and_checks(tmp_path):
     import subprocess
 

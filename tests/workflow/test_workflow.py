@@ -94,6 +94,27 @@ def test_dry_run_expands_modalities_methods_seeds(env):
     assert seeds == {"0", "1", "2"}
 
 
+def test_the_job_count_the_readme_and_getting_started_give_is_the_default_runs(env, tmp_path):
+    """README and docs/getting-started.md say how many jobs `make run` runs: that is what a
+    dry run of the default config plans, in one place as in the other."""
+    data = yaml.safe_load((REPO / "config.yaml").read_text())
+    data["results"] = str(tmp_path / "results")
+    write_config(tmp_path / "config.yaml", data)
+    (tmp_path / "assets").symlink_to(REPO / "assets")  # the default's foundations, relative
+    out = snakemake(tmp_path, env, "-n", "--configfile", str(tmp_path / "config.yaml")).stdout
+    planned = sum(job_counts(out).values()) - job_counts(out).get("total", 0)
+    readme = re.search(r"`make run`: (\d+) jobs", (REPO / "README.md").read_text())
+    started = re.search(
+        r"\| `make run` \| [^|]*?\((\d+) jobs\)", (REPO / "docs/getting-started.md").read_text()
+    )
+    assert readme and started
+    assert int(readme.group(1)) == int(started.group(1)) == planned, (
+        readme.group(1),
+        started.group(1),
+        planned,
+    )
+
+
 def test_the_paper_config_plans_every_method_of_the_study(env, tmp_path):
     """configs/craft-paper.yaml (real models, four modalities) plans all six methods, the
     evaluations with real models and the study. The files it names must exist when it is

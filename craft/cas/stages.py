@@ -44,9 +44,9 @@ def _setup(threads: int | None = None, seed: int = 0) -> None:
 
 
 def _device() -> str:
-    import torch
+    from craft.device import compute_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return compute_device()
 
 
 def load_configured_evaluator(cas: CasConfig, name: str, paths: Layout, modality: str):

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from craft.device import compute_device
 from craft.errors import CraftError
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(compute_device())
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:

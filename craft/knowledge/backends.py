@@ -291,7 +291,9 @@ class TransformersChat:
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         if c.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            from craft.device import compute_device
+
+            self.device = compute_device()
         else:
             self.device = c.device
         self.model = model.to(self.device).eval()

@@ -9,6 +9,8 @@ import random
 import numpy as np
 import torch
 
+from craft.device import compute_device
+
 
 def setup_torch(seed: int, threads: int | None = None) -> torch.device:
     """Seed every RNG, cap CPU threads (SLURM's allocation, or ``threads``), pick the device."""
@@ -19,7 +21,7 @@ def setup_torch(seed: int, threads: int | None = None) -> torch.device:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(compute_device())
 
 
 def machine_description(device: torch.device) -> str:

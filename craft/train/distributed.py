@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from craft.device import compute_device
 from craft.errors import CraftError
 
 
@@ -58,7 +59,7 @@ class Parallel:
     def check_devices(self) -> torch.device:
         """The device of this rank; on GPUs, the visible ones must be the processes per node."""
         if not torch.cuda.is_available():
-            return torch.device("cpu")
+            return torch.device(compute_device())  # cpu, or a stop where SLURM gave GPUs
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world)))
         visible = torch.cuda.device_count()
         if self.zero_stage and visible != per_node:

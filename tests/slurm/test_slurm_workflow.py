@@ -630,6 +630,36 @@ def test_a_job_killed_for_memory_is_retried_with_more(tmp_path, slurm_cluster, c
     assert (Path(target) / "model_index.json").is_file()
 
 
+def test_a_gpu_job_whose_torch_sees_no_gpu_stops_instead_of_running_on_the_cpu(
+    tmp_path, slurm_cluster, craft_env
+):
+    """The test cluster's GPUs are fake: without CRAFT_ALLOW_CPU, a pretrain job SLURM gave a
+    GPU fails and its log says why and what to check (what a real site with a CPU build of
+    torch, or a driver too old for its CUDA, sees)."""
+    workdir = tmp_path / "slurm"
+    lay = Layout(workdir / "results")
+    cfg = write_config(
+        tmp_path / "tiny.yaml",
+        tiny_config(workdir / "results", {"zero-shot": {"kind": "zero-shot"}}),
+        craft_env,
+    )
+    env = {k: v for k, v in craft_env.items() if k != "CRAFT_ALLOW_CPU"}
+    profile = slurm_profile(tmp_path, slurm_cluster)
+    prefix = f"craft-test-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "slurm.log"
+    target = str(lay.foundation(MODALITY))
+    cmd = snakemake_cmd(workdir, cfg, *slurm_args(profile, prefix), "--retries", "0", target)
+    proc = start(cmd, workdir, env, log)
+    try:
+        rc = finish(proc, timeout=300)
+    finally:
+        cancel_leftovers(prefix)
+    assert rc != 0, failure_report(log, workdir)
+    job_log = (workdir / "results/logs/pretrain" / f"{MODALITY}.log").read_text()
+    assert "SLURM gave this job GPU(s) (SLURM_JOB_GPUS=" in job_log, job_log[-2000:]
+    assert "nvidia-smi" in job_log and not Path(target).exists()
+
+
 def test_a_two_gpu_align_job_runs_two_processes_and_matches_one_process(
     tmp_path, slurm_cluster, craft_env
 ):

@@ -638,6 +638,13 @@ class Resources(Strict):
         description="Nodes of the job (align only): one torchrun per node under srun, joined "
         "by a c10d rendezvous on the first node.",
     )
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Environment modules the job loads (Lmod or Environment Modules, e.g. "
+        "['cuda/12.4']) where Snakemake runs with `--sdm env-modules`: the rule's `envmodules`. "
+        "Empty: none. Not in any job spec, but Snakemake's software-env rerun trigger reruns "
+        "a finished job whose modules change.",
+    )
     retry_growth: float = Field(
         1.5,
         ge=1,

@@ -7,6 +7,8 @@ rule train_evaluator:
         f"{LOGS}/train_evaluator/{{modality}}/{{evaluator}}.log",
     benchmark:
         f"{BENCHMARKS}/train_evaluator/{{modality}}/{{evaluator}}.tsv"
+    envmodules:
+        *get_modules("evaluator"),
     threads: res("evaluator", "threads")
     resources:
         **get_resources("evaluator"),
@@ -31,6 +33,8 @@ rule reference:
         f"{LOGS}/reference/{{modality}}/{{evaluator}}.log",
     benchmark:
         f"{BENCHMARKS}/reference/{{modality}}/{{evaluator}}.tsv"
+    envmodules:
+        *get_modules("reference"),
     threads: res("reference", "threads")
     resources:
         **get_resources("reference"),
@@ -60,6 +64,8 @@ rule score:
         f"{BENCHMARKS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.tsv"
     group:
         get_evaluation_group()
+    envmodules:
+        *get_modules("score"),
     threads: res("score", "threads")
     resources:
         **get_evaluation_resources("score"),

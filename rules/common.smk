@@ -386,6 +386,12 @@ def res(stage, key):
     return getattr(getattr(CFG.resources, stage), key)
 
 
+def get_modules(stage):
+    """The environment modules a rule's job loads under `--sdm env-modules`
+    (config.resources.<stage>.modules; none by default)."""
+    return list(getattr(CFG.resources, stage).modules)
+
+
 def get_resources(stage):
     """A rule's resources, all from config.resources.<stage> (craft.launch): memory, time,
     CPUs, and for a GPU job its GPUs (the profile's partition file sends a job that asks for

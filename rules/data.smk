@@ -7,6 +7,8 @@ rule prepare:
         f"{LOGS}/prepare/{{modality}}.log",
     benchmark:
         f"{BENCHMARKS}/prepare/{{modality}}.tsv"
+    envmodules:
+        *get_modules("prepare"),
     threads: res("prepare", "threads")
     resources:
         **get_resources("prepare"),

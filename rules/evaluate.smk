@@ -10,6 +10,8 @@ rule evaluate_oracle:
         f"{BENCHMARKS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    envmodules:
+        *get_modules("evaluate"),
     threads: res("evaluate", "threads")
     resources:
         **get_evaluation_resources("evaluate"),
@@ -32,6 +34,8 @@ rule downstream_real:
         f"{LOGS}/downstream_real/{{modality}}/{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/downstream_real/{{modality}}/{{seed}}.tsv"
+    envmodules:
+        *get_modules("downstream"),
     threads: res("downstream", "threads")
     resources:
         **get_resources("downstream"),
@@ -58,6 +62,8 @@ rule downstream:
         f"{BENCHMARKS}/downstream/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    envmodules:
+        *get_modules("downstream"),
     threads: res("downstream", "threads")
     resources:
         **get_evaluation_resources("downstream"),
@@ -94,6 +100,8 @@ rule memorization:
         f"{BENCHMARKS}/memorization/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    envmodules:
+        *get_modules("evaluate"),
     threads: res("evaluate", "threads")
     resources:
         **get_evaluation_resources("evaluate"),
@@ -128,6 +136,8 @@ rule audit:
         f"{BENCHMARKS}/audit/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    envmodules:
+        *get_modules("evaluate"),
     threads: res("evaluate", "threads")
     resources:
         **get_evaluation_resources("evaluate"),
@@ -154,6 +164,8 @@ rule fidelity:
         f"{BENCHMARKS}/fidelity/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    envmodules:
+        *get_modules("evaluate"),
     threads: res("evaluate", "threads")
     resources:
         **get_evaluation_resources("evaluate"),
@@ -178,6 +190,8 @@ rule reward_path:
         f"{BENCHMARKS}/path/{{modality}}/{{method}}/{{seed}}.tsv"
     wildcard_constraints:
         method=one_of(ALIGN_METHODS),
+    envmodules:
+        *get_modules("generate"),
     threads: res("generate", "threads")
     resources:
         **get_resources("generate"),

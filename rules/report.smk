@@ -39,6 +39,8 @@ rule report:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCHMARKS}/report.tsv"
+    envmodules:
+        *get_modules("report"),
     threads: res("report", "threads")
     resources:
         **get_resources("report"),

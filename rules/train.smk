@@ -5,6 +5,8 @@ rule pretrain:
         f"{LOGS}/pretrain/{{modality}}.log",
     benchmark:
         f"{BENCHMARKS}/pretrain/{{modality}}.tsv"
+    envmodules:
+        *get_modules("pretrain"),
     threads: res("pretrain", "threads")
     resources:
         **get_resources("pretrain"),
@@ -30,6 +32,8 @@ rule adapt:
         f"{BENCHMARKS}/adapt/{{modality}}/{{method}}/{{seed}}.tsv"
     wildcard_constraints:
         method=one_of(ADAPT_METHODS),
+    envmodules:
+        *get_modules("adapt"),
     threads: res("adapt", "threads")
     resources:
         **get_resources("adapt"),
@@ -59,6 +63,8 @@ rule align:
         f"{BENCHMARKS}/align/{{modality}}/{{method}}/{{seed}}.tsv"
     wildcard_constraints:
         method=one_of(ALIGN_METHODS),
+    envmodules:
+        *get_modules("align"),
     threads: res("align", "threads")
     resources:
         **get_resources("align"),

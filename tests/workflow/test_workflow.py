@@ -503,6 +503,46 @@ def test_a_controller_killed_hard_at_any_moment_resumes_with_the_same_command(tm
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+LMOD_INIT = Path("/usr/share/lmod/lmod/init/bash")
+
+
+@pytest.mark.slow
+def test_a_job_loads_its_environment_modules_with_a_real_lmod(tmp_path, env):
+    """resources.<rule>.modules under `--sdm env-modules`, with Debian's Lmod as a site sets it
+    up (BASH_ENV to its init, MODULEPATH to the site's modulefiles): the module is loaded in
+    the job's own shell, once per job, and the job runs."""
+    if not LMOD_INIT.is_file():
+        if os.environ.get("CRAFT_REQUIRE_LMOD") == "1":
+            pytest.fail(f"Lmod is not installed ({LMOD_INIT}); apt-get install lmod")
+        pytest.skip("Lmod is not installed (apt-get install lmod)")
+    mods = tmp_path / "modulefiles" / "craft-probe"
+    mods.mkdir(parents=True)
+    (mods / "1.0.lua").write_text(
+        'setenv("CRAFT_PROBE", "loaded")\n'
+        'execute{cmd="echo loaded $$ >> \\"$CRAFT_PROBE_FILE\\"", modeA={"load"}}\n'
+    )
+    probe = tmp_path / "probe.txt"
+    cfg = tiny_config()
+    cfg["modalities"] = {"phantom-cxr": cfg["modalities"]["phantom-cxr"]}
+    cfg["resources"] = {"prepare": {"modules": ["craft-probe/1.0"]}}
+    write_config(tmp_path / "config.yaml", cfg)
+    site = {
+        **env,
+        "BASH_ENV": str(LMOD_INIT),
+        "MODULEPATH": str(tmp_path / "modulefiles"),
+        "CRAFT_PROBE_FILE": str(probe),
+    }
+    target = "results/data/phantom-cxr.h5"
+    out = snakemake(tmp_path, site, "--cores", "1", target, "--sdm", "env-modules")
+    assert "Activating environment modules: craft-probe/1.0" in out.stdout + out.stderr
+    assert (tmp_path / target).is_file()
+    lines = probe.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("loaded "), lines
+    # without --sdm env-modules the same config loads nothing
+    snakemake(tmp_path, site, "--cores", "1", "--forcerun", "prepare", "--", target)
+    assert probe.read_text().splitlines() == lines
+
+
 @pytest.mark.slow
 def test_logs_live_under_results_and_every_attempt_keeps_its_own(tmp_path, env):
     """Two configs with two results folders keep their own logs; a rerun job keeps the earlier

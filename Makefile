@@ -26,4 +26,5 @@ docs: venv
 	NO_MKDOCS_2_WARNING=1 mkdocs build --strict
 
 lint: venv
-	ruff check craft tests && snakefmt --check Snakefile rules && snakemake --lint
+	ruff check craft tests bench scripts && ruff format --check craft tests bench scripts \
+	  && snakefmt --check Snakefile rules && snakemake --lint && python scripts/envs.py --check

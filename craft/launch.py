@@ -16,6 +16,8 @@ the job runs; a dry run shows the whole command. This module imports no torch.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 #: Port of the c10d rendezvous on a multi-node align job's first node.
@@ -94,3 +96,12 @@ def align_launcher(gpus: int, nodes: int = 1) -> str:
         f" --rdzv_backend=c10d --rdzv_endpoint={head}:{RENDEZVOUS_PORT}"
         f' --rdzv_id="craft-$SLURM_JOB_ID" -m craft.cli'
     )
+
+
+def append_to_path(folder: Path | str) -> None:
+    """Put ``folder`` last on this process's PATH (once), which its jobs inherit: the
+    checkout's ``bin/craft`` for environments without craft of their own (envs/craft.yaml)."""
+    folder = str(folder)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if folder not in parts:
+        os.environ["PATH"] = os.pathsep.join([*filter(None, parts), folder])

@@ -7,6 +7,8 @@ rule train_evaluator:
         f"{LOGS}/train_evaluator/{{modality}}/{{evaluator}}.log",
     benchmark:
         f"{BENCHMARKS}/train_evaluator/{{modality}}/{{evaluator}}.tsv"
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("evaluator"),
     threads: res("evaluator", "threads")
@@ -33,6 +35,8 @@ rule reference:
         f"{LOGS}/reference/{{modality}}/{{evaluator}}.log",
     benchmark:
         f"{BENCHMARKS}/reference/{{modality}}/{{evaluator}}.tsv"
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("reference"),
     threads: res("reference", "threads")
@@ -64,6 +68,8 @@ rule score:
         f"{BENCHMARKS}/score/{{modality}}/{{method}}/{{seed}}/{{evaluator}}.tsv"
     group:
         get_evaluation_group()
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("score"),
     threads: res("score", "threads")

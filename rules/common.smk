@@ -14,6 +14,7 @@ from craft.launch import (
     EVALUATION_GROUP,
     EVALUATION_SLOT,
     align_launcher,
+    append_to_path,
     grouped_resources,
     rule_resources,
 )
@@ -88,6 +89,12 @@ RESULTS = str(CFG.results)
 LOGS = f"{RESULTS}/logs"
 # Snakemake writes each job's wall time, CPU time and peak memory here (bench/profile_workflow.py).
 BENCHMARKS = f"{RESULTS}/benchmarks"
+# Every rule's software under `--sdm conda` (relative to rules/, where the rules are): the
+# dependencies, written by scripts/envs.py from the venv's pins. The craft package itself is the
+# checkout's: bin/craft, last on PATH, runs it where the environment has no `craft` of its own
+# (the venv's comes first where it is on PATH).
+CONDA_ENV = "../envs/craft.yaml"
+append_to_path(Path(workflow.basedir) / "bin")
 ATTEMPT_LOG = (
     'attempt="{log}.attempts/$(date -u +%Y%m%dT%H%M%SZ)-$$.log"; mkdir -p "{log}.attempts"; '
     ': > "$attempt"; ln -f "$attempt" "{log}"; exec >> "$attempt" 2>&1; '

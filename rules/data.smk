@@ -7,6 +7,8 @@ rule prepare:
         f"{LOGS}/prepare/{{modality}}.log",
     benchmark:
         f"{BENCHMARKS}/prepare/{{modality}}.tsv"
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("prepare"),
     threads: res("prepare", "threads")

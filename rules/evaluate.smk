@@ -10,6 +10,8 @@ rule evaluate_oracle:
         f"{BENCHMARKS}/evaluate_oracle/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("evaluate"),
     threads: res("evaluate", "threads")
@@ -34,6 +36,8 @@ rule downstream_real:
         f"{LOGS}/downstream_real/{{modality}}/{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/downstream_real/{{modality}}/{{seed}}.tsv"
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("downstream"),
     threads: res("downstream", "threads")
@@ -62,6 +66,8 @@ rule downstream:
         f"{BENCHMARKS}/downstream/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("downstream"),
     threads: res("downstream", "threads")
@@ -100,6 +106,8 @@ rule memorization:
         f"{BENCHMARKS}/memorization/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("evaluate"),
     threads: res("evaluate", "threads")
@@ -136,6 +144,8 @@ rule audit:
         f"{BENCHMARKS}/audit/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("evaluate"),
     threads: res("evaluate", "threads")
@@ -164,6 +174,8 @@ rule fidelity:
         f"{BENCHMARKS}/fidelity/{{modality}}/{{method}}/{{seed}}.tsv"
     group:
         get_evaluation_group()
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("evaluate"),
     threads: res("evaluate", "threads")
@@ -190,6 +202,8 @@ rule reward_path:
         f"{BENCHMARKS}/path/{{modality}}/{{method}}/{{seed}}.tsv"
     wildcard_constraints:
         method=one_of(ALIGN_METHODS),
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("generate"),
     threads: res("generate", "threads")

@@ -9,6 +9,8 @@ rule knowledge:
         f"{LOGS}/knowledge/{{modality}}.log",
     benchmark:
         f"{BENCHMARKS}/knowledge/{{modality}}.tsv"
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("knowledge"),
     threads: res("knowledge", "threads")

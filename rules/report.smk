@@ -39,6 +39,8 @@ rule report:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCHMARKS}/report.tsv"
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("report"),
     threads: res("report", "threads")

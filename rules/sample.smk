@@ -8,6 +8,8 @@ rule generate:
         f"{LOGS}/generate/{{modality}}/{{method}}/{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/generate/{{modality}}/{{method}}/{{seed}}.tsv"
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("generate"),
     threads: res("generate", "threads")

@@ -8,6 +8,8 @@ rule study_export:
         f"{LOGS}/study_export/{{modality}}.log",
     benchmark:
         f"{BENCHMARKS}/study_export/{{modality}}.tsv"
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("report"),
     threads: res("report", "threads")

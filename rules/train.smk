@@ -5,6 +5,8 @@ rule pretrain:
         f"{LOGS}/pretrain/{{modality}}.log",
     benchmark:
         f"{BENCHMARKS}/pretrain/{{modality}}.tsv"
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("pretrain"),
     threads: res("pretrain", "threads")
@@ -32,6 +34,8 @@ rule adapt:
         f"{BENCHMARKS}/adapt/{{modality}}/{{method}}/{{seed}}.tsv"
     wildcard_constraints:
         method=one_of(ADAPT_METHODS),
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("adapt"),
     threads: res("adapt", "threads")
@@ -63,6 +67,8 @@ rule align:
         f"{BENCHMARKS}/align/{{modality}}/{{method}}/{{seed}}.tsv"
     wildcard_constraints:
         method=one_of(ALIGN_METHODS),
+    conda:
+        CONDA_ENV
     envmodules:
         *get_modules("align"),
     threads: res("align", "threads")

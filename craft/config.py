@@ -684,6 +684,12 @@ class ResourcesConfig(Strict):
     )
     report: Resources = Field(Resources(runtime=30), description="craft report, study export.")
     downstream: Resources = Field(_gpu(120), description="craft downstream and downstream-real.")
+    container: str | None = Field(
+        None,
+        description="The Apptainer image every rule runs in under `snakemake --sdm apptainer` "
+        "(a .sif built from envs/craft.def, or docker://...): each rule's `container`. None: "
+        "none. Not in any job spec.",
+    )
     group_evaluations: bool = Field(
         True,
         description="Run the evaluation jobs of one run (score per evaluator, evaluate_oracle, "

@@ -9,6 +9,8 @@ rule train_evaluator:
         f"{BENCHMARKS}/train_evaluator/{{modality}}/{{evaluator}}.tsv"
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("evaluator"),
     threads: res("evaluator", "threads")
@@ -37,6 +39,8 @@ rule reference:
         f"{BENCHMARKS}/reference/{{modality}}/{{evaluator}}.tsv"
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("reference"),
     threads: res("reference", "threads")
@@ -70,6 +74,8 @@ rule score:
         get_evaluation_group()
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("score"),
     threads: res("score", "threads")

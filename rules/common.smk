@@ -94,6 +94,8 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 # checkout's: bin/craft, last on PATH, runs it where the environment has no `craft` of its own
 # (the venv's comes first where it is on PATH).
 CONDA_ENV = "../envs/craft.yaml"
+# ... and under `--sdm apptainer`, the image config.resources.container names (None: none).
+CONTAINER = CFG.resources.container
 append_to_path(Path(workflow.basedir) / "bin")
 ATTEMPT_LOG = (
     'attempt="{log}.attempts/$(date -u +%Y%m%dT%H%M%SZ)-$$.log"; mkdir -p "{log}.attempts"; '

@@ -9,6 +9,8 @@ rule prepare:
         f"{BENCHMARKS}/prepare/{{modality}}.tsv"
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("prepare"),
     threads: res("prepare", "threads")

@@ -12,6 +12,8 @@ rule evaluate_oracle:
         get_evaluation_group()
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("evaluate"),
     threads: res("evaluate", "threads")
@@ -38,6 +40,8 @@ rule downstream_real:
         f"{BENCHMARKS}/downstream_real/{{modality}}/{{seed}}.tsv"
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("downstream"),
     threads: res("downstream", "threads")
@@ -68,6 +72,8 @@ rule downstream:
         get_evaluation_group()
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("downstream"),
     threads: res("downstream", "threads")
@@ -108,6 +114,8 @@ rule memorization:
         get_evaluation_group()
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("evaluate"),
     threads: res("evaluate", "threads")
@@ -146,6 +154,8 @@ rule audit:
         get_evaluation_group()
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("evaluate"),
     threads: res("evaluate", "threads")
@@ -176,6 +186,8 @@ rule fidelity:
         get_evaluation_group()
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("evaluate"),
     threads: res("evaluate", "threads")
@@ -204,6 +216,8 @@ rule reward_path:
         method=one_of(ALIGN_METHODS),
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("generate"),
     threads: res("generate", "threads")

@@ -11,6 +11,8 @@ rule knowledge:
         f"{BENCHMARKS}/knowledge/{{modality}}.tsv"
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("knowledge"),
     threads: res("knowledge", "threads")

@@ -41,6 +41,8 @@ rule report:
         f"{BENCHMARKS}/report.tsv"
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("report"),
     threads: res("report", "threads")

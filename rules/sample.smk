@@ -10,6 +10,8 @@ rule generate:
         f"{BENCHMARKS}/generate/{{modality}}/{{method}}/{{seed}}.tsv"
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("generate"),
     threads: res("generate", "threads")

@@ -10,6 +10,8 @@ rule study_export:
         f"{BENCHMARKS}/study_export/{{modality}}.tsv"
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("report"),
     threads: res("report", "threads")

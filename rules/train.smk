@@ -7,6 +7,8 @@ rule pretrain:
         f"{BENCHMARKS}/pretrain/{{modality}}.tsv"
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("pretrain"),
     threads: res("pretrain", "threads")
@@ -36,6 +38,8 @@ rule adapt:
         method=one_of(ADAPT_METHODS),
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("adapt"),
     threads: res("adapt", "threads")
@@ -69,6 +73,8 @@ rule align:
         method=one_of(ALIGN_METHODS),
     conda:
         CONDA_ENV
+    container:
+        CONTAINER
     envmodules:
         *get_modules("align"),
     threads: res("align", "threads")

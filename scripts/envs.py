@@ -62,10 +62,10 @@ def apptainer_def() -> str:
     quoted = " ".join(f'"{r}"' for r in reqs)
     return (
         f"# {HEADER}; do not edit.\n"
-        "# A container with the same software as envs/craft.yaml, for sites that run jobs in\n"
-        "# Apptainer: apptainer build craft.sif envs/craft.def. The rules do not name it yet\n"
-        "# (no `container:`); run a job in it by hand with the checkout bound, and its craft\n"
-        "# package comes from bin/craft.\n"
+        "# The software of envs/craft.yaml as an Apptainer image, for `snakemake --sdm apptainer`:\n"
+        "#   apptainer build /shared/craft.sif envs/craft.def\n"
+        "# and name it in the config (resources.container: /shared/craft.sif), which every\n"
+        "# rule's `container` reads. The jobs run the checkout's craft through bin/craft.\n"
         "Bootstrap: docker\n"
         f"From: python:{python}-slim\n\n"
         "%post\n"

@@ -502,6 +502,49 @@ def test_a_controller_killed_hard_at_any_moment_resumes_with_the_same_command(tm
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+FAKE_APPTAINER = """#!/bin/sh
+# a stand-in for Apptainer (none can be installed here): says its version, "pulls" an image by
+# creating the file, records every call, runs nothing
+if [ "$1" = "--version" ]; then echo "apptainer version 1.3.4"; exit 0; fi
+echo "$@" >> "$FAKE_APPTAINER_LOG"
+if [ "$1" = "pull" ]; then
+  while [ $# -gt 0 ]; do [ "$1" = "--name" ] && { touch "$2"; break; }; shift; done
+fi
+exit 0
+"""
+
+
+def test_under_sdm_apptainer_a_job_runs_in_the_configured_image(tmp_path, env):
+    """resources.container is every rule's `container`: with --sdm apptainer Snakemake pulls
+    that image and runs the job's craft command in it (here a stand-in apptainer that records
+    the calls and runs nothing, so the job's output is missing)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    calls = tmp_path / "apptainer.log"
+    site = {**env, "PATH": f"{bin_dir}:{env['PATH']}", "FAKE_APPTAINER_LOG": str(calls)}
+    cfg = tiny_config()
+    cfg["modalities"] = {"phantom-cxr": cfg["modalities"]["phantom-cxr"]}
+    image = "docker://example.org/craft:0.2.0"
+    cfg["resources"] = {"container": image}
+    write_config(tmp_path / "config.yaml", cfg)
+    target = "results/data/phantom-cxr.h5"
+    out = snakemake(tmp_path, site, "--cores", "1", target, "--sdm", "apptainer", check=False)
+    assert out.returncode != 0 and "MissingOutputException" in out.stdout + out.stderr
+    pull, run = calls.read_text().splitlines()
+    assert pull.startswith("pull --name ") and pull.endswith(image)
+    simg = pull.split()[2]
+    assert run.startswith("exec ") and f".snakemake/singularity/{simg}" in run
+    assert "craft prepare --config" in run
+    # no image configured: --sdm apptainer runs the job as it is
+    cfg["resources"] = {}
+    write_config(tmp_path / "config.yaml", cfg)
+    calls.unlink()
+    snakemake(tmp_path, site, "--cores", "1", target, "--sdm", "apptainer")
+    assert (tmp_path / target).is_file() and not calls.exists()
+
+
 LMOD_INIT = Path("/usr/share/lmod/lmod/init/bash")
 
 

@@ -62,7 +62,7 @@ def apptainer_def() -> str:
     quoted = " ".join(f'"{r}"' for r in reqs)
     return (
         f"# {HEADER}; do not edit.\n"
-        "# The software of envs/craft.yaml as an Apptainer image, for `snakemake --sdm apptainer`:\n"
+        "# envs/craft.yaml's software as an Apptainer image, for `snakemake --sdm apptainer`:\n"
         "#   apptainer build /shared/craft.sif envs/craft.def\n"
         "# and name it in the config (resources.container: /shared/craft.sif), which every\n"
         "# rule's `container` reads. The jobs run the checkout's craft through bin/craft.\n"

@@ -67,6 +67,15 @@ def record(snakemake_dir: Path | str = ".snakemake") -> Path:
     return path
 
 
+def _record_if_writable(snakemake_dir: Path | str) -> None:
+    """:func:`record`, skipped in a folder this user cannot write (a dry run in someone else's
+    finished run): such a process takes no lock either."""
+    try:
+        record(snakemake_dir)
+    except OSError:
+        pass
+
+
 @dataclass(frozen=True)
 class LockState:
     """What holds a working directory's lock: ``kind`` is ``free`` (no lock), ``stale``
@@ -109,11 +118,11 @@ def clear_stale_lock(snakemake_dir: Path | str = ".snakemake") -> str | None:
     """
     state = lock_state(snakemake_dir)
     if state.kind == "free":
-        record(snakemake_dir)
+        _record_if_writable(snakemake_dir)
         return None
     if state.kind == "stale":
         shutil.rmtree(Path(snakemake_dir) / "locks", ignore_errors=True)
-        record(snakemake_dir)
+        _record_if_writable(snakemake_dir)
         lines = [
             f"craft: removed the lock left by a controller that was killed ({state.describe()}); "
             "jobs it had started are rerun where their outputs are incomplete"

@@ -102,3 +102,12 @@ def test_no_answer_from_slurm_is_said_not_taken_for_no_jobs(tmp_path, monkeypatc
     line = controller.cancel_orphans(tmp_path, poll_s=0.01)
     assert (tmp_path / "cancelled").read_text().split() == ["11"]
     assert "cancelled 1 SLURM job(s)" in line and "(11)" in line
+
+
+def test_a_folder_this_user_cannot_write_is_planned_without_a_record(tmp_path, monkeypatch):
+    def refused(_):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(controller, "record", refused)
+    assert clear_stale_lock(tmp_path) is None  # free: nothing to say, nothing written
+    assert not (tmp_path / RECORD).exists()

@@ -676,7 +676,7 @@ def test_a_moved_checkout_plans_its_jobs_with_the_same_input_names(env, tmp_path
         work.mkdir()
         for part in ("Snakefile", "config.yaml"):
             shutil.copy(REPO / part, work / part)
-        for part in ("rules", "craft", "assets"):
+        for part in ("rules", "craft", "assets", "envs", "bin"):
             shutil.copytree(REPO / part, work / part, ignore=shutil.ignore_patterns("__pycache__"))
         proc = subprocess.run(
             ["snakemake", "-n"], cwd=work, env=env, capture_output=True, text=True, timeout=300
@@ -709,7 +709,7 @@ def test_a_fresh_clone_of_a_finished_run_plans_nothing(env, tmp_path):
         work.mkdir()
         shutil.copy(REPO / "Snakefile", work / "Snakefile")
         write_config(work / "config.yaml", cfg)
-        for part in ("rules", "craft", "assets"):  # new files: new times
+        for part in ("rules", "craft", "assets", "envs", "bin"):  # new files: new times
             shutil.copytree(
                 REPO / part,
                 work / part,

@@ -130,10 +130,11 @@ MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
-# Memory limits enforced as a site's cgroups would: a job whose processes' RSS, sampled every
-# 2 s, exceeds its --mem is killed (OUT_OF_MEMORY), so the retry-with-more-memory path runs.
+# Memory limits enforced as a site's cgroups would: a job whose processes' proportional set
+# size (PSS: a page two processes share counts once, as in a cgroup), sampled every 2 s,
+# exceeds its --mem is killed, so the retry-with-more-memory path runs.
 JobAcctGatherFrequency=2
-JobAcctGatherParams=OverMemoryKill
+JobAcctGatherParams=OverMemoryKill,UsePss
 
 # Accounting through slurmdbd: sacct (used by snakemake-executor-plugin-slurm
 # for job status) needs it.

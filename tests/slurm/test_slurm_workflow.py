@@ -406,11 +406,9 @@ def test_workflow_on_slurm_matches_local(tmp_path, slurm_cluster, craft_env):
     print(f"SLURM + local runs: {time.monotonic() - t0:.0f} s")
 
 
-def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft_env):
-    """scancel an adapt job after its first checkpoint: the retry resumes from that step."""
-    t0 = time.monotonic()
-    steps, every = 40, 5
-    methods = {
+def checkpointing_lora(steps: int, every: int) -> dict:
+    """A lora method that trains ``steps`` steps and saves a checkpoint every ``every``."""
+    return {
         "lora": {
             "kind": "lora",
             "steps": steps,
@@ -420,6 +418,28 @@ def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft
             "checkpoint_every": every,
         }
     }
+
+
+def running_adapt(prefix: str) -> list[str]:
+    r = subprocess.run(
+        ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%j|%k"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    running = [ln.split("|") for ln in r.stdout.splitlines() if ln.count("|") == 2]
+    return [
+        i
+        for i, name, comment in running
+        if name.startswith(prefix + "_") and comment.startswith("rule_adapt_")
+    ]
+
+
+def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft_env):
+    """scancel an adapt job after its first checkpoint: the retry resumes from that step."""
+    t0 = time.monotonic()
+    steps, every = 40, 5
+    methods = checkpointing_lora(steps, every)
     workdir = tmp_path / "slurm"
     lay = Layout(workdir / "results")
     cfg = write_config(tmp_path / "tiny.yaml", tiny_config(workdir / "results", methods), craft_env)
@@ -449,18 +469,7 @@ def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft
             assert time.monotonic() < end, (
                 f"no running adapt job with a checkpoint\n{failure_report(log, workdir)}"
             )
-            r = subprocess.run(
-                ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%j|%k"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            running = [ln.split("|") for ln in r.stdout.splitlines() if ln.count("|") == 2]
-            adapt = [
-                i
-                for i, name, comment in running
-                if name.startswith(prefix + "_") and comment.startswith("rule_adapt_")
-            ]
+            adapt = running_adapt(prefix)
             if adapt and (checkpoint / "state.pt").is_file():
                 subprocess.run(["scancel", adapt[0]], check=True, timeout=30)
                 cancelled = adapt[0]
@@ -506,21 +515,6 @@ def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft
     )
 
 
-def _running_adapt(prefix: str) -> list[str]:
-    r = subprocess.run(
-        ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%j|%k"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    running = [ln.split("|") for ln in r.stdout.splitlines() if ln.count("|") == 2]
-    return [
-        i
-        for i, name, comment in running
-        if name.startswith(prefix + "_") and comment.startswith("rule_adapt_")
-    ]
-
-
 def test_a_controller_killed_hard_resumes_with_the_same_command(tmp_path, slurm_cluster, craft_env):
     """SIGKILL to the controller's process group while an adapt job runs on the cluster (what
     a dropped login session does): the job lives on without a controller. The same command
@@ -528,16 +522,7 @@ def test_a_controller_killed_hard_resumes_with_the_same_command(tmp_path, slurm_
     submits it again, which resumes from the checkpoint."""
     t0 = time.monotonic()
     steps, every = 400, 5
-    methods = {
-        "lora": {
-            "kind": "lora",
-            "steps": steps,
-            "batch_size": 8,
-            "lr": 0.002,
-            "rank": 4,
-            "checkpoint_every": every,
-        }
-    }
+    methods = checkpointing_lora(steps, every)
     workdir = tmp_path / "slurm"
     lay = Layout(workdir / "results")
     cfg = write_config(tmp_path / "tiny.yaml", tiny_config(workdir / "results", methods), craft_env)
@@ -551,13 +536,13 @@ def test_a_controller_killed_hard_resumes_with_the_same_command(tmp_path, slurm_
     again = None
     try:
         end = time.monotonic() + 240
-        while not (_running_adapt(prefix) and (checkpoint / "state.pt").is_file()):
+        while not (running_adapt(prefix) and (checkpoint / "state.pt").is_file()):
             assert first.poll() is None, failure_report(tmp_path / "killed.log", workdir)
             assert time.monotonic() < end, failure_report(tmp_path / "killed.log", workdir)
             time.sleep(0.5)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-        orphan = _running_adapt(prefix)
+        orphan = running_adapt(prefix)
         assert orphan, "the adapt job ended with its controller: nothing left to recover"
         again = start(command, workdir, craft_env, tmp_path / "again.log")
         rc = finish(again, timeout=max(60, 600 - (time.monotonic() - t0)))

@@ -182,7 +182,9 @@ def build_site(root: Path, base_url: str, n_patients: int = 30) -> Site:
             "fidelity": {"features": str(dino), "kid_subset_size": 4, "kid_subsets": 5},
         },
         "study": {"method_a": "craft", "method_b": "lora-enriched", "pairs_per_label": 2},
-        "resources": {"align": {"gpu": 2, "threads": 1}},
+        # two DeepSpeed processes hold more than one job's default 4000 MB (the test cluster
+        # enforces --mem): a site's multi-GPU align asks for memory per process
+        "resources": {"align": {"gpu": 2, "threads": 1, "mem_mb": 8000}},
     }
     config = root / "site.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -600,13 +600,12 @@ def test_a_job_killed_for_memory_is_retried_with_more(tmp_path, slurm_cluster, c
     jobs, table = run_jobs(prefix, since, tmp_path)
     pretrain = [j for j in jobs if j["rule"] == "pretrain"]
     assert len(pretrain) == 2, table
-    # cgroups report OUT_OF_MEMORY; the test cluster's accounting plugin kills the job
-    # (signal 9) and logs why
+    # cgroups report OUT_OF_MEMORY; the test cluster's accounting plugin kills the job's step
+    # (the job then ends FAILED) and logs why
     first = pretrain[0]
     slurmd_log = Path("/var/log/slurm/slurmd.log").read_text(errors="replace")
     assert first["State"] == "OUT_OF_MEMORY" or (
         first["State"] == "FAILED"
-        and first["ExitCode"] == "0:9"
         and f"[{first['JobID']}.batch] error: Exceeded job memory limit" in slurmd_log
     ), table
     assert f"mem={first_mb}M" in pretrain[0]["AllocTRES"], table
@@ -641,7 +640,7 @@ def test_a_gpu_job_whose_torch_sees_no_gpu_stops_instead_of_running_on_the_cpu(
         cancel_leftovers(prefix)
     assert rc != 0, failure_report(log, workdir)
     job_log = (workdir / "results/logs/pretrain" / f"{MODALITY}.log").read_text()
-    assert "SLURM gave this job GPU(s) (SLURM_JOB_GPUS=" in job_log, job_log[-2000:]
+    assert "SLURM gave this job GPU(s) (SLURM_" in job_log, job_log[-2000:]
     assert "nvidia-smi" in job_log and not Path(target).exists()
 
 

@@ -186,7 +186,7 @@ def test_the_plugin_sends_gpu_jobs_to_the_gpu_partition_and_the_rest_to_the_cpu_
 
     from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
 
-    from craft.config import load_config
+    from craft.config import Resources, load_config
     from craft.launch import rule_resources
 
     cfg = load_config(REPO / "configs/craft-paper.yaml")
@@ -195,7 +195,7 @@ def test_the_plugin_sends_gpu_jobs_to_the_gpu_partition_and_the_rest_to_the_cpu_
     log = SimpleNamespace(info=lambda *a: None, debug=lambda *a: None, warning=lambda *a: None)
     for name in type(cfg.resources).model_fields:
         r = getattr(cfg.resources, name)
-        if name == "group_evaluations":
+        if not isinstance(r, Resources):  # group_evaluations, container
             continue
         res = {k: v(None, 1) if callable(v) else v for k, v in rule_resources(r).items()}
         job = SimpleNamespace(

@@ -15,6 +15,7 @@ Standard library only: the workflow calls this at parse time on the login node.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -23,6 +24,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from craft.atomic import atomic_write_text
 
 #: The record of the controller that holds (or last held) a working directory's lock.
 RECORD = "craft/controller.json"
@@ -52,8 +55,6 @@ def _alive(pid: int, started: int | None) -> bool:
 def record(snakemake_dir: Path | str = ".snakemake") -> Path:
     """Write who this controller is (host, pid, the pid's start time, when) beside the lock it
     holds. Called from the workflow's ``onstart`` hook, after Snakemake took the lock."""
-    path = Path(snakemake_dir) / RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
     data = {
         "host": socket.gethostname(),
@@ -61,10 +62,7 @@ def record(snakemake_dir: Path | str = ".snakemake") -> Path:
         "started": _started(pid),
         "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()),
     }
-    tmp = path.with_name(f".{path.name}.{pid}")
-    tmp.write_text(json.dumps(data) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(snakemake_dir) / RECORD, json.dumps(data) + "\n")
 
 
 def _record_if_writable(snakemake_dir: Path | str) -> None:
@@ -158,7 +156,7 @@ def _queued_here(workdir: Path | str) -> list[str]:
     for SLURM jobs), so SLURM is asked."""
     try:
         r = subprocess.run(
-            ["squeue", "-h", "-u", _user(), "-o", "%i|%Z|%k"],
+            ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%Z|%k"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -196,7 +194,7 @@ def cancel_orphans(workdir: Path | str = ".", wait_s: float = 300, poll_s: float
     if not left:
         return None
     subprocess.run(["scancel", *left], capture_output=True, timeout=60)
-    deadline = time.monotonic() + wait_s
+    deadline, still = time.monotonic() + wait_s, left
     while time.monotonic() < deadline:
         try:
             still = sorted(set(_queued_here(workdir)) & set(left))
@@ -215,9 +213,3 @@ def cancel_orphans(workdir: Path | str = ".", wait_s: float = 300, poll_s: float
         f"craft: cancelled {len(left)} SLURM job(s) the killed controller had left running "
         f"({', '.join(left)}); they are submitted again, and training resumes from its checkpoint"
     )
-
-
-def _user() -> str:
-    import getpass
-
-    return getpass.getuser()

@@ -14,6 +14,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 REPO = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO / "envs" / "craft.yaml"
 DEF_FILE = REPO / "envs" / "craft.def"
@@ -29,12 +31,11 @@ def pins() -> tuple[str, list[str]]:
     for line in (REPO / "requirements" / "constraints.txt").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            constraints[line.split("==")[0].lower()] = line
+            constraints[Requirement(line).name.lower()] = line
     reqs = [*project["dependencies"], *project["optional-dependencies"]["distributed"]]
     out = []
     for req in reqs:
-        name = req.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower()
-        out.append(constraints.get(name, req))
+        out.append(constraints.get(Requirement(req).name.lower(), req))
     return python, out
 
 

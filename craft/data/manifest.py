@@ -289,7 +289,7 @@ def manifest_problems(spec: ManifestSpec) -> list[str]:
 def _all_there(paths: Sequence[str]) -> bool:
     """Whether every path still names something (``access(F_OK)``: a system call and no
     stat object per path, about half of ``os.stat``'s time)."""
-    return all(map(os.access, paths, repeat(os.F_OK, len(paths))))
+    return all(map(os.access, paths, repeat(os.F_OK)))
 
 
 #: Part of the split cache's key: a change to how splits are dealt must not reuse old ones.

@@ -22,6 +22,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -406,9 +407,26 @@ def test_workflow_on_slurm_matches_local(tmp_path, slurm_cluster, craft_env):
     print(f"SLURM + local runs: {time.monotonic() - t0:.0f} s")
 
 
-def checkpointing_lora(steps: int, every: int) -> dict:
-    """A lora method that trains ``steps`` steps and saves a checkpoint every ``every``."""
-    return {
+@dataclass(frozen=True)
+class AdaptRun:
+    """A tiny config whose lora method trains ``steps`` steps with a checkpoint every ``every``,
+    and the command that runs it through the SLURM profile up to the adapted model (prepare ->
+    pretrain -> adapt; the rest of the DAG is the other tests')."""
+
+    workdir: Path
+    profile: Path
+    prefix: str
+    since: str
+    card: Path
+    command: list[str]
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.card.parent / "checkpoint"
+
+
+def adapt_run(tmp_path: Path, cluster, env: dict, steps: int, every: int) -> AdaptRun:
+    methods = {
         "lora": {
             "kind": "lora",
             "steps": steps,
@@ -418,6 +436,14 @@ def checkpointing_lora(steps: int, every: int) -> dict:
             "checkpoint_every": every,
         }
     }
+    workdir = tmp_path / "slurm"
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(workdir / "results", methods), env)
+    profile = slurm_profile(tmp_path, cluster)
+    prefix = f"craft-test-{uuid.uuid4().hex[:8]}"
+    since = now_for_sacct()
+    card = Layout(workdir / "results").card(MODALITY, "lora", SEED)
+    command = snakemake_cmd(workdir, cfg, *slurm_args(profile, prefix), str(card))
+    return AdaptRun(workdir, profile, prefix, since, card, command)
 
 
 def running_adapt(prefix: str) -> list[str]:
@@ -438,27 +464,15 @@ def running_adapt(prefix: str) -> list[str]:
 def test_scancel_mid_adapt_is_retried_and_resumes(tmp_path, slurm_cluster, craft_env):
     """scancel an adapt job after its first checkpoint: the retry resumes from that step."""
     t0 = time.monotonic()
-    steps, every = 40, 5
-    methods = checkpointing_lora(steps, every)
-    workdir = tmp_path / "slurm"
-    lay = Layout(workdir / "results")
-    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(workdir / "results", methods), craft_env)
-    profile = slurm_profile(tmp_path, slurm_cluster)
-    prof = yaml.safe_load((profile / "config.yaml").read_text())
+    steps = 40
+    run = adapt_run(tmp_path, slurm_cluster, craft_env, steps, every=5)
+    workdir, prefix, since, card, checkpoint = (
+        run.workdir, run.prefix, run.since, run.card, run.checkpoint
+    )  # fmt: skip
+    prof = yaml.safe_load((run.profile / "config.yaml").read_text())
     assert prof.get("retries", 0) >= 1, "the SLURM profile must retry failed jobs"
-    prefix = f"craft-test-{uuid.uuid4().hex[:8]}"
-    since = now_for_sacct()
-    card = lay.card(MODALITY, "lora", SEED)
-    checkpoint = card.parent / "checkpoint"
     log = tmp_path / "slurm.log"
-    # target: the adapted model (prepare -> pretrain -> adapt); the rest of the DAG is the
-    # other test's
-    proc = start(
-        snakemake_cmd(workdir, cfg, *slurm_args(profile, prefix), str(card)),
-        workdir,
-        craft_env,
-        log,
-    )
+    proc = start(run.command, workdir, craft_env, log)
     cancelled = None
     try:
         end = time.monotonic() + 240
@@ -521,17 +535,11 @@ def test_a_controller_killed_hard_resumes_with_the_same_command(tmp_path, slurm_
     again clears the stale lock, cancels that orphan (it saves a checkpoint on SIGTERM), and
     submits it again, which resumes from the checkpoint."""
     t0 = time.monotonic()
-    steps, every = 400, 5
-    methods = checkpointing_lora(steps, every)
-    workdir = tmp_path / "slurm"
-    lay = Layout(workdir / "results")
-    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(workdir / "results", methods), craft_env)
-    profile = slurm_profile(tmp_path, slurm_cluster)
-    prefix = f"craft-test-{uuid.uuid4().hex[:8]}"
-    since = now_for_sacct()
-    card = lay.card(MODALITY, "lora", SEED)
-    checkpoint = card.parent / "checkpoint"
-    command = snakemake_cmd(workdir, cfg, *slurm_args(profile, prefix), str(card))
+    steps = 400
+    run = adapt_run(tmp_path, slurm_cluster, craft_env, steps, every=5)
+    workdir, prefix, since, card, checkpoint, command = (
+        run.workdir, run.prefix, run.since, run.card, run.checkpoint, run.command
+    )  # fmt: skip
     first = start(command, workdir, craft_env, tmp_path / "killed.log")
     again = None
     try:

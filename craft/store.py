@@ -70,6 +70,7 @@ class ImageColumn:
 
     def __init__(self, group: h5py.Group, name: str, n: int, resolution: int, channels: int):
         self.channels = channels
+        self.resolution, self.n = resolution, n
         shape = (n, resolution, resolution)
         self.ds = group.create_dataset(
             name,
@@ -78,22 +79,34 @@ class ImageColumn:
             dtype=np.uint8,
             chunks=(1, resolution, resolution, 1) if n else None,
         )
+        self.stored = 1  # channels on disk: self.ds.shape[-1], kept (h5py's shape is a call)
         self.end = 0  # rows below this may have been written
 
     def write(self, i: int, image: np.ndarray) -> None:
         """Put one (H, W, channels) uint8 image at row ``i``; (H, W, 1) is a gray image of
-        any modality (repeated to RGB only where the column holds colour already)."""
-        if self.ds.shape[-1] == 1 and self.channels == 3 and not _is_gray(image):
+        any modality (repeated to RGB only where the column holds colour already).
+
+        Each channel is one chunk of the uncompressed dataset, written as it is
+        (``write_direct_chunk``): a tenth of h5py's selection machinery per image, which was
+        most of prepare's own time beside its decode workers."""
+        r = self.resolution
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != (r, r):
+            raise ValueError(f"image must be uint8 ({r}, {r}, C), got {image.dtype} {image.shape}")
+        if not 0 <= i < self.n:
+            raise IndexError(f"row {i} outside the column's {self.n} rows")
+        if self.stored == 1 and self.channels == 3 and not _is_gray(image):
             self._widen(self.end)
-        if self.ds.shape[-1] == 1:
+        if self.stored == 1:
             image = image[..., :1]
         elif image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
-        self.ds[i] = image
+        for c in range(self.stored):
+            self.ds.id.write_direct_chunk((i, 0, 0, c), np.ascontiguousarray(image[..., c]))
         self.end = max(self.end, i + 1)
 
     def _widen(self, written: int, chunk: int = 64) -> None:
         self.ds.resize(3, axis=3)
+        self.stored = 3
         for a in range(0, written, chunk):
             gray = self.ds[a : a + chunk, ..., :1]
             self.ds[a : a + chunk] = np.repeat(gray, 3, axis=3)

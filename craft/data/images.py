@@ -28,6 +28,7 @@ The steps, in order, each governed by one field of :class:`ImageOptions` (which 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,19 @@ def read_image(path: Path, opts: ImageOptions, gray_once: bool = False) -> np.nd
     pixels = _apply_alpha(pixels, alpha, opts, path)
     pixels = _match_channels(pixels, opts, path, repeat_gray=not gray_once)
     return _to_square(pixels, opts)
+
+
+def read_images(opts: ImageOptions, paths: Sequence[Path | str]) -> list[np.ndarray | CraftError]:
+    """Each path's image read by :func:`read_image` with ``gray_once`` (a grayscale image with
+    one channel, as craft.store.ImageColumn stores it), or the error that says why it would
+    not read: one task of prepare's decode workers, which import this module and no more."""
+    out: list[np.ndarray | CraftError] = []
+    for path in paths:
+        try:
+            out.append(read_image(Path(path), opts, gray_once=True))
+        except CraftError as err:
+            out.append(err)
+    return out
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -20,7 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from craft.config import CraftConfig, ManifestSource, ModalityConfig
-from craft.data.images import ImageOptions, read_image
+from craft.data.images import ImageOptions, read_images
 from craft.data.manifest import (
     ManifestRow,
     ManifestRows,
@@ -76,18 +76,6 @@ def _options(m: ModalityConfig) -> ImageOptions:
     )
 
 
-def _decode_task(opts: ImageOptions, paths: Sequence[Path]) -> list[np.ndarray | CraftError]:
-    """One worker's task: each path's image (a grayscale one with one channel, as
-    ImageColumn stores it), or the error that says why it would not read."""
-    out: list[np.ndarray | CraftError] = []
-    for path in paths:
-        try:
-            out.append(read_image(path, opts, gray_once=True))
-        except CraftError as err:
-            out.append(err)
-    return out
-
-
 def decode_stream(
     paths: Iterable[Path | str], n: int, opts: ImageOptions, threads: int = 1
 ) -> Iterator[np.ndarray | CraftError]:
@@ -99,23 +87,26 @@ def decode_stream(
     tasks = (list(islice(todo_paths, IMAGES_PER_TASK)) for _ in range(0, n, IMAGES_PER_TASK))
     if threads <= 1 or n <= IMAGES_PER_TASK:
         for task in tasks:
-            yield from _decode_task(opts, task)
+            yield from read_images(opts, task)
         return
     # forkserver: a worker does not inherit this process's rows (a fork would, and its
-    # garbage collector would then copy them page by page: memory per worker growing with N)
+    # garbage collector would then copy them page by page: memory per worker growing with N).
+    # Its task, craft.data.images.read_images, is all a worker imports: numpy and Pillow,
+    # a fifth of a second, not the config's pydantic models (a second per worker).
     context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["craft.data.images"])  # imported once, before the forks
     with ProcessPoolExecutor(max_workers=threads, mp_context=context) as pool:
         pending: deque[Future] = deque()
         todo = iter(tasks)
         for task in todo:
-            pending.append(pool.submit(_decode_task, opts, task))
+            pending.append(pool.submit(read_images, opts, task))
             if len(pending) >= 2 * threads:
                 break
         while pending:
             done = pending.popleft().result()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.submit(_decode_task, opts, nxt))
+                pending.append(pool.submit(read_images, opts, nxt))
             yield from done
 
 

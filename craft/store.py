@@ -147,14 +147,20 @@ def image_dataset(group: h5py.Group, name: str, images: np.ndarray) -> h5py.Data
 
 @contextmanager
 def atomic_h5(
-    path: Path, kind: str, config_digest: str, command: str | None = None, attrs: Mapping = {}
+    path: Path,
+    kind: str,
+    config_digest: str,
+    command: str | None = None,
+    attrs: Mapping = {},
+    libver: str | None = None,
 ) -> Iterator[h5py.File]:
-    """Open ``path`` for writing through a temporary file that is renamed on success only."""
+    """Open ``path`` for writing through a temporary file that is renamed on success only
+    (``libver``: the oldest HDF5 file format it may use, h5py's option)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=libver) as f:
             yield f
             _stamp(f, kind, config_digest, command, attrs)
         os.replace(tmp, path)

@@ -121,15 +121,21 @@ class ManifestRows(Sequence):
     their strings is about 1 kB (230 MB for CheXpert's 224k rows, in prepare and at every
     plan that deals the splits)."""
 
-    def __init__(self, labels: Sequence[str] = ()):
+    def __init__(self, labels: Sequence[str] = (), keep_files: bool = True):
         self._label_names: list[str] = list(labels)
         self._label_code = {name: i for i, name in enumerate(self._label_names)}
-        self._lines = array("q")
-        self._labels = array("l")
+        self._lines = array("i")
+        self._labels = array("h")
         self._splits = array("b")  # index into SPLITS, -1 for none
-        self._files = _Strings()
-        self._patients = _Strings()  # "" for none
+        # Without files (prepare's scan, :func:`scan_manifest`): the lines, labels and splits
+        # alone, 7 bytes a row; prepare reads each row's file and patient again as it decodes.
+        self._files = _Strings() if keep_files else None
+        self._patients = _Strings() if keep_files else None  # "" for none
         self._patient_codes: tuple[np.ndarray, list[bytes]] | None = None
+
+    @property
+    def keeps_files(self) -> bool:
+        return self._files is not None
 
     def append(self, row: ManifestRow) -> None:
         code = self._label_code.get(row.label)
@@ -139,9 +145,22 @@ class ManifestRows(Sequence):
         self._lines.append(row.row)
         self._labels.append(code)
         self._splits.append(SPLITS.index(row.split) if row.split else -1)
-        self._files.append(row.file)
-        self._patients.append(row.patient or "")
+        if self._files is not None:
+            self._files.append(row.file)
+            self._patients.append(row.patient or "")
         self._patient_codes = None
+
+    def _need_files(self) -> None:
+        if self._files is None:
+            raise TypeError("these manifest rows were read without their files (keep_files=False)")
+
+    def lines(self) -> np.ndarray:
+        """Each row's line in the CSV (int32)."""
+        return np.frombuffer(self._lines, dtype=np.int32) if len(self) else np.zeros(0, np.int32)
+
+    def split_codes(self) -> np.ndarray:
+        """Each row's explicit split as an index into SPLITS, -1 where the row names none."""
+        return np.frombuffer(self._splits, dtype=np.int8) if len(self) else np.zeros(0, np.int8)
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -149,6 +168,7 @@ class ManifestRows(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
+        self._need_files()
         if i < 0:
             i += len(self)
         split = self._splits[i]
@@ -167,19 +187,22 @@ class ManifestRows(Sequence):
 
     def file(self, i: int) -> str:
         """Row ``i``'s file, an absolute path."""
+        self._need_files()
         return self._files[int(i)]
 
     def files(self) -> Iterator[str]:
+        self._need_files()
         return (self._files[i] for i in range(len(self)))
 
     def label_codes(self, labels: Sequence[str]) -> np.ndarray:
         """Each row's label as its index in ``labels`` (int64)."""
         where = np.array([list(labels).index(name) for name in self._label_names] or [0])
-        return where[np.frombuffer(self._labels, dtype=np.int_)] if len(self) else where[:0]
+        return where[np.frombuffer(self._labels, dtype=np.int16)] if len(self) else where[:0]
 
     def patients(self) -> np.ndarray:
         """Each row's patient code (int64; -1 for a row that names none): rows of one patient
         share one, :meth:`patient_name` gives its name."""
+        self._need_files()
         if self._patient_codes is None:
             self._patient_codes = self._patients.codes()
         codes, names = self._patient_codes
@@ -192,6 +215,7 @@ class ManifestRows(Sequence):
     def patient_name(self, code: int) -> str | None:
         if code < 0:
             return None
+        self._need_files()
         if self._patient_codes is None:
             self._patient_codes = self._patients.codes()
         return self._patient_codes[1][code].decode("utf-8", "surrogateescape")
@@ -302,7 +326,7 @@ def split_cache_key(spec: ManifestSpec) -> str:
     image root its paths start from, the labels, the fractions and the seed."""
     h = hashlib.sha256()
     with Path(spec.csv).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(1 << 16), b""):
             h.update(block)
     what = [
         SPLIT_RULES,
@@ -313,6 +337,31 @@ def split_cache_key(spec: ManifestSpec) -> str:
     ]
     h.update(json.dumps(what, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def cached_splits(spec: ManifestSpec, n: int) -> np.ndarray | None:
+    """Each of a sound manifest's ``n`` rows' split as an index into SPLITS (int8), from the
+    split cache (:func:`manifest_splits`), or None where the cache does not hold them. A
+    kept error is raised."""
+    if spec.cache_dir is None:
+        return None
+    path = Path(spec.cache_dir) / f"{split_cache_key(spec)}.json"
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(kept, dict):
+        return None
+    if "error" in kept:
+        raise CraftError(str(kept["error"]))
+    codes = kept.get("splits")
+    if not isinstance(codes, str) or len(codes) != n:
+        return None
+    table = np.full(256, -1, dtype=np.int8)
+    for i, s in enumerate(SPLITS):
+        table[ord(_SPLIT_CODE[s])] = i
+    out = table[np.frombuffer(codes.encode("ascii", "replace"), dtype=np.uint8)]
+    return None if (out < 0).any() else out
 
 
 def manifest_splits(spec: ManifestSpec, rows: Sequence[ManifestRow]) -> list[str]:
@@ -355,19 +404,20 @@ def manifest_splits(spec: ManifestSpec, rows: Sequence[ManifestRow]) -> list[str
 
 
 def scan_manifest(
-    csv_path: Path, image_root: Path, labels: Sequence[str]
+    csv_path: Path, image_root: Path, labels: Sequence[str], keep_files: bool = True
 ) -> tuple[ManifestRows, list[str]]:
     """The manifest's good rows and every problem of it, one line each, in one pass.
 
     No image is read: a row's file must exist and lie under the image root (or be absolute).
     A problem of the file itself (missing, unreadable, no header) is raised at once. The CSV
     is read a record at a time and the rows kept as columns (:class:`ManifestRows`), so
-    memory is about 100 bytes a row.
+    memory is about 100 bytes a row; without ``keep_files`` 7 bytes a row (the same checks,
+    the rows without their files and patients: :func:`manifest_records` reads them again).
     """
     csv_path = Path(csv_path)
     image_root = Path(image_root)
     allowed = list(labels)
-    rows = ManifestRows(allowed)
+    rows = ManifestRows(allowed, keep_files=keep_files)
     problems: list[tuple[int, str]] = []
     # (device, inode) of each good row, for the duplicates: found at the end, from arrays
     devices, inodes = array("Q"), array("Q")
@@ -397,7 +447,11 @@ def scan_manifest(
                 rows.append(row)
                 devices.append(st.st_dev)
                 inodes.append(st.st_ino)
+    if not keep_files and _duplicates(devices, inodes):
+        # the messages name both rows' files: read them (a manifest that fails anyway)
+        return scan_manifest(csv_path, image_root, labels, keep_files=True)
     rows = _without_duplicates(rows, devices, inodes, root, csv_path, problems)
+    del devices, inodes
     problems = [text for _, text in sorted(problems, key=lambda p: p[0])]
     if not len(rows) and not problems:
         raise CraftError(f"{csv_path}: has a header but no rows; list one image per line")
@@ -411,22 +465,30 @@ def scan_manifest(
     return rows, problems
 
 
+def _duplicates(devices, inodes) -> dict[int, int]:
+    """{row index: the index of the earlier row of the same file} for each row whose file
+    (the same device and inode) an earlier row lists."""
+    dev = np.frombuffer(devices, dtype=np.uint64)
+    ino = np.frombuffer(inodes, dtype=np.uint64)
+    if len(dev) < 2:
+        return {}
+    order = np.lexsort((ino, dev))  # stable: rows of one file stay in line order
+    same = (dev[order][1:] == dev[order][:-1]) & (ino[order][1:] == ino[order][:-1])
+    if not same.any():
+        return {}
+    first = order.copy()
+    for k in np.flatnonzero(same):  # a run of equal keys points back to its first row
+        first[k + 1] = first[k]
+    return {int(order[k + 1]): int(first[k + 1]) for k in np.flatnonzero(same)}
+
+
 def _without_duplicates(rows, devices, inodes, root: str, csv_path, problems) -> ManifestRows:
     """``rows`` less the later rows of any file listed twice (by another relative path, a
     symlink or a hard link: the same device and inode), each a problem naming the line that
     listed it first."""
-    dev = np.frombuffer(devices, dtype=np.uint64)
-    ino = np.frombuffer(inodes, dtype=np.uint64)
-    if len(rows) < 2:
+    later = _duplicates(devices, inodes)
+    if not later:
         return rows
-    order = np.lexsort((ino, dev))  # stable: rows of one file stay in line order
-    same = (dev[order][1:] == dev[order][:-1]) & (ino[order][1:] == ino[order][:-1])
-    if not same.any():
-        return rows
-    first = order.copy()
-    for k in np.flatnonzero(same):  # a run of equal keys points back to its first row
-        first[k + 1] = first[k]
-    later = {int(order[k + 1]): int(first[k + 1]) for k in np.flatnonzero(same)}
     kept = ManifestRows(rows._label_names)
     for i, row in enumerate(rows):
         if i not in later:
@@ -473,13 +535,7 @@ def _row(line, rec, header, col, allowed, root: str) -> tuple[ManifestRow, os.st
             f"split {rec[col['split']].strip()!r} is not one of train, val, test (or empty to "
             "assign it); fix the row"
         )
-    given = os.path.expanduser(raw_path)
-    path = os.path.normpath(os.path.join(root, given))  # an absolute ``given`` wins
-    if not os.path.isabs(given) and not (path == root or path.startswith(root + os.sep)):
-        raise CraftError(
-            f"path {raw_path!r} leads out of the image root {root}; give a path inside "
-            "it, or an absolute path"
-        )
+    path = _resolve(raw_path, root)
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -488,6 +544,49 @@ def _row(line, rec, header, col, allowed, root: str) -> tuple[ManifestRow, os.st
         raise _Missing(f"is a folder, not an image file: {path}")
     patient = rec[col["patient"]].strip() if "patient" in col else ""
     return ManifestRow(line, path, label, split or None, patient or None), st
+
+
+def _resolve(raw_path: str, root: str) -> str:
+    """A row's file: its stripped path, absolute or under ``root``; a CraftError where a
+    relative path leads out of the root."""
+    given = os.path.expanduser(raw_path)
+    path = os.path.normpath(os.path.join(root, given))  # an absolute ``given`` wins
+    if not os.path.isabs(given) and not (path == root or path.startswith(root + os.sep)):
+        raise CraftError(
+            f"path {raw_path!r} leads out of the image root {root}; give a path inside "
+            "it, or an absolute path"
+        )
+    return path
+
+
+def manifest_records(
+    csv_path: Path, image_root: Path, lines: Sequence[int]
+) -> Iterator[tuple[str, str]]:
+    """(file, patient or "") of each row of a manifest that :func:`scan_manifest` kept,
+    read again a record at a time: the rows at ``lines`` (its rows' lines, in order), so that
+    prepare holds no string a row. The CSV must not change in between: a kept row that is
+    not where the scan found it is a CraftError."""
+    csv_path = Path(csv_path)
+    root = os.path.abspath(image_root)
+    k, n = 0, len(lines)
+    with _open_table(csv_path) as (_, header, names, records):
+        at_path = names.index("path")
+        at_patient = next((names.index(c) for c in PATIENT_COLUMNS if c in names), None)
+        for line, rec in records:
+            if k == n:
+                break
+            if line < lines[k]:
+                continue  # a row the scan did not keep
+            if line > lines[k] or len(rec) != len(header):
+                break
+            patient = rec[at_patient].strip() if at_patient is not None else ""
+            yield _resolve(rec[at_path].strip(), root), patient
+            k += 1
+    if k != n:
+        raise CraftError(
+            f"{csv_path}: changed while craft read it (row {k + 1} of {n} is not where it was); "
+            "leave the manifest as it is while prepare runs, and run it again"
+        )
 
 
 @contextmanager

@@ -30,23 +30,29 @@ import numpy as np
 from craft.config import CraftConfig, ManifestSource, ModalityConfig
 from craft.data.images import ImageOptions, read_images
 from craft.data.manifest import (
+    SPLITS,
     ManifestRow,
     ManifestRows,
     ManifestSpec,
     assign_splits,
+    cached_splits,
     check_rows,
     first_problem,
+    manifest_records,
     manifest_splits,
     read_manifest,
+    scan_manifest,
 )
 from craft.data.phantoms import PHANTOMS, draw_batch
 from craft.errors import CraftError
 from craft.progress import log, progress
-from craft.store import SPLITS, STR, ImageColumn, atomic_h5
+from craft.store import STR, ImageColumn, atomic_h5
 
 #: Images one worker decodes per task: enough to amortise the hand-over, few enough that
 #: memory stays a few images per worker (at 512 px RGB, 16 images are 12.6 MB).
 IMAGES_PER_TASK = 16
+#: Paths and patients written to the data file at a time (a few hundred kB of strings).
+STRINGS_PER_WRITE = 4096
 
 
 def _from_phantoms(
@@ -110,12 +116,30 @@ def decode_stream(
             yield from done
 
 
-def _write_strings(group, name: str, rows: np.ndarray, value, chunk: int = 4096) -> None:
-    """``group[name]``: the string ``value(i)`` of each row index in ``rows``, written a chunk
-    at a time (a whole split's strings as one list is 20 MB at CheXpert's size)."""
-    ds = group.create_dataset(name, shape=(len(rows),), dtype=STR)
-    for a in range(0, len(rows), chunk):
-        ds[a : a + chunk] = [value(int(i)) for i in rows[a : a + chunk]]
+class _SplitStrings:
+    """A split's ``paths`` and ``patients`` string datasets, appended in row order and written
+    a chunk at a time (a whole split's strings as one list is 20 MB at CheXpert's size)."""
+
+    def __init__(self, group, n: int, chunk: int | None = None):
+        self.ds = [
+            group.create_dataset(name, shape=(n,), dtype=STR) for name in ("paths", "patients")
+        ]
+        self.chunk, self.done = chunk or STRINGS_PER_WRITE, 0
+        self.todo: tuple[list[str], list[str]] = ([], [])
+
+    def append(self, path: str, patient: str) -> None:
+        self.todo[0].append(path)
+        self.todo[1].append(patient)
+        if len(self.todo[0]) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        k = len(self.todo[0])
+        for ds, values in zip(self.ds, self.todo, strict=True):
+            if k:
+                ds[self.done : self.done + k] = values
+            values.clear()
+        self.done += k
 
 
 def job_cpus() -> int:
@@ -146,69 +170,115 @@ def check_data(cfg: CraftConfig, modality: str, threads: int = 1) -> tuple[int, 
     return len(rows) - len(bad), problems + bad
 
 
+def _manifest_rows(cfg: CraftConfig, modality: str) -> tuple[ManifestRows, np.ndarray]:
+    """A manifest's rows without their files (:func:`scan_manifest`, every row checked, 7 bytes
+    a row) and each row's split (int8 index into SPLITS), from the split cache the plan
+    filled; where it has not (prepare run alone), dealt from the full rows, which are
+    dropped before the images are read."""
+    m = cfg.modality(modality)
+    spec = ManifestSpec.of(cfg, modality)
+    rows, problems = scan_manifest(spec.csv, spec.image_root, m.labels, keep_files=False)
+    if problems:
+        raise first_problem(problems, "problem(s)")
+    splits = cached_splits(spec, len(rows))
+    if splits is None:
+        full = read_manifest(spec.csv, spec.image_root, m.labels)
+        dealt = manifest_splits(spec, full)
+        splits = np.fromiter((SPLITS.index(x) for x in dealt), dtype=np.int8, count=len(full))
+        del full, dealt
+    return rows, splits
+
+
 def prepare(cfg: CraftConfig, modality: str, out: Path, threads: int = 1) -> Path:
     """Read or draw the modality's images, split them, and write ``out`` atomically.
 
     A manifest's images are decoded by ``threads`` processes and written as they come; a file
     that does not read does not stop the others, and prepare then fails naming the first
-    (``craft data check`` lists all) and leaves no file.
+    (``craft data check`` lists all) and leaves no file. Memory does not follow the number of
+    rows beyond a few bytes a row: the rows are checked and dealt first and kept without their
+    files, which are read from the manifest again as the images are decoded, and once more
+    for the paths and patients the file lists.
     """
     m = cfg.modality(modality)
-    findings, finding_names, phantom_images = None, [], None
+    findings, finding_names = None, []
     if m.source.kind == "phantom":
         rows, phantom_images, findings, finding_names = _from_phantoms(m)
         dealt = assign_splits(rows, m.splits.fractions, m.splits.seed)
+        splits = np.fromiter((SPLITS.index(x) for x in dealt), dtype=np.int8, count=len(rows))
+
+        def records() -> Iterator[tuple[str, str]]:
+            return ((f, "") for f in rows.files())
+
+        def read(paths: Iterator[str]) -> Iterator:
+            return (image for _, image in zip(paths, phantom_images, strict=True))
+
+        where = f"phantom {m.source.phantom}"
     else:
         src: ManifestSource = m.source
-        rows = read_manifest(src.manifest, src.image_root, m.labels)
-        dealt = manifest_splits(ManifestSpec.of(cfg, modality), rows)
-    # every row's split as an index into SPLITS; memory a few bytes a row (CheXpert: 224k)
-    code = {split: i for i, split in enumerate(SPLITS)}
-    splits = np.fromiter((code[x] for x in dealt), dtype=np.int8, count=len(rows))
-    del dealt
+        rows, splits = _manifest_rows(cfg, modality)
+
+        def records() -> Iterator[tuple[str, str]]:
+            return manifest_records(src.manifest, src.image_root, rows.lines())
+
+        def read(paths: Iterator[str]) -> Iterator:
+            return decode_stream(paths, len(rows), _options(m), threads)
+
+        where = str(src.manifest)
+    n, lines = len(rows), rows.lines()
     label_idx = rows.label_codes(m.labels)
-    patients = rows.patients()
     attrs = {
         "labels": list(m.labels),
         "modality": modality,
         "findings": finding_names,
         "channels": m.channels,
     }
-    with atomic_h5(out, "data", cfg.spec("prepare", modality).digest, attrs=attrs) as f:
-        columns, position = [], np.zeros(len(rows), dtype=np.int64)
+    # HDF5 1.10's file format: its index of a dataset's chunks (one per image) is a fixed
+    # array, which holds a third of the memory of the older B-tree at CheXpert's size
+    with atomic_h5(
+        out, "data", cfg.spec("prepare", modality).digest, attrs=attrs, libver="v110"
+    ) as f:
+        columns, groups = [], []
         for k, split in enumerate(SPLITS):
             sel = np.flatnonzero(splits == k)
-            position[sel] = np.arange(len(sel))
             g = f.create_group(split)
+            groups.append(g)
             columns.append(ImageColumn(g, "images", len(sel), m.resolution, m.channels))
             g.create_dataset("labels", data=label_idx[sel])
-            _write_strings(g, "paths", sel, rows.file)
-            _write_strings(g, "patients", sel, lambda i: rows.patient_name(patients[i]) or "")
             if findings is not None:
                 g.create_dataset("findings", data=findings[sel])
-        if phantom_images is not None:
-            images: Iterator = iter(phantom_images)
-        else:
-            images = decode_stream(rows.files(), len(rows), _options(m), threads)
+        filled = [0] * len(SPLITS)  # rows of each split written so far
         problems = []
-        for i, image in enumerate(progress(images, len(rows), f"{modality}: reading images")):
+        images = read(file for file, _ in records())
+        for i, image in enumerate(progress(images, n, f"{modality}: reading images")):
+            k = int(splits[i])
+            at, filled[k] = filled[k], filled[k] + 1
             if isinstance(image, CraftError):
-                problems.append(f"{m.source.manifest} line {rows[i].row}: {image}")
+                problems.append(f"{where} line {lines[i]}: {image}")
             elif not problems:
-                columns[splits[i]].write(int(position[i]), image)
+                columns[k].write(at, image)
         if problems:
             raise first_problem(problems, "file(s)")
         stored = {s: c.ds.shape[-1] for s, c in zip(SPLITS, columns, strict=True)}
+        # the rows' paths and patients, a second reading of the manifest once the decode
+        # workers are gone (HDF5's memory for a split's strings grows with their number);
+        # each row's patient kept as a hash, for the count of patients per split below
+        patient_key, named = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        strings = [_SplitStrings(g, c.n) for g, c in zip(groups, columns, strict=True)]
+        for i, (file, patient) in enumerate(records()):
+            strings[splits[i]].append(file, patient)
+            if patient:
+                patient_key[i], named[i] = hash(patient), True
+        for column in strings:
+            column.flush()
     counts = {s: int((splits == k).sum()) for k, s in enumerate(SPLITS)}
     log(f"wrote {out}: {counts} images, labels {list(m.labels)}, channels on disk {stored}")
-    named = patients >= 0
     if named.any():
         per_split = {
-            s: len(np.unique(patients[named & (splits == k)])) for k, s in enumerate(SPLITS)
+            s: len(np.unique(patient_key[named & (splits == k)])) for k, s in enumerate(SPLITS)
         }
         rest = int((~named).sum())
         log(
-            f"{len(np.unique(patients[named]))} patients, none in two splits: {per_split}"
+            f"{len(np.unique(patient_key[named]))} patients, none in two splits: {per_split}"
             + (f"; {rest} rows name no patient (each taken as its own)" if rest else "")
         )
     return Path(out)

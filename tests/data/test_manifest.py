@@ -465,3 +465,71 @@ def test_manifest_rows_keep_every_field_as_columns():
     want = [LABELS.index(r.label) for r in given]
     assert rows.label_codes(LABELS).tolist() == want
     assert np.array_equal(rows.label_codes(LABELS[::-1]), [len(LABELS) - 1 - w for w in want])
+
+
+def test_rows_without_files_are_the_same_rows_and_their_files_read_again(tmp_path, root):
+    """prepare's scan keeps lines, labels and splits only; manifest_records gives each kept
+    row's file and patient again, skipping the rows the scan did not keep."""
+    from craft.data.manifest import manifest_records
+
+    text = (
+        "path,label,split,patient\n"
+        "a.png,normal,train,P1\n"
+        "\n"
+        "gone.png,normal,,P2\n"
+        " sub/d.png , effusion , ,P3\n"
+        f"{root / 'c.png'},effusion,,\n"
+    )
+    csv = write_csv(tmp_path, text)
+    full, problems = scan_manifest(csv, root, LABELS)
+    light, light_problems = scan_manifest(csv, root, LABELS, keep_files=False)
+    assert problems == light_problems and len(problems) == 1  # gone.png, in both
+    assert not light.keeps_files
+    assert light.lines().tolist() == [r.row for r in full] == [2, 5, 6]
+    assert light.split_codes().tolist() == [0, -1, -1]
+    assert light.label_codes(LABELS).tolist() == full.label_codes(LABELS).tolist() == [0, 1, 1]
+    with pytest.raises(TypeError, match="without their files"):
+        light.file(0)
+    again = list(manifest_records(csv, root, light.lines()))
+    assert again == [(r.file, r.patient or "") for r in full]
+
+
+def test_a_manifest_changed_between_the_scan_and_the_second_reading_is_refused(tmp_path, root):
+    from craft.data.manifest import manifest_records
+
+    csv = write_csv(tmp_path, "path,label\na.png,normal\nb.png,effusion\n")
+    rows, _ = scan_manifest(csv, root, LABELS, keep_files=False)
+    csv.write_text("path,label\na.png,normal\n\nb.png,effusion\n")  # b moved down a line
+    with pytest.raises(CraftError, match=r"manifest\.csv: changed while craft read it"):
+        list(manifest_records(csv, root, rows.lines()))
+
+
+def test_a_scan_without_files_names_duplicates_as_the_full_scan_does(tmp_path, root):
+    csv = write_csv(tmp_path, "path,label\na.png,normal\nb.png,effusion\n./sub/../a.png,effusion\n")
+    full = scan_manifest(csv, root, LABELS)[1]
+    assert scan_manifest(csv, root, LABELS, keep_files=False)[1] == full
+    assert "line 4: duplicate path" in full[0]
+
+
+def test_cached_splits_are_the_dealt_splits_and_none_where_not_dealt(tmp_path, root):
+    from craft.data.manifest import (
+        SPLITS,
+        ManifestSpec,
+        cached_splits,
+        manifest_splits,
+        read_manifest,
+    )
+
+    for i in range(12):
+        (root / f"x{i}.png").write_bytes(b"\x89PNG")
+    text = "path,label\n" + "".join(f"x{i}.png,{LABELS[i % 2]}\n" for i in range(12))
+    csv = write_csv(tmp_path, text)
+    spec = ManifestSpec(csv, root, tuple(LABELS), {"train": 0.5, "val": 0.25, "test": 0.25}, 0,
+                        tmp_path / "cache")  # fmt: skip
+    assert cached_splits(spec, 12) is None
+    dealt = manifest_splits(spec, read_manifest(csv, root, LABELS))
+    codes = cached_splits(spec, 12)
+    assert [SPLITS[c] for c in codes] == dealt
+    assert cached_splits(spec, 11) is None  # other rows: deal again
+    csv.write_text(text + "\n")  # other bytes, another key
+    assert cached_splits(spec, 12) is None

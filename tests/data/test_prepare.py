@@ -134,3 +134,54 @@ def test_an_image_column_widens_to_rgb_at_the_first_colour_image(tmp_path):
         col.write(3, gray[2][..., :1])  # a decode worker hands gray over with one channel
         assert f["images"].shape == (4, 8, 8, 3)
         assert np.array_equal(expand_channels(f["images"][()], 3), np.stack(images))
+
+
+def _many_rows(tmp_path, n_rows: int):
+    """A manifest of ``n_rows`` distinct 4x4 PNGs (three rows a patient, long paths as a site's
+    are), its config, and the split cache filled as the plan fills it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from craft.data.manifest import ManifestSpec, manifest_problems
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 4), 90, np.uint8)).save(buf, format="PNG")
+    root = tmp_path / f"rows{n_rows}"
+    lines = ["path,label,patient"]
+    for i in range(n_rows):
+        rel = f"patient-{i // 3:06d}/study-{i % 3}/view1_frontal_acquired_upright.png"
+        (root / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "images" / rel).write_bytes(buf.getvalue())
+        lines.append(f"{rel},{LABELS[(i // 3) % 2]},patient-{i // 3:06d}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    raw = site_config(root / "manifest.csv", root / "images")
+    raw["results"] = str(tmp_path / f"results{n_rows}")
+    raw["modalities"]["site-ct"].update(resolution=16, channels=1)
+    cfg = validate_config(raw)
+    assert manifest_problems(ManifestSpec.of(cfg, "site-ct")) == []  # the plan's check
+    return cfg
+
+
+def test_prepare_holds_no_string_a_row_after_the_plan(tmp_path, monkeypatch):
+    """The rows' files and patients are read from the manifest as they are written, not
+    held: a manifest four times as long adds a few bytes a row to prepare's peak (lines,
+    labels, splits, a patient hash), where holding each row's file and patient is over 100
+    (the columns of ManifestRows) and a ManifestRow object a row about 1 kB."""
+    import tracemalloc
+
+    import craft.data.prepare
+
+    monkeypatch.setattr(craft.data.prepare, "STRINGS_PER_WRITE", 128)  # chunks below both sizes
+    peaks = {}
+    prepare(_many_rows(tmp_path, 300), "site-ct", tmp_path / "warm.h5")  # one-time allocations
+    for n in (1500, 6000):
+        cfg = _many_rows(tmp_path, n)
+        tracemalloc.start()
+        out = prepare(cfg, "site-ct", tmp_path / f"{n}.h5")
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert sum(len(read_split(out, s)) for s in ("train", "val", "test")) == n
+    per_row = (peaks[6000] - peaks[1500]) / 4500
+    assert per_row < 40, (per_row, peaks)

@@ -10,6 +10,8 @@ and for this checkout, one after the other for each figure:
 - prepare at scale: wall time and peak memory (the process tree's RSS) at each size;
 - prepare at 512 px on the real-size files: images/s against a plain one-process PIL/pydicom
   decode-and-resize loop over the same files, and peak memory at two sizes;
+- decode: whole processes in turn (A B A B), ``craft prepare --threads 2`` against the plain
+  loop over a few thousand real-size files, the ratio pair by pair;
 - the stages: peak memory of adapt, reference, downstream and fidelity on phantom data sets
   of two sizes (Snakemake's benchmark files of a real workflow run);
 - storage: bytes per image and read speed of a 512 px split without compression, lzf, gzip.
@@ -360,6 +362,36 @@ def part_real(codes, work, record, n_png, n_dcm, resolution=512):
     floors()  # again after: the machine's speed may drift during the part
 
 
+def part_decode(codes, work, record, n_png, n_dcm, pairs, resolution=512):
+    """Whole processes in turn, A B A B: ``craft prepare --threads 2`` (start-up, the plan's
+    dealing, decode and the HDF5 file all included) against the plain one-process loop in a
+    process of its own, over the same real-size files; the ratio is taken pair by pair, so
+    that the machine's drift between runs moves both sides of a pair alike."""
+    root = work / "real"
+    full = write_real_files(root, n_png, n_dcm)
+    loop = [sys.executable, "-c",
+            "import sys, json; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "import bench_scale as b; print(json.dumps(b.plain_loop(Path(sys.argv[2]), "
+            "Path(sys.argv[3]), int(sys.argv[4]))))",
+            str(REPO / "bench"), str(full), str(root / "images"), str(resolution)]  # fmt: skip
+    for code in codes:
+        if code.name == "baseline":
+            continue  # the baseline's prepare has no decode workers
+        results = work / f"decode-{code.name}"
+        cfg = site_config(work / f"decode-{code.name}.yaml", full, root / "images", resolution,
+                          results)  # fmt: skip
+        out = results / "data.h5"
+        args = ["prepare", "--config", str(cfg), "--modality", "chexpert", "--out", str(out),
+                "--threads", "2"]  # fmt: skip
+        for pair in range(pairs):
+            a = run(code.craft(*args), code.root, code.env)
+            out.unlink()
+            b = run(loop, REPO, dict(os.environ))
+            record(part="decode", code=code.name, pair=pair, rows=n_png + n_dcm,
+                   craft_wall_s=a["wall_s"], loop_wall_s=b["wall_s"],
+                   craft_peak_rss_mb=a["peak_rss_mb"], ratio=b["wall_s"] / a["wall_s"])  # fmt: skip
+
+
 def part_stages(codes, work, record, sizes):
     """Peak memory of the stages that read a data split, on a phantom-derm data set of each
     size (32 px RGB): the inputs made once by a workflow run, then each stage's command run
@@ -580,6 +612,17 @@ def summarize(path: Path) -> str:
                 out.append(f"| {code} | {t} | {n} | {dt:.1f} | {n / dt:.1f} | "
                            f"{median(floor):.1f} | {n / dt / median(floor):.2f}x |")  # fmt: skip
         out.append("")
+    dec = [r for r in rows if r["part"] == "decode"]
+    if dec:
+        out += ["| files | pairs | craft prepare --threads 2, s (median) | plain loop, s "
+                "(median) | loop / craft, pair by pair: median (min-max) |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        ratios = [r["ratio"] for r in dec]
+        out.append(f"| {dec[0]['rows']:,} | {len(dec)} | "
+                   f"{median(r['craft_wall_s'] for r in dec):.1f} | "
+                   f"{median(r['loop_wall_s'] for r in dec):.1f} | {median(ratios):.2f}x "
+                   f"({min(ratios):.2f}-{max(ratios):.2f}) |")  # fmt: skip
+        out.append("")
     st = [r for r in rows if r["part"] == "stages"]
     if st:
         sizes = sorted({r["n_per_label"] for r in st})
@@ -608,11 +651,13 @@ def main(argv=None) -> None:
     ap.add_argument("--work", type=Path, required=True, help="Scratch folder (tens of GB).")
     ap.add_argument("--baseline", default="5be17e7", help="Baseline commit.")
     ap.add_argument("--out", type=Path, required=True, help="JSON lines, one per figure.")
-    ap.add_argument("--parts", default="plan,jobs,prepare,real,stages,storage")
+    ap.add_argument("--parts", default="plan,jobs,prepare,real,decode,stages,storage")
     ap.add_argument("--rows", default="10000,100000,224000", help="Manifest sizes.")
     ap.add_argument("--prepare-rows", default="10000,224000", help="Sizes prepare runs at.")
     ap.add_argument("--repeats", type=int, default=3, help="Plans after the first.")
     ap.add_argument("--real", default="600,200", help="Real-size PNG,DICOM files.")
+    ap.add_argument("--decode-files", default="2400,800", help="PNG,DICOM files, decode part.")
+    ap.add_argument("--pairs", type=int, default=4, help="A B pairs of the decode part.")
     ap.add_argument("--stage-sizes", default="2000,20000", help="Phantoms per label.")
     ap.add_argument("--codes", default="baseline,craft", help="Which code(s) to measure.")
     ap.add_argument("--summarize", action="store_true", help="Only print --out's tables.")
@@ -635,6 +680,9 @@ def main(argv=None) -> None:
     if "real" in parts:
         n_png, n_dcm = (int(x) for x in a.real.split(","))
         part_real(codes, a.work, record, n_png, n_dcm)
+    if "decode" in parts:
+        n_png, n_dcm = (int(x) for x in a.decode_files.split(","))
+        part_decode(codes, a.work, record, n_png, n_dcm, a.pairs)
     if "stages" in parts:
         part_stages(codes, a.work, record, [int(x) for x in a.stage_sizes.split(",")])
     if "storage" in parts:

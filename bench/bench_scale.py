@@ -121,6 +121,13 @@ class Code:
     def snakemake(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "snakemake", "-s", str(self.root / "Snakefile"), *args]
 
+    def prepare_has_workers(self) -> bool:
+        """Whether this version's prepare takes ``--threads`` (decode workers and the plan's
+        split cache came together; 5be17e7 has neither, a later baseline both)."""
+        help_ = subprocess.run(self.craft("prepare", "--help"), env=self.env, cwd=self.root,
+                               capture_output=True, text=True)  # fmt: skip
+        return "--threads" in help_.stdout
+
 
 def baseline_checkout(work: Path, rev: str) -> Path:
     """A git worktree of the baseline commit (made once)."""
@@ -276,6 +283,7 @@ def part_prepare(codes, work, record, sizes, resolution=64):
     first: the split cache of results/data/.splits), and alone, dealing them itself. The
     baseline keeps no splits: once."""
     full = write_site(work / "site", max(sizes), round(max(sizes) / 3))
+    modern = {code.name: code.prepare_has_workers() for code in codes}
     for n in sizes:
         manifest = prefix_manifest(full, n)
         for code in codes:
@@ -284,15 +292,15 @@ def part_prepare(codes, work, record, sizes, resolution=64):
                               full.parent / "images", resolution, results)  # fmt: skip
             out = results / "data.h5"
             args = ["prepare", "--config", str(cfg), "--modality", "chexpert", "--out", str(out)]
-            if code.name != "baseline":
+            if modern[code.name]:
                 args += ["--threads", "2"]
-            for after_plan in (True, False) if code.name != "baseline" else (False,):
+            for after_plan in (True, False) if modern[code.name] else (False,):
                 shutil.rmtree(results / "data" / ".splits", ignore_errors=True)
                 if after_plan:
                     run(code.craft("config", "check", str(cfg)), code.root, code.env)
                 r = run(code.craft(*args), code.root, code.env)
                 record(part="prepare", code=code.name, rows=n, resolution=resolution,
-                       threads=1 if code.name == "baseline" else 2, after_plan=after_plan,
+                       threads=2 if modern[code.name] else 1, after_plan=after_plan,
                        bytes=out.stat().st_size, images_per_s=n / r["wall_s"], **r)  # fmt: skip
                 out.unlink()
 
@@ -584,7 +592,7 @@ def summarize(path: Path) -> str:
                 "file MB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in ps:
             name = r["code"] + {True: ", after the plan", False: ", alone"}.get(
-                r.get("after_plan") if r["code"] != "baseline" else None, ""
+                r.get("after_plan") if r.get("threads", 1) > 1 else None, ""
             )
             out.append(f"| {name} | {r.get(size, '-')} | {r.get('threads', 1)} | "
                        f"{r['images_per_s']:.1f} | {r['wall_s']:.1f} | "

@@ -15,12 +15,10 @@ the job runs; a dry run shows the whole command. This module imports no torch.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 #: Port of the c10d rendezvous on a multi-node align job's first node.
 RENDEZVOUS_PORT = 29400
@@ -39,32 +37,10 @@ EVALUATION_SLOT = "evaluation_slot"
 EVALUATION_GROUP_STAGES = ("score", "downstream", "evaluate")
 
 
-F = TypeVar("F", bound=Callable)
-
-
-def fixed_signature(func: F) -> F:
-    """``func`` with its signature worked out once (``__signature__``, which
-    ``inspect.signature`` returns as it is). Snakemake inspects an input, params or resource
-    function's signature each time it calls it, several times a job: for a config of 4,618
-    jobs, 72,000 signatures and about 13% of a dry run. The workflow's functions are marked
-    with this."""
-    func.__signature__ = inspect.signature(func)
-    return func
-
-
 class Growing:
     """A resource that grows with the attempt: ``base x growth^(attempt - 1)``, rounded up.
     Snakemake calls it with the job's wildcards and attempt; a retried job (the profile's
     ``retries``) asks for more than the attempt that was killed for memory or time."""
-
-    #: What Snakemake asks of it (see :func:`fixed_signature`); the instance's own would
-    #: be worked out from ``__call__`` at every call.
-    __signature__ = inspect.Signature(
-        [
-            inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            for n in ("wildcards", "attempt")
-        ]
-    )
 
     def __init__(self, base: int, growth: float):
         self.base, self.growth = base, growth

@@ -15,7 +15,6 @@ from craft.launch import (
     EVALUATION_SLOT,
     align_launcher,
     append_to_path,
-    fixed_signature,
     grouped_resources,
     rule_resources,
 )
@@ -144,7 +143,6 @@ def get_spec(stage):
     holds what the job reads of the config; what it reads from other jobs are its inputs.
     """
 
-    @fixed_signature
     def spec(wildcards):
         key = (
             stage,
@@ -183,14 +181,12 @@ def workdir_name(path):
     return path
 
 
-@fixed_signature
 def get_knowledge_review(wildcards):
     """A clinician-edited review file pinned in knowledge.review (an input: edits rerun)."""
     pinned = CFG.knowledge.review.get(wildcards.modality)
     return [str(pinned)] if pinned else []
 
 
-@fixed_signature
 def get_manifest(wildcards):
     """A hospital data set's manifest CSV (an input: editing it, say adding a patient column,
     reruns prepare and what reads its data)."""
@@ -198,7 +194,6 @@ def get_manifest(wildcards):
     return [str(source.manifest)] if source.kind == "manifest" else []
 
 
-@fixed_signature
 def get_curated_knowledge(wildcards):
     """The curated knowledge YAML a modality's knowledge is built from (shipped or the
     user's own, knowledge.curated): an input, so that editing it reruns what reads it. A
@@ -222,7 +217,6 @@ def get_curated_knowledge(wildcards):
         sys.exit(f"craft: error: knowledge.curated.{wildcards.modality}: {err}")
 
 
-@fixed_signature
 def get_method_knowledge(wildcards):
     """Methods with enriched prompts (adapt trains on them, generate samples with them) read
     the knowledge JSON."""
@@ -236,7 +230,6 @@ def one_of(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-@fixed_signature
 def get_align_launcher(wildcards):
     """How the align job starts its processes (craft.launch): ``craft`` for one GPU; torchrun
     with one process per GPU the job was granted; with several nodes, one torchrun per node
@@ -245,14 +238,12 @@ def get_align_launcher(wildcards):
     return align_launcher(r.gpu, r.nodes)
 
 
-@fixed_signature
 def get_init_card(wildcards):
     """The model card of the method an align method starts from (same modality and seed)."""
     init = CFG.method(wildcards.method).init
     return str(LAYOUT.card(wildcards.modality, init, wildcards.seed))
 
 
-@fixed_signature
 def get_align_references(wildcards):
     """References of the evaluators an align method uses (reward, and out-of-family for its
     held-out evaluations)."""
@@ -260,7 +251,6 @@ def get_align_references(wildcards):
     return [str(LAYOUT.reference(wildcards.modality, ev)) for ev in evaluators]
 
 
-@fixed_signature
 def get_align_evaluators(wildcards):
     """Trained dirs of those evaluators, when the workflow trains them (source 'train')."""
     return [
@@ -270,7 +260,6 @@ def get_align_evaluators(wildcards):
     ]
 
 
-@fixed_signature
 def get_trained_evaluator(wildcards):
     """The trained evaluator's dir when the workflow trains it (source 'train')."""
     if CFG.cas.evaluators[wildcards.evaluator].source == "train":
@@ -278,7 +267,6 @@ def get_trained_evaluator(wildcards):
     return []
 
 
-@fixed_signature
 def get_auditor_evaluators(wildcards):
     """Trained dirs of the audit's evaluators, when the workflow trains them (source 'train')."""
     m = CFG.modality(wildcards.modality)
@@ -293,7 +281,6 @@ def get_auditor_evaluators(wildcards):
 SHIPPED_ASSETS = os.path.realpath(os.path.join(workflow.basedir, "assets"))
 
 
-@fixed_signature
 def get_foundation(wildcards):
     """The foundation dir when the workflow trains it or it is a local dir (not a hub id),
     such as the shipped phantom foundations (named as workdir_name does).
@@ -324,7 +311,6 @@ def get_metric_files(modality, method, seed):
     return files
 
 
-@fixed_signature
 def get_report_inputs(wildcards=None):
     samples, metrics = [], []
     for m in MODALITIES:
@@ -337,7 +323,6 @@ def get_report_inputs(wildcards=None):
     return {"samples": samples, "metrics": metrics}
 
 
-@fixed_signature
 def get_path_inputs(wildcards):
     """What a reward method's path reads: its card (and the reward LoRA beside it), the
     metric files of its start (scale 0) and of the run (scale 1) that a path point takes,
@@ -367,13 +352,11 @@ def get_path_inputs(wildcards):
     }
 
 
-@fixed_signature
 def get_report_dir(wildcards, output):
     """The report folder, derived from the rule's output (no hard-coded prefix)."""
     return str(Path(output.html).parent)
 
 
-@fixed_signature
 def get_study_samples(wildcards):
     """The two samples.h5 the study pairs images from (named a and b)."""
     st = CFG.spec("study", wildcards.modality)
@@ -385,13 +368,11 @@ def get_study_samples(wildcards):
     }
 
 
-@fixed_signature
 def get_study_settings(wildcards):
     """The study's settings as plain data (the export command's arguments)."""
     return CFG.spec("study", wildcards.modality).plain()
 
 
-@fixed_signature
 def get_study_dir(wildcards, output):
     """The study folder, derived from the rule's output."""
     return str(Path(output.html).parent)

@@ -345,7 +345,12 @@ def cached_splits(spec: ManifestSpec, n: int) -> np.ndarray | None:
     kept error is raised."""
     if spec.cache_dir is None:
         return None
-    path = Path(spec.cache_dir) / f"{split_cache_key(spec)}.json"
+    return _kept_splits(Path(spec.cache_dir) / f"{split_cache_key(spec)}.json", n)
+
+
+def _kept_splits(path: Path, n: int) -> np.ndarray | None:
+    """The ``n`` split codes kept in the cache file ``path`` (int8 indices into SPLITS), or
+    None where it is not there or not what it should be; a kept error is raised."""
     try:
         kept = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -375,16 +380,9 @@ def manifest_splits(spec: ManifestSpec, rows: Sequence[ManifestRow]) -> list[str
     if spec.cache_dir is None:
         return assign_splits(rows, spec.fractions, spec.seed)
     path = Path(spec.cache_dir) / f"{split_cache_key(spec)}.json"
-    try:
-        kept = json.loads(path.read_text())
-        if "error" in kept:
-            raise CraftError(kept["error"])
-        codes = kept["splits"]
-        if len(codes) == len(rows) and path.with_suffix(".paths").is_file():
-            by_code = {c: s for s, c in _SPLIT_CODE.items()}
-            return [by_code[c] for c in codes]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # not there, or not what it should be: deal again
+    codes = _kept_splits(path, len(rows))  # None: not there, or not what it should be
+    if codes is not None and path.with_suffix(".paths").is_file():
+        return [SPLITS[c] for c in codes]
     try:
         splits = assign_splits(rows, spec.fractions, spec.seed)
         kept = {"splits": "".join(_SPLIT_CODE[s] for s in splits)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -120,11 +120,11 @@ class _SplitStrings:
     """A split's ``paths`` and ``patients`` string datasets, appended in row order and written
     a chunk at a time (a whole split's strings as one list is 20 MB at CheXpert's size)."""
 
-    def __init__(self, group, n: int, chunk: int | None = None):
+    def __init__(self, group, n: int):
         self.ds = [
             group.create_dataset(name, shape=(n,), dtype=STR) for name in ("paths", "patients")
         ]
-        self.chunk, self.done = chunk or STRINGS_PER_WRITE, 0
+        self.chunk, self.done = STRINGS_PER_WRITE, 0
         self.todo: tuple[list[str], list[str]] = ([], [])
 
     def append(self, path: str, patient: str) -> None:
@@ -170,6 +170,11 @@ def check_data(cfg: CraftConfig, modality: str, threads: int = 1) -> tuple[int, 
     return len(rows) - len(bad), problems + bad
 
 
+def _split_codes(dealt: Sequence[str]) -> np.ndarray:
+    """Each row's split (a name) as an index into SPLITS: int8, a byte a row."""
+    return np.fromiter((SPLITS.index(x) for x in dealt), dtype=np.int8, count=len(dealt))
+
+
 def _manifest_rows(cfg: CraftConfig, modality: str) -> tuple[ManifestRows, np.ndarray]:
     """A manifest's rows without their files (:func:`scan_manifest`, every row checked, 7 bytes
     a row) and each row's split (int8 index into SPLITS), from the split cache the plan
@@ -183,9 +188,8 @@ def _manifest_rows(cfg: CraftConfig, modality: str) -> tuple[ManifestRows, np.nd
     splits = cached_splits(spec, len(rows))
     if splits is None:
         full = read_manifest(spec.csv, spec.image_root, m.labels)
-        dealt = manifest_splits(spec, full)
-        splits = np.fromiter((SPLITS.index(x) for x in dealt), dtype=np.int8, count=len(full))
-        del full, dealt
+        splits = _split_codes(manifest_splits(spec, full))
+        del full
     return rows, splits
 
 
@@ -203,8 +207,7 @@ def prepare(cfg: CraftConfig, modality: str, out: Path, threads: int = 1) -> Pat
     findings, finding_names = None, []
     if m.source.kind == "phantom":
         rows, phantom_images, findings, finding_names = _from_phantoms(m)
-        dealt = assign_splits(rows, m.splits.fractions, m.splits.seed)
-        splits = np.fromiter((SPLITS.index(x) for x in dealt), dtype=np.int8, count=len(rows))
+        splits = _split_codes(assign_splits(rows, m.splits.fractions, m.splits.seed))
 
         def records() -> Iterator[tuple[str, str]]:
             return ((f, "") for f in rows.files())

@@ -372,8 +372,8 @@ def part_real(codes, work, record, n_png, n_dcm, resolution=512):
 
 
 def part_decode(codes, work, record, n_png, n_dcm, pairs, resolution=512):
-    """Whole processes in turn, A B A B: ``craft prepare --threads 2`` (start-up, the plan's
-    dealing, decode and the HDF5 file all included) against the plain one-process loop in a
+    """Whole processes in turn, A B A B: ``craft prepare --threads 2`` (start-up, the manifest's
+    scan and dealing, decode and the HDF5 file all included) against the plain one-process loop in a
     process of its own, over the same real-size files; the ratio is taken pair by pair, so
     that the machine's drift between runs moves both sides of a pair alike."""
     root = work / "real"
@@ -384,8 +384,8 @@ def part_decode(codes, work, record, n_png, n_dcm, pairs, resolution=512):
             "Path(sys.argv[3]), int(sys.argv[4]))))",
             str(REPO / "bench"), str(full), str(root / "images"), str(resolution)]  # fmt: skip
     for code in codes:
-        if code.name == "baseline":
-            continue  # the baseline's prepare has no decode workers
+        if not code.prepare_has_workers():
+            continue  # 5be17e7's prepare has no decode workers
         results = work / f"decode-{code.name}"
         cfg = site_config(work / f"decode-{code.name}.yaml", full, root / "images", resolution,
                           results)  # fmt: skip
